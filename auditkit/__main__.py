@@ -1,0 +1,3 @@
+from auditkit.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,316 @@
+"""The ``auditkit`` command line: run, compare, plugins, checks, new-plugin, report.
+
+Exit codes: 0 every gate passed; 1 a gate failed; 2 bad input (one line: file, place, fix; no
+traceback); 3 a check crashed (reports are still written). Progress goes to stderr with rich bars
+on a terminal, plain lines when stderr is not a TTY or NO_COLOR is set.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from auditkit.errors import AuditInputError
+
+EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_CRASH = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        raise AuditInputError(f"{self.prog}: {message}", fix=f"see {self.prog} --help")
+
+
+def _fancy() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def _console(stderr: bool = True):
+    from rich.console import Console
+    return Console(stderr=stderr, no_color=bool(os.environ.get("NO_COLOR")), highlight=False,
+                   soft_wrap=not stderr)
+
+
+# ---------------------------------------------------------------------- progress
+
+def make_progress():
+    from auditkit.runner import Progress
+
+    class Plain(Progress):
+        def __init__(self):
+            self.t0 = {}
+            self.last_train = 0.0
+
+        def _say(self, msg: str) -> None:
+            print(f"auditkit: {msg}", file=sys.stderr, flush=True)
+
+        def stage(self, message):
+            self._say(message)
+
+        def warn(self, message):
+            self._say(f"warning: {message}")
+
+        def check_start(self, check_id):
+            self.t0[check_id] = time.perf_counter()
+            self._say(f"{check_id}: running")
+
+        def check_done(self, check_id, status):
+            self._say(f"{check_id}: {status.upper()} ({time.perf_counter() - self.t0.get(check_id, 0):.1f} s)")
+
+        def train_update(self, info):
+            now = time.perf_counter()
+            if now - self.last_train > 5 or info["step"] == info["total"]:
+                self.last_train = now
+                self._say(f"fine-tune step {info['step']}/{info['total']} loss {info['loss']:.4f} "
+                          f"{info['tokens_per_s']:.0f} tok/s")
+
+    if not _fancy():
+        return Plain()
+
+    from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    class Fancy(Progress):
+        def __init__(self):
+            self.console = _console()
+            self.bars = RichProgress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                                     TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
+            self.tasks = {}
+            self.bars.start()
+
+        def stage(self, message):
+            self.console.print(f"[dim]auditkit:[/] {message}", markup=True, highlight=False)
+
+        def warn(self, message):
+            self.console.print(f"[yellow]warning:[/] {message}")
+
+        def check_start(self, check_id):
+            self.tasks[check_id] = self.bars.add_task(check_id, total=1.0, info="")
+
+        def check_update(self, check_id, fraction):
+            if check_id in self.tasks:
+                self.bars.update(self.tasks[check_id], completed=min(1.0, fraction))
+
+        def check_done(self, check_id, status):
+            color = {"pass": "green", "warn": "yellow", "fail": "red", "error": "magenta"}[status]
+            self.bars.update(self.tasks[check_id], completed=1.0, info=f"[{color}]{status.upper()}[/]")
+
+        def train_start(self, total_steps):
+            self.tasks["__train"] = self.bars.add_task("fine-tune", total=None, info="")
+
+        def train_update(self, info):
+            self.bars.update(self.tasks["__train"], total=info["total"], completed=info["step"],
+                             info=f"loss {info['loss']:.4f} · {info['tokens_per_s']:.0f} tok/s")
+
+        def close(self):
+            self.bars.stop()
+
+    return Fancy()
+
+
+# ---------------------------------------------------------------------- commands
+
+def cmd_run(args) -> int:
+    from auditkit.plugins import registry
+    from auditkit.runner import RunOptions, Runner
+    from auditkit.suite import load_suite
+
+    reg = registry()
+    _report_plugin_failures(reg)
+    suite = load_suite(args.suite, reg)
+    out = Path(args.out) if args.out else Path("reports") / suite.name
+    opts = RunOptions(out_dir=out, model=args.model, baseline=args.baseline, device=args.device, only=args.only,
+                      resume=args.resume, strict=args.strict, show_secrets=args.show_secrets)
+    progress = make_progress()
+    try:
+        outcome = Runner(suite, reg, opts, progress).run()
+    finally:
+        if hasattr(progress, "close"):
+            progress.close()
+    print_result_table(outcome.results)
+    print(f"reports written to {out}/ (report.html, results.json, junit.xml, summary.md)", file=sys.stderr)
+    return outcome.exit_code
+
+
+def print_result_table(results: dict) -> None:
+    from rich.table import Table
+    from auditkit.report.common import fmt, gate_line
+    console = _console(stderr=False)
+    table = Table(title=f"auditkit: {results['suite']['name']}", show_lines=False)
+    for col in ("check", "status", "gates", "metrics"):
+        table.add_column(col, overflow="fold")
+    style = {"pass": "green", "warn": "yellow", "fail": "red", "error": "magenta"}
+    for c in results.get("checks", []):
+        gates = "\n".join(f"{g['status'].upper()} {gate_line(g)}" for g in c.get("gates", [])) or "-"
+        mets = ", ".join(f"{k}={fmt(m.get('value'))}" for k, m in list(c.get("metrics", {}).items())[:3])
+        if c.get("error"):
+            mets = f"{c['error']['type']}: {c['error']['message'][:120]}"
+        table.add_row(c["id"], f"[{style[c['status']]}]{c['status'].upper()}[/]", gates, mets or "-")
+    console.print(table)
+    s = results["status"]
+    console.print(f"overall: [{style.get(s, 'white')}]{s.upper()}[/]")
+
+
+def cmd_plugins(args) -> int:
+    from rich.table import Table
+    from auditkit.plugins import registry
+    reg = registry()
+    table = Table(title="auditkit plugins")
+    for col in ("plugin", "version", "source", "provides"):
+        table.add_column(col, overflow="fold")
+    for p in reg.plugins:
+        provides = []
+        for kind in ("checks", "reporters", "model_sources", "dataset_sources"):
+            if p[kind]:
+                provides.append(f"{kind.replace('_', ' ')}: {', '.join(p[kind])}")
+        table.add_row(p["name"], p["version"], p["source"], "\n".join(provides) or "-")
+    _console(stderr=False).print(table)
+    for name, err in reg.failures:
+        print(f"plugin {name} failed to load and was skipped: {err}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_checks(args) -> int:
+    from rich.table import Table
+    from auditkit.plugins import registry
+    reg = registry()
+    console = _console(stderr=False)
+    if args.name:
+        if args.name not in reg.checks:
+            from difflib import get_close_matches
+            near = get_close_matches(args.name, list(reg.checks), n=1)
+            raise AuditInputError(f"unknown check {args.name!r}",
+                                  fix=f"did you mean {near[0]!r}?" if near else f"checks: {', '.join(sorted(reg.checks))}")
+        names = [args.name]
+    else:
+        names = sorted(reg.checks)
+    for name in names:
+        cls = reg.checks[name]
+        console.print(f"[bold]{name}[/] ({reg.check_plugin[name]}) — {cls.description}")
+        console.print(f"  tasks: {', '.join(cls.tasks)}; data: "
+                      f"{'required' if cls.needs_data and not cls.default_data else cls.default_data or 'none'}")
+        if args.name:
+            pt = Table(title="parameters")
+            for col in ("name", "type", "default", "help"):
+                pt.add_column(col, overflow="fold")
+            for pname, p in cls.params.items():
+                pt.add_row(pname, p.type, "(required)" if p.required else repr(p.default), p.help)
+            console.print(pt)
+            mt = Table(title="metrics")
+            for col in ("metric", "better", "meaning"):
+                mt.add_column(col, overflow="fold")
+            for mname, m in cls.metrics.items():
+                better = "higher" if m.higher_is_better else "lower" if m.higher_is_better is False else "-"
+                mt.add_row(mname, better, m.help)
+            console.print(mt)
+        else:
+            console.print(f"  params: {', '.join(f'{k}={v.default!r}' for k, v in cls.params.items()) or '-'}")
+            console.print(f"  metrics: {', '.join(cls.metrics)}")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from auditkit.plugins import registry
+    from auditkit.results import load_results
+    from auditkit.runner import render_reports
+    results = load_results(args.results)
+    out = Path(args.out) if args.out else Path(args.results).parent
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    reg = registry()
+    for f in formats:
+        if f not in reg.reporters:
+            raise AuditInputError(f"unknown report format {f!r}", place="--format",
+                                  fix=f"known: {', '.join(sorted(reg.reporters))}")
+    if out.resolve() != Path(args.results).resolve().parent and "json" not in formats:
+        formats.insert(0, "json")  # a report in another folder keeps its results.json beside it
+    written = render_reports(results, out, reg, formats, {"show_secrets": args.show_secrets},
+                             write_json="json" in formats)
+    for p in written:
+        print(p)
+    return EXIT_OK
+
+
+def cmd_new_plugin(args) -> int:
+    from auditkit.scaffold import new_plugin
+    path = new_plugin(args.name, Path(args.dir) if args.dir else None)
+    print(f"created plugin package in {path}; install it with: pip install -e {path}")
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from auditkit.compare import run_compare
+    return run_compare(args)
+
+
+def _report_plugin_failures(reg) -> None:
+    for name, err in reg.failures:
+        print(f"auditkit: warning: plugin {name} failed to load and was skipped: {err}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from auditkit import __version__
+    p = _Parser(prog="auditkit", description="Evaluation and responsible-AI audits for language models.")
+    p.add_argument("--version", action="version", version=f"auditkit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run a suite and write the reports")
+    r.add_argument("suite")
+    r.add_argument("--model", help="audit this model instead of the suite's model.base")
+    r.add_argument("--baseline", help="compare against this model (overrides model.baseline)")
+    r.add_argument("--out", help="output folder (default reports/<suite name>)")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    r.add_argument("--only", nargs="+", metavar="ID", help="run only these checks")
+    r.add_argument("--resume", action="store_true", help="reuse finished checks and fine-tunes of a previous run")
+    r.add_argument("--strict", action="store_true", help="warnings fail the run (exit 1)")
+    r.add_argument("--show-secrets", action="store_true", help="show memorized secrets in reports (redacted by default)")
+    r.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("compare", help="what changed between two runs")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--out")
+    c.add_argument("--fail-on", action="append", default=[], metavar="GATE",
+                   help="comparison gate on a delta, e.g. 'accuracy < -0.01' (repeatable)")
+    c.set_defaults(fn=cmd_compare)
+
+    sub.add_parser("plugins", help="installed plugins and what each provides").set_defaults(fn=cmd_plugins)
+    k = sub.add_parser("checks", help="checks, their parameters and metrics")
+    k.add_argument("name", nargs="?")
+    k.set_defaults(fn=cmd_checks)
+
+    n = sub.add_parser("new-plugin", help="scaffold an installable plugin package")
+    n.add_argument("name")
+    n.add_argument("--dir")
+    n.set_defaults(fn=cmd_new_plugin)
+
+    rep = sub.add_parser("report", help="re-render reports from a results.json")
+    rep.add_argument("results")
+    rep.add_argument("--format", default="html,markdown,junit")
+    rep.add_argument("--out")
+    rep.add_argument("--show-secrets", action="store_true")
+    rep.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.fn(args))
+    except AuditInputError as exc:
+        print(f"auditkit: error: {exc.line()}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("auditkit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("AUDITKIT_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"auditkit: internal error: {type(exc).__name__}: {first} (set AUDITKIT_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return EXIT_CRASH
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

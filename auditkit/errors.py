@@ -1,0 +1,33 @@
+"""Errors the user can fix (exit 2) kept apart from crashes (exit 3).
+
+An :class:`AuditInputError` always renders as one line: ``FILE:PLACE: what is wrong; fix``.
+"""
+from __future__ import annotations
+
+
+class AuditInputError(Exception):
+    """Bad input: a suite, data file, model or argument the user must fix."""
+
+    def __init__(self, message: str, *, file: str | None = None, place: str | int | None = None,
+                 fix: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.file = file
+        self.place = place
+        self.fix = fix
+
+    def line(self) -> str:
+        where = ""
+        if self.file:
+            where = str(self.file)
+            if self.place not in (None, ""):
+                where += f":{self.place}"
+            where += ": "
+        text = f"{where}{self.message}"
+        if self.fix:
+            text += f"; {self.fix}"
+        return " ".join(text.split())  # always exactly one line
+
+
+class TrainingDiverged(RuntimeError):
+    """The fine-tuning loss became NaN or infinite."""

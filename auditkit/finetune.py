@@ -1,0 +1,524 @@
+"""Fine-tuning (full or LoRA with peft) with a training record; the base model is kept as baseline.
+
+Classification trains cross-entropy on ``{"text","label"}``; causal LMs train next-token loss on
+``{"text"}`` (all tokens) or ``{"prompt","completion"}`` (loss on the completion only). Validation loss
+and the task metric are measured every epoch (or every N steps), together with the loss on a fixed
+train subset in eval mode, so that the overfitting check compares like with like.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from auditkit.errors import AuditInputError, TrainingDiverged
+
+FT_KEYS = ("data", "validation", "columns", "method", "epochs", "learning_rate", "schedule", "warmup_ratio",
+           "batch_size", "grad_accum", "max_length", "weight_decay", "seed", "eval_every", "early_stopping",
+           "lora", "canaries", "max_steps", "train_eval_size")
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+CANARY_KEYS = ("count", "repeats", "template", "references")
+DEFAULT_CANARY_TEMPLATE = "my PIN is {digits}"
+
+
+@dataclass
+class FinetuneConfig:
+    """The ``finetune:`` section of a suite, validated."""
+
+    data: str
+    method: str = "lora"
+    validation: str | None = None
+    columns: dict | None = None
+    epochs: int = 3
+    learning_rate: float | None = None  # default: 2e-5 full, 5e-4 lora
+    schedule: str = "linear"
+    warmup_ratio: float = 0.0
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_length: int = 128
+    weight_decay: float = 0.0
+    seed: int = 0
+    eval_every: int | str = "epoch"
+    early_stopping: dict | None = None
+    lora: dict = field(default_factory=lambda: {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": None})
+    canaries: dict | None = None
+    max_steps: int | None = None
+    train_eval_size: int = 256
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else (5e-4 if self.method == "lora" else 2e-5)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["learning_rate"] = self.lr
+        return d
+
+
+def parse_finetune(raw, cx, suite_seed: int, task: str) -> FinetuneConfig:
+    """Validate the ``finetune:`` mapping (cx is the suite's error context)."""
+    path = ("finetune",)
+    if not isinstance(raw, dict) or "data" not in raw:
+        raise cx.fail(path, "finetune: needs data: (builtin:NAME or a file path)")
+    cx.keys(raw, FT_KEYS, path)
+    cfg = FinetuneConfig(data=raw["data"], seed=raw.get("seed", suite_seed))
+    ints = ("epochs", "batch_size", "grad_accum", "max_length", "seed", "train_eval_size")
+    for k in ints:
+        if k in raw:
+            v = cx.typed(raw[k], int, path + (k,), k)
+            if v < (0 if k in ("seed", "train_eval_size") else 1):
+                raise cx.fail(path + (k,), f"{k} must be positive, got {v}")
+            setattr(cfg, k, v)
+    for k in ("learning_rate", "warmup_ratio", "weight_decay"):
+        if k in raw:
+            v = cx.typed(raw[k], (int, float), path + (k,), k)
+            if v < 0:
+                raise cx.fail(path + (k,), f"{k} must be >= 0, got {v}")
+            setattr(cfg, k, float(v))
+    if "max_steps" in raw:
+        cfg.max_steps = cx.typed(raw["max_steps"], int, path + ("max_steps",), "max_steps")
+    cfg.method = raw.get("method", "lora")
+    if cfg.method not in ("full", "lora"):
+        raise cx.fail(path + ("method",), f"method must be full or lora, got {cfg.method!r}")
+    cfg.schedule = raw.get("schedule", "linear")
+    if cfg.schedule not in ("linear", "cosine", "constant"):
+        raise cx.fail(path + ("schedule",), f"schedule must be linear, cosine or constant, got {cfg.schedule!r}")
+    ev = raw.get("eval_every", "epoch")
+    if not (ev == "epoch" or (isinstance(ev, int) and not isinstance(ev, bool) and ev > 0)):
+        raise cx.fail(path + ("eval_every",), f"eval_every must be 'epoch' or a number of steps, got {ev!r}")
+    cfg.eval_every = ev
+    cfg.validation = raw.get("validation")
+    cfg.columns = raw.get("columns")
+    es = raw.get("early_stopping")
+    if es is not None:
+        if es is True:
+            es = {}
+        if not isinstance(es, dict):
+            raise cx.fail(path + ("early_stopping",), "early_stopping must be {patience: N, min_delta: X}")
+        cx.keys(es, ("patience", "min_delta"), path + ("early_stopping",))
+        cfg.early_stopping = {"patience": int(es.get("patience", 2)), "min_delta": float(es.get("min_delta", 0.0))}
+    lora = dict(cfg.lora)
+    if raw.get("lora") is not None:
+        if not isinstance(raw["lora"], dict):
+            raise cx.fail(path + ("lora",), "lora must be a mapping {r, alpha, dropout, target_modules}")
+        cx.keys(raw["lora"], LORA_KEYS, path + ("lora",))
+        lora.update(raw["lora"])
+    cfg.lora = lora
+    can = raw.get("canaries")
+    if can is not None:
+        if task != "causal-lm":
+            raise cx.fail(path + ("canaries",), "canaries are inserted into causal-LM training text only",
+                          "use model.task: causal-lm, or remove canaries:")
+        if not isinstance(can, dict):
+            raise cx.fail(path + ("canaries",), "canaries must be {count, repeats, template}")
+        cx.keys(can, CANARY_KEYS, path + ("canaries",))
+        template = can.get("template", DEFAULT_CANARY_TEMPLATE)
+        if "{digits}" not in str(template):
+            raise cx.fail(path + ("canaries", "template"), "the template needs a {digits} slot")
+        cfg.canaries = {"count": int(can.get("count", 3)), "repeats": list(can.get("repeats", [1, 10, 50])),
+                        "template": template, "references": int(can.get("references", 1000))}
+    return cfg
+
+
+# ---------------------------------------------------------------------- canaries
+
+def make_canaries(cfg: dict, seed: int) -> dict:
+    """Random secrets from a template, each to be inserted ``repeats`` times, plus never-inserted
+    references from the same template (Carlini et al. 2019, "The Secret Sharer")."""
+    rng = random.Random(f"canaries:{seed}")
+    n_digits = 6
+
+    def secret() -> str:
+        return "-".join(str(rng.randrange(10)) for _ in range(n_digits))
+
+    used: set[str] = set()
+
+    def fresh() -> str:
+        while True:
+            s = secret()
+            if s not in used:
+                used.add(s)
+                return s
+
+    template = cfg["template"]
+    canaries = []
+    for r in cfg["repeats"]:
+        for k in range(cfg["count"]):
+            digits = fresh()
+            canaries.append({"id": f"canary-r{r}-{k}", "repeats": int(r), "secret": digits,
+                             "text": template.format(digits=digits)})
+    references = [template.format(digits=fresh()) for _ in range(cfg["references"])]
+    return {"template": template, "space_size": 10 ** n_digits, "canaries": canaries, "references": references}
+
+
+# ---------------------------------------------------------------------- data
+
+def _examples(ds, task: str, tokenizer, max_length: int, num_labels: int | None) -> list[dict]:
+    """Tokenize a dataset into training examples (input_ids, labels)."""
+    rows = ds.rows
+    if task == "sequence-classification":
+        ds.require("text", "label", fmt="classification")
+        labels = ds.require_labels(num_labels)
+        enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)["input_ids"]
+        return [{"input_ids": ids, "labels": lab} for ids, lab in zip(enc, labels)]
+    if ds.has("prompt", "completion"):
+        ds.require("prompt", "completion", fmt="prompt/completion")
+        out = []
+        for r in rows:
+            p = tokenizer(r["prompt"])["input_ids"]
+            whole = tokenizer(r["prompt"] + r["completion"])["input_ids"][:max_length]
+            labels = [-100] * min(len(p), len(whole)) + whole[len(p):]
+            out.append({"input_ids": whole, "labels": labels[:len(whole)]})
+        return out
+    ds.require("text", fmt="causal LM text")
+    enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)["input_ids"]
+    return [{"input_ids": ids, "labels": list(ids)} for ids in enc]
+
+
+def _collate(batch: list[dict], pad_id: int, task: str, device: str):
+    import torch
+    width = max(len(b["input_ids"]) for b in batch)
+    inp = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    if task == "sequence-classification":
+        labels = torch.tensor([b["labels"] for b in batch], dtype=torch.long)
+    else:
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for i, b in enumerate(batch):
+        n = len(b["input_ids"])
+        inp[i, :n] = torch.tensor(b["input_ids"])
+        mask[i, :n] = 1
+        if task != "sequence-classification":
+            labels[i, :n] = torch.tensor(b["labels"])
+    return inp.to(device), mask.to(device), labels.to(device)
+
+
+# ---------------------------------------------------------------------- LoRA
+
+def _linear_names(model) -> list[str]:
+    import torch
+    names = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Conv1D":
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def default_target_modules(model) -> list[str]:
+    """LoRA targets: peft's per-architecture defaults, else attention-looking linear layers."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAP
+    mtype = getattr(model.config, "model_type", "")
+    if mtype in MAP:
+        return list(MAP[mtype])
+    names = _linear_names(model)
+    for pair in (["q_proj", "v_proj"], ["query", "value"], ["c_attn"]):
+        if all(p in names for p in pair):
+            return pair
+    raise AuditInputError(f"no default LoRA target modules for model type {mtype!r}", place="finetune.lora",
+                          fix=f"set finetune.lora.target_modules from: {', '.join(names)}")
+
+
+def apply_lora(model, task: str, lora: dict, file: str | None = None):
+    from peft import LoraConfig, TaskType, get_peft_model
+    targets = lora.get("target_modules") or default_target_modules(model)
+    if isinstance(targets, str):
+        targets = [targets]
+    have = _linear_names(model)
+    missing = [t for t in targets if t not in have]
+    if missing:
+        raise AuditInputError(f"LoRA target module {missing[0]!r} is not in this model", file=file,
+                              place="finetune.lora.target_modules",
+                              fix=f"the model's linear modules are: {', '.join(have)}")
+    cfg = LoraConfig(r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 16)),
+                     lora_dropout=float(lora.get("dropout", 0.05)), target_modules=list(targets),
+                     task_type=TaskType.SEQ_CLS if task == "sequence-classification" else TaskType.CAUSAL_LM)
+    return get_peft_model(model, cfg)
+
+
+# ---------------------------------------------------------------------- training
+
+def fingerprint(base_fp: str, train_fp: str, val_fp: str, cfg: FinetuneConfig, task: str) -> str:
+    from auditkit import __version__
+    blob = json.dumps({"base": base_fp, "train": train_fp, "val": val_fp, "cfg": cfg.as_dict(), "task": task,
+                       "auditkit": __version__}, sort_keys=True)
+    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+@dataclass
+class TrainResult:
+    model: Any
+    record: dict
+    reused: bool = False
+
+
+def _evaluate(model, examples, task: str, pad_id: int, device: str, batch_size: int, amp) -> tuple[float, float | None]:
+    """Mean loss (per example for classification, per token for LMs) and accuracy (classifiers)."""
+    import torch
+    model.eval()
+    total_loss, total_n, correct = 0.0, 0, 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    with torch.inference_mode(), amp():
+        for s in range(0, len(order), batch_size):
+            batch = [examples[i] for i in order[s:s + batch_size]]
+            inp, mask, labels = _collate(batch, pad_id, task, device)
+            logits = model(input_ids=inp, attention_mask=mask).logits.float()
+            if task == "sequence-classification":
+                loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+                total_n += len(batch)
+                correct += int((logits.argmax(-1) == labels).sum())
+            else:
+                sl = logits[:, :-1].reshape(-1, logits.size(-1))
+                tl = labels[:, 1:].reshape(-1)
+                loss = torch.nn.functional.cross_entropy(sl, tl, ignore_index=-100, reduction="sum")
+                total_n += int((tl != -100).sum())
+            total_loss += float(loss)
+    model.train()
+    mean = total_loss / max(total_n, 1)
+    acc = correct / max(total_n, 1) if task == "sequence-classification" else None
+    return mean, acc
+
+
+def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None = None,
+          progress: Callable[[dict], None] | None = None, warn: Callable[[str], None] | None = None,
+          suite_file: str | None = None, base_spec: str = "") -> TrainResult:
+    """Fine-tune ``handle.model`` in place of a copy; the handle's own model stays the base."""
+    import torch
+    from transformers import get_scheduler
+
+    warn = warn or (lambda m: warnings.warn(m))
+    task, device, tok = handle.task, handle.device, handle.tokenizer
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    model = copy.deepcopy(handle.model)
+    if device.startswith("cuda"):
+        model.float()  # master weights in fp32; bf16 through autocast
+    train_ex = _examples(train_ds, task, tok, cfg.max_length, handle.num_labels or None)
+    val_ex = _examples(val_ds, task, tok, cfg.max_length, handle.num_labels or None) if val_ds is not None else []
+    if not train_ex:
+        raise train_ds.error("the training split is empty")
+    sub_rng = random.Random(cfg.seed + 1)
+    train_eval = sub_rng.sample(train_ex, min(cfg.train_eval_size, len(train_ex)))
+    if cfg.method == "lora":
+        model = apply_lora(model, task, cfg.lora, suite_file)
+    model.to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    eff_batch = cfg.batch_size * cfg.grad_accum
+    steps_per_epoch = max(1, math.ceil(len(train_ex) / eff_batch))
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    sched = get_scheduler(cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup", opt,
+                          num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
+    use_amp = device.startswith("cuda")
+
+    def amp():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else _null()
+
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    record: dict[str, Any] = {"method": cfg.method, "config": cfg.as_dict(), "steps": [], "evals": [],
+                              "n_train": len(train_ex), "n_validation": len(val_ex), "total_steps": total_steps,
+                              "trainable_parameters": int(sum(p.numel() for p in params)),
+                              "best_step": None, "stopped_early": False, "warnings": []}
+    micro = cfg.batch_size
+    accum = cfg.grad_accum
+    step, tokens, t0 = 0, 0, time.perf_counter()
+    best = (math.inf, None, None)
+    bad_evals = 0
+    window: list[float] = []
+
+    def do_eval(epoch: float) -> bool:
+        nonlocal best, bad_evals
+        tr_loss, tr_acc = _evaluate(model, train_eval, task, pad_id, device, max(micro, 32), amp)
+        entry = {"step": step, "epoch": round(epoch, 4), "train_loss": tr_loss,
+                 "train_loss_running": float(sum(window) / len(window)) if window else None}
+        if tr_acc is not None:
+            entry["train_accuracy"] = tr_acc
+        if val_ex:
+            v_loss, v_acc = _evaluate(model, val_ex, task, pad_id, device, max(micro, 32), amp)
+            entry["val_loss"] = v_loss
+            if v_acc is not None:
+                entry["val_accuracy"] = v_acc
+            min_delta = (cfg.early_stopping or {}).get("min_delta", 0.0)
+            if v_loss < best[0] - min_delta:
+                best = (v_loss, step, _trainable_state(model))
+                bad_evals = 0
+            else:
+                bad_evals += 1
+        window.clear()
+        record["evals"].append(entry)
+        if cfg.early_stopping and bad_evals >= cfg.early_stopping["patience"]:
+            record["stopped_early"] = True
+            return True
+        return False
+
+    stop = False
+    for epoch in range(cfg.epochs):
+        order = list(range(len(train_ex)))
+        rng.shuffle(order)
+        for s in range(0, len(order), eff_batch):
+            chunk = [train_ex[i] for i in order[s:s + eff_batch]]
+            while True:
+                try:
+                    loss_val, ntok = _step(model, chunk, micro, task, pad_id, device, amp)
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    if micro == 1:
+                        raise
+                    opt.zero_grad(set_to_none=True)
+                    torch.cuda.empty_cache()
+                    micro //= 2
+                    accum *= 2
+                    msg = f"CUDA out of memory: micro-batch halved to {micro}, gradient accumulation {accum}"
+                    record["warnings"].append(msg)
+                    warn(msg)
+            if not math.isfinite(loss_val):
+                record["diverged_at_step"] = step + 1
+                if out_dir is not None:
+                    _save_record(out_dir, record)
+                raise TrainingDiverged(f"training loss became {loss_val} at step {step + 1} (epoch {epoch + 1}); "
+                                       f"lower finetune.learning_rate")
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens += ntok
+            window.append(loss_val)
+            record["steps"].append({"step": step, "epoch": round(epoch + s / len(order), 4),
+                                    "loss": round(loss_val, 6), "lr": sched.get_last_lr()[0]})
+            if progress:
+                el = time.perf_counter() - t0
+                progress({"step": step, "total": total_steps, "loss": loss_val, "tokens_per_s": tokens / max(el, 1e-9)})
+            if isinstance(cfg.eval_every, int) and step % cfg.eval_every == 0:
+                stop = do_eval(epoch + (s + eff_batch) / len(order))
+            if stop or (cfg.max_steps and step >= cfg.max_steps):
+                stop = True
+                break
+        if stop:
+            break
+        if cfg.eval_every == "epoch":
+            if do_eval(epoch + 1.0):
+                break
+    elapsed = time.perf_counter() - t0
+    record["train_time_s"] = elapsed
+    record["tokens"] = tokens
+    record["tokens_per_s"] = tokens / max(elapsed, 1e-9)
+    if best[1] is not None:
+        record["best_step"] = best[1]
+        record["best_val_loss"] = best[0]
+        if cfg.early_stopping and record["stopped_early"]:
+            _load_trainable_state(model, best[2])
+            record["restored_best"] = True
+    model.eval()
+    return TrainResult(model=model, record=record)
+
+
+def for_audit(model, device: str):
+    """Merge a LoRA adapter into its base and cast to the audit dtype (bf16 on CUDA)."""
+    import torch
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.eval()
+    if device.startswith("cuda"):
+        model.to(torch.bfloat16)
+    return model
+
+
+def _step(model, chunk, micro: int, task: str, pad_id: int, device: str, amp) -> tuple[float, int]:
+    """Forward/backward over one effective batch in micro-batches; returns mean loss and token count."""
+    import torch
+    total_loss, ntok = 0.0, 0
+    if task == "sequence-classification":
+        weights = [len(chunk[i:i + micro]) for i in range(0, len(chunk), micro)]
+        denom = len(chunk)
+    else:
+        weights = [sum(max(sum(1 for x in b["labels"][1:] if x != -100), 0) for b in chunk[i:i + micro])
+                   for i in range(0, len(chunk), micro)]
+        denom = max(sum(weights), 1)
+    for k, i in enumerate(range(0, len(chunk), micro)):
+        batch = chunk[i:i + micro]
+        inp, mask, labels = _collate(batch, pad_id, task, device)
+        with amp():
+            logits = model(input_ids=inp, attention_mask=mask).logits.float()
+        if task == "sequence-classification":
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+        else:
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
+                                                     labels[:, 1:].reshape(-1), ignore_index=-100)
+            if weights[k] == 0:
+                continue
+        (loss * weights[k] / denom).backward()
+        total_loss += float(loss.detach()) * weights[k] / denom
+        ntok += int(mask.sum())
+    return total_loss, ntok
+
+
+def _trainable_state(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable_state(model, state: dict) -> None:
+    import torch
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in state:
+                p.copy_(state[n])
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _save_record(out_dir: Path, record: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2))
+
+
+def save_finetuned(model, tokenizer, out_dir: Path, *, fp: str, record: dict, base_spec: str,
+                   canaries: dict | None) -> None:
+    """Write the fine-tuned weights (safetensors), tokenizer, record and canaries to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    adapter_cfg = out_dir / "adapter_config.json"
+    if adapter_cfg.exists():  # point the adapter at the suite's base spec, not a machine-local path
+        meta = json.loads(adapter_cfg.read_text())
+        meta["base_model_name_or_path"] = base_spec
+        adapter_cfg.write_text(json.dumps(meta, indent=2))
+    _save_record(out_dir, record)
+    if canaries is not None:
+        (out_dir / "canaries.json").write_text(json.dumps(canaries, indent=2))
+    # written last: its presence means the fine-tune finished
+    (out_dir / "finetune.json").write_text(json.dumps({"fingerprint": fp, "base": base_spec}, indent=2))
+
+
+def load_finished(out_dir: Path, fp: str) -> tuple[dict, dict | None] | None:
+    """The record (and canaries) of a finished fine-tune in ``out_dir`` with this fingerprint, or None."""
+    marker = out_dir / "finetune.json"
+    if not marker.exists():
+        return None
+    try:
+        meta = json.loads(marker.read_text())
+        if meta.get("fingerprint") != fp:
+            return None
+        record = json.loads((out_dir / "training.json").read_text())
+        can = out_dir / "canaries.json"
+        return record, (json.loads(can.read_text()) if can.exists() else None)
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,360 @@
+"""The model handle: loading (local dir, hub id, ``builtin:NAME``, peft adapter), device and dtype,
+and batched, length-sorted scoring primitives memoized per (model, data, operation) so that checks
+which need the same pass share it.
+
+Primitives (all return numpy, in the order of the input):
+
+- ``class_logits(texts)``            -> ``[N, C]`` classifier logits
+- ``token_logprobs(texts)``          -> list of per-token log-probs (causal LM, all tokens after the first)
+- ``continuation_logprobs(pairs)``   -> list of per-token log-probs of each continuation given its
+  context, tokenized exactly as lm-eval's ``_encode_pair`` does (whole = enc(ctx+cont), ctx = enc(ctx))
+- ``attentions(texts)``              -> list of ``[L, H, T, T]`` attention maps (eager attention)
+- ``hidden_states(texts)``           -> ``[L+1, N, D]`` mean-pooled hidden states per layer
+
+One forward pass can fill several caches: asking for attentions also stores the logits of that pass.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from auditkit.errors import AuditInputError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def cache_dir() -> Path:
+    """Where converted and generated models live (``AUDITKIT_CACHE``, default ~/.cache/auditkit)."""
+    return Path(os.environ.get("AUDITKIT_CACHE") or Path.home() / ".cache" / "auditkit")
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AuditInputError("--device cuda was asked for but no CUDA device is available",
+                              place="--device", fix="use --device auto or --device cpu")
+    return device
+
+
+def texts_key(items: Sequence) -> str:
+    """A content fingerprint of a list of texts (or text pairs)."""
+    h = hashlib.blake2b(digest_size=16)
+    for it in items:
+        h.update(json.dumps(it, ensure_ascii=False).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def weights_fingerprint(model) -> str:
+    """blake2b over every parameter and buffer (name, shape, bytes): same weights, same id."""
+    import torch
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        t = t.detach()
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        h.update(t.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model with its tokenizer, task kind and a cache of scoring passes."""
+
+    model: Any
+    tokenizer: Any
+    task: str
+    source: str
+    device: str = "cpu"
+    batch_size: int = 32
+    max_length: int = 256
+    _cache: dict = field(default_factory=dict, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False)
+    stats: dict = field(default_factory=lambda: {"forward_passes": 0, "cache_hits": 0}, repr=False)
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.model)
+        return self._fingerprint
+
+    def describe(self) -> dict:
+        n = sum(p.numel() for p in self.model.parameters())
+        return {"id": self.source, "fingerprint": self.fingerprint, "task": self.task,
+                "architecture": type(self.model).__name__, "parameters": int(n)}
+
+    @property
+    def num_labels(self) -> int:
+        return int(getattr(self.model.config, "num_labels", 0) or 0)
+
+    def invalidate(self) -> None:
+        """Forget cached passes and the fingerprint (after the weights changed)."""
+        self._cache.clear()
+        self._fingerprint = None
+
+    # ------------------------------------------------------------------ caching
+    def _memo(self, op: str, items: Sequence, compute: Callable[[], Any], **kw) -> Any:
+        key = (op, texts_key(items), json.dumps(kw, sort_keys=True))
+        if key in self._cache:
+            self.stats["cache_hits"] += 1
+            return self._cache[key]
+        value = compute()
+        self._cache[key] = value
+        return value
+
+    def _put(self, op: str, items: Sequence, value: Any, **kw) -> None:
+        self._cache[(op, texts_key(items), json.dumps(kw, sort_keys=True))] = value
+
+    # ------------------------------------------------------------------ batching
+    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                             add_special_tokens=True)
+        return enc["input_ids"]
+
+    def _batches(self, ids: list[list[int]]):
+        """Yield (indices, input_ids, attention_mask) batches sorted by length (right padding)."""
+        import torch
+        order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id or 0
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            width = max(len(ids[i]) for i in idx)
+            inp = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                inp[row, :len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
+                mask[row, :len(ids[i])] = 1
+            yield idx, inp.to(self.device), mask.to(self.device)
+
+    def _forward(self, texts: Sequence[str] | None, *, attentions: bool = False, hidden: bool = False,
+                 ids: list[list[int]] | None = None) -> dict:
+        """One batched pass; fills the logits cache and whichever extra outputs were asked for."""
+        import torch
+        ids = ids if ids is not None else self._encode(texts)
+        n = len(ids)
+        logits_out: list = [None] * n
+        att_out: list = [None] * n
+        hid_out: list = [None] * n
+        if attentions:
+            self._ensure_eager()
+        self.stats["forward_passes"] += 1
+        with torch.inference_mode():
+            for idx, inp, mask in self._batches(ids):
+                out = self.model(input_ids=inp, attention_mask=mask, output_attentions=attentions,
+                                 output_hidden_states=hidden)
+                logits = out.logits.float()
+                for row, i in enumerate(idx):
+                    length = len(ids[i])
+                    if self.task == "causal-lm":
+                        logits_out[i] = logits[row, :length]
+                    else:
+                        logits_out[i] = logits[row].cpu().numpy()
+                    if attentions:
+                        att_out[i] = torch.stack([a[row, :, :length, :length].float() for a in out.attentions]).cpu().numpy()
+                    if hidden:
+                        m = mask[row, :length].unsqueeze(-1).float()
+                        hid_out[i] = torch.stack([(h[row, :length].float() * m).sum(0) / m.sum()
+                                                  for h in out.hidden_states]).cpu().numpy()
+                if self.task == "causal-lm":
+                    # per-token log-probs of each next token; keep only these, not full vocab logits
+                    lp = torch.log_softmax(logits[:, :-1], dim=-1)
+                    tgt = inp[:, 1:].unsqueeze(-1)
+                    tok_lp = lp.gather(-1, tgt).squeeze(-1)
+                    for row, i in enumerate(idx):
+                        logits_out[i] = tok_lp[row, :len(ids[i]) - 1].cpu().numpy()
+        result = {"ids": ids}
+        if self.task == "causal-lm":
+            result["token_logprobs"] = logits_out
+        else:
+            result["logits"] = np.stack(logits_out) if n else np.zeros((0, self.num_labels))
+        if attentions:
+            result["attentions"] = att_out
+        if hidden:
+            result["hidden"] = np.stack(hid_out, axis=1) if n else None
+        return result
+
+    def _ensure_eager(self) -> None:
+        cfg = self.model.config
+        if getattr(cfg, "_attn_implementation", "eager") != "eager":
+            self.model.set_attn_implementation("eager")
+
+    def _store_pass(self, texts: Sequence[str], res: dict) -> None:
+        key = "token_logprobs" if self.task == "causal-lm" else "class_logits"
+        self._put(key, texts, res["token_logprobs" if self.task == "causal-lm" else "logits"])
+
+    # ------------------------------------------------------------------ primitives
+    def class_logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Classifier logits ``[N, C]`` (sequence-classification models)."""
+        self._require("sequence-classification", "class_logits")
+        return self._memo("class_logits", texts, lambda: self._forward(texts)["logits"])
+
+    def token_logprobs(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Log-prob of every token given its prefix (causal LMs); the first token is not scored."""
+        self._require("causal-lm", "token_logprobs")
+        return self._memo("token_logprobs", texts, lambda: self._forward(texts)["token_logprobs"])
+
+    def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
+        """Per-token log-probs of ``continuation`` given ``context``, as lm-eval's loglikelihood."""
+        self._require("causal-lm", "continuation_logprobs")
+        pairs = [tuple(p) for p in pairs]
+
+        def compute():
+            whole_ids, starts = [], []
+            prefix = self.tokenizer.bos_token_id
+            if prefix is None:
+                prefix = self.tokenizer.eos_token_id
+            for ctx, cont in pairs:
+                if ctx == "":
+                    cont_ids = self.tokenizer(cont)["input_ids"]
+                    ids = [prefix] + cont_ids if cont_ids[:1] != [prefix] else cont_ids
+                    whole_ids.append(ids)
+                    starts.append(len(ids) - len(cont_ids) if cont_ids[:1] != [prefix] else 1)
+                    continue
+                n_sp = len(ctx) - len(ctx.rstrip())
+                if n_sp:
+                    cont, ctx = ctx[-n_sp:] + cont, ctx[:-n_sp]
+                whole = self.tokenizer(ctx + cont)["input_ids"]
+                ctx_len = len(self.tokenizer(ctx)["input_ids"])
+                whole_ids.append(whole)
+                starts.append(ctx_len)
+            # left-truncate like lm-eval (keep the last max_length+1 tokens)
+            limit = self.max_length + 1
+            trimmed = []
+            for ids, s in zip(whole_ids, starts):
+                cut = max(0, len(ids) - limit)
+                trimmed.append((ids[cut:], max(s - cut, 1)))
+            lps = self._forward(None, ids=[t[0] for t in trimmed])["token_logprobs"]
+            # token_logprobs[j] scores token j+1, so continuation tokens start at index start-1
+            return [lp[s - 1:] for lp, (_, s) in zip(lps, trimmed)]
+
+        return self._memo("continuation_logprobs", pairs, compute)
+
+    def attentions(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Per example ``[layers, heads, T, T]`` attention maps (switches to eager attention)."""
+        def compute():
+            res = self._forward(texts, attentions=True)
+            self._store_pass(texts, res)
+            return res["attentions"]
+        return self._memo("attentions", texts, compute)
+
+    def hidden_states(self, texts: Sequence[str]) -> np.ndarray:
+        """Mean-pooled hidden states ``[layers+1, N, D]`` (embeddings first)."""
+        def compute():
+            res = self._forward(texts, hidden=True)
+            self._store_pass(texts, res)
+            return res["hidden"]
+        return self._memo("hidden_states", texts, compute)
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """The token ids each text is scored with (for labelling attention maps)."""
+        return self._memo("token_ids", texts, lambda: self._encode(texts))
+
+    def _require(self, task: str, op: str) -> None:
+        if self.task != task:
+            raise AuditInputError(f"{op} needs a {task} model but {self.source} is loaded as {self.task}",
+                                  place="model.task", fix=f"set model.task: {task} or use a check for {self.task}")
+
+
+# ---------------------------------------------------------------------- loading
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or os.sep in spec.strip("/") and not _HUB_ID.match(spec)
+
+
+def resolve_source(spec: str, registry, *, file: str | None = None, place: str = "model.base") -> str:
+    """Turn ``builtin:NAME``, a local dir or a hub id into something from_pretrained takes."""
+    if spec.startswith("builtin:"):
+        name = spec[len("builtin:"):]
+        sources = registry.model_sources
+        if name not in sources:
+            from difflib import get_close_matches
+            near = get_close_matches(name, list(sources), n=1)
+            hint = f"did you mean builtin:{near[0]}?" if near else f"known: {', '.join(sorted(sources))}"
+            raise AuditInputError(f"unknown built-in model {spec!r}", file=file, place=place, fix=hint)
+        return str(sources[name].fn(cache_dir()))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise AuditInputError(f"{spec} is a file, not a model directory", file=file, place=place,
+                                  fix="point to the folder holding config.json")
+        if not ((path / "config.json").exists() or (path / "adapter_config.json").exists()):
+            raise AuditInputError(f"{spec} is not a model directory (no config.json or adapter_config.json)",
+                                  file=file, place=place, fix="point to a folder written by save_pretrained")
+        return str(path)
+    if _HUB_ID.match(spec) and not spec.startswith(("./", "../")):
+        return spec
+    raise AuditInputError(f"model directory {spec} does not exist", file=file, place=place,
+                          fix="check the path, or use a hub id (owner/name) or builtin:NAME")
+
+
+def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_labels: int | None = None,
+               trust_remote_code: bool = False, allow_pickle: bool = False, file: str | None = None,
+               place: str = "model.base") -> ModelHandle:
+    """Load a model for ``task`` from ``spec`` (safetensors only unless ``allow_pickle``)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    location = resolve_source(spec, registry, file=file, place=place)
+    local = Path(location)
+    adapter = local.is_dir() and (local / "adapter_config.json").exists()
+    if local.is_dir() and not adapter and not allow_pickle:
+        has_st = any(local.glob("*.safetensors"))
+        has_pickle = any(local.glob("*.bin")) or any(local.glob("*.pt"))
+        if has_pickle and not has_st:
+            raise AuditInputError(f"{spec} holds only pickle checkpoints (.bin/.pt), which can run code on load",
+                                  file=file, place=place,
+                                  fix="convert it to safetensors, or set model.allow_pickle: true if you trust it")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": dtype}
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    base_location = location
+    try:
+        if adapter:
+            from peft import PeftModel
+            cfg = json.loads((local / "adapter_config.json").read_text())
+            base_location = cfg.get("base_model_name_or_path") or ""
+            if base_location.startswith("builtin:"):
+                base_location = resolve_source(base_location, registry, file=file, place=place)
+            extra = {"num_labels": num_labels} if task != "causal-lm" and num_labels else {}
+            base = auto.from_pretrained(base_location, **kwargs, **extra)
+            model = PeftModel.from_pretrained(base, location).merge_and_unload()
+        elif task == "causal-lm":
+            model = auto.from_pretrained(location, **kwargs)
+        else:
+            extra = {"num_labels": num_labels} if num_labels else {}
+            model = auto.from_pretrained(location, **kwargs, **extra)
+        tok_location = location if (local / "tokenizer_config.json").exists() or not local.is_dir() else base_location
+        tokenizer = AutoTokenizer.from_pretrained(tok_location, trust_remote_code=trust_remote_code)
+    except AuditInputError:
+        raise
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AuditInputError(f"could not load model {spec!r}: {first}", file=file, place=place,
+                              fix="check the path or hub id; offline machines need a local dir or builtin:NAME")
+    except ValueError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise AuditInputError(f"could not load model {spec!r} as {task}: {first}", file=file, place=place,
+                              fix="check model.task and that the folder holds a complete model")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(device)
+    model.eval()
+    return ModelHandle(model=model, tokenizer=tokenizer, task=task, source=spec, device=device)

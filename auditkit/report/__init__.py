@@ -1,0 +1,1 @@
+"""Reporters: each a plugin registered through ``auditkit_register_reporters``."""

@@ -1,0 +1,76 @@
+"""The ``html`` reporter: one self-contained, offline report.html.
+
+Jinja2 with autoescape on: everything a model or dataset produced is escaped. Inline CSS, figures
+as ``data:`` SVG images (which cannot run script), a Content-Security-Policy that forbids every
+network request, and no JavaScript.
+"""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import jinja2
+
+from auditkit.hookspecs import hookimpl
+from auditkit.report.common import ci_text, counts, fmt, gate_line
+
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("auditkit.report", "templates"),
+                          autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                          undefined=jinja2.StrictUndefined)
+
+
+def _svg_uri(svg: str) -> str:
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
+
+
+def _heat(score) -> str:
+    """Background style for a token score in [-1, 1] (red positive, blue negative)."""
+    try:
+        s = max(-1.0, min(1.0, float(score)))
+    except (TypeError, ValueError):
+        return ""
+    color = "220,38,38" if s >= 0 else "37,99,235"
+    return f"background: rgba({color},{abs(s):.3f})"
+
+
+def _split_evidence(evidence: list) -> tuple[list, list]:
+    """Evidence items: {'title','rows'} tables, {'kind':'tokens',...} heat maps, or plain row dicts."""
+    tables, heatmaps, plain = [], [], []
+    for item in evidence or []:
+        if isinstance(item, dict) and item.get("kind") == "tokens":
+            heatmaps.append(item)
+        elif isinstance(item, dict) and "rows" in item:
+            tables.append(item)
+        elif isinstance(item, dict):
+            plain.append(item)
+        else:
+            plain.append({"value": item})
+    if plain:
+        tables.insert(0, {"title": "Evidence", "rows": plain})
+    for t in tables:
+        cols: list[str] = []
+        for r in t["rows"]:
+            for k in r:
+                if k not in cols:
+                    cols.append(k)
+        t["columns"] = t.get("columns") or cols
+    return tables, heatmaps
+
+
+_ENV.filters.update(fmt=fmt, svg_uri=_svg_uri, heat=_heat)
+_ENV.globals.update(ci_text=ci_text, gate_line=gate_line, split_evidence=_split_evidence)
+
+
+def render_html(results: dict, template: str = "report.html.j2", **extra) -> str:
+    return _ENV.get_template(template).render(r=results, counts=counts(results), **extra)
+
+
+def render(results: dict, out_dir: Path, options: dict) -> Path:
+    path = Path(out_dir) / "report.html"
+    path.write_text(render_html(results), encoding="utf-8")
+    return path
+
+
+@hookimpl
+def auditkit_register_reporters(register):
+    register("html", render, "report.html, self-contained and offline")

@@ -1,0 +1,16 @@
+"""The ``json`` reporter: results.json itself (atomic, stable key order)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from auditkit.hookspecs import hookimpl
+from auditkit.results import write_json_atomic
+
+
+def render(results: dict, out_dir: Path, options: dict) -> Path:
+    return write_json_atomic(Path(out_dir) / "results.json", results)
+
+
+@hookimpl
+def auditkit_register_reporters(register):
+    register("json", render, "results.json, the machine-readable result")

@@ -1,0 +1,336 @@
+"""suite -> data -> models (fine-tuned if asked) -> checks (each isolated) -> gates -> results -> reporters.
+
+Bad input raises AuditInputError before any model loads wherever possible. A check that raises is
+recorded as ERROR with its traceback; the other checks still run and the reports are still written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from auditkit import __version__
+from auditkit.api import CheckContext, CheckResult
+from auditkit.data import Dataset, load_dataset
+from auditkit.errors import AuditInputError, TrainingDiverged
+from auditkit.gates import evaluate
+from auditkit.models import ModelHandle, load_model, resolve_device
+from auditkit.results import SCHEMA, write_json_atomic
+from auditkit.suite import CheckSpec, Suite
+
+STATUS_ORDER = {"pass": 0, "warn": 1, "fail": 2, "error": 3}
+
+
+class Progress:
+    """What the runner tells the terminal; the CLI subclasses it with rich bars."""
+
+    def stage(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def check_start(self, check_id: str) -> None: ...
+    def check_update(self, check_id: str, fraction: float) -> None: ...
+    def check_done(self, check_id: str, status: str) -> None: ...
+    def train_start(self, total_steps: int) -> None: ...
+    def train_update(self, info: dict) -> None: ...
+    def train_done(self) -> None: ...
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path
+    model: str | None = None
+    baseline: str | None = None
+    device: str | None = None
+    only: list[str] | None = None
+    resume: bool = False
+    strict: bool = False
+    show_secrets: bool = False
+    formats: tuple[str, ...] = ("json", "html", "junit", "markdown")
+
+
+@dataclass
+class RunOutcome:
+    results: dict
+    exit_code: int
+    written: list[Path] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def exit_code_for(results: dict, strict: bool = False) -> int:
+    """0 all gates passed (warnings allowed unless strict); 1 a gate failed; 3 a check crashed."""
+    checks = results.get("checks", [])
+    if any(c["status"] == "error" and c.get("error") for c in checks):
+        return 3
+    if any(g["status"] in ("fail", "error") for c in checks for g in c.get("gates", [])):
+        return 1
+    if strict and any(c["status"] == "warn" for c in checks):
+        return 1
+    return 0
+
+
+def _config_hash(spec: CheckSpec) -> str:
+    blob = json.dumps({"uses": spec.uses, "params": spec.params, "data": spec.data, "columns": spec.columns,
+                       "gates": [g.expr for g in spec.gates]}, sort_keys=True, default=str)
+    return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
+
+
+class Runner:
+    """Runs one suite; holds the loaded datasets and model handles for the checks to share."""
+
+    def __init__(self, suite: Suite, registry, options: RunOptions, progress: Progress | None = None):
+        self.suite, self.registry, self.opts = suite, registry, options
+        self.progress = progress or Progress()
+        self.file = str(suite.path)
+        self.datasets: dict[tuple, Dataset] = {}
+        self.device = resolve_device(options.device or suite.device)
+
+    # ------------------------------------------------------------------ data
+    def load_data(self, spec: str, columns: dict | None = None, place: str = "data") -> Dataset:
+        key = (spec, json.dumps(columns, sort_keys=True))
+        if key not in self.datasets:
+            self.datasets[key] = load_dataset(spec, self.registry, seed=self.suite.seed, columns=columns,
+                                              base_dir=self.suite.base_dir, file=self.file, place=place)
+        return self.datasets[key]
+
+    def _selected(self) -> list[CheckSpec]:
+        checks = self.suite.checks
+        if self.opts.only:
+            ids = {c.id for c in checks} | {c.uses for c in checks}
+            for o in self.opts.only:
+                if o not in ids:
+                    from difflib import get_close_matches
+                    near = get_close_matches(o, sorted(ids), n=1)
+                    raise AuditInputError(f"--only {o}: no such check in the suite", file=self.file,
+                                          fix=f"did you mean {near[0]!r}?" if near else f"checks: {', '.join(sorted(ids))}")
+            checks = [c for c in checks if c.id in self.opts.only or c.uses in self.opts.only]
+        return checks
+
+    # ------------------------------------------------------------------ models
+    def _load(self, spec: str, place: str) -> ModelHandle:
+        m = self.suite.model
+        self.progress.stage(f"loading {spec} on {self.device}")
+        handle = load_model(spec, m.task, self.registry, device=self.device, num_labels=m.num_labels,
+                            trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
+                            file=self.file, place=place)
+        handle.batch_size, handle.max_length = m.batch_size, m.max_length
+        return handle
+
+    def _finetune(self, base: ModelHandle) -> tuple[ModelHandle, dict, dict | None]:
+        from auditkit import finetune as ft
+        cfg = self.suite.finetune
+        train_ds = self.load_data(cfg.data, cfg.columns, "finetune.data")
+        val_spec = cfg.validation
+        if val_spec is None and cfg.data.startswith("builtin:"):
+            val_spec = cfg.data.split("#")[0] + "#validation"
+        val_ds = self.load_data(val_spec, cfg.columns, "finetune.validation") if val_spec else None
+        canaries = ft.make_canaries(cfg.canaries, cfg.seed) if cfg.canaries else None
+        if canaries:
+            extra = [{"text": c["text"]} for c in canaries["canaries"] for _ in range(c["repeats"])]
+            train_ds = Dataset(train_ds.spec + "+canaries", train_ds.rows + extra, train_ds.file, train_ds.row_offset)
+        base_spec = self.opts.model or self.suite.model.base
+        if not base_spec.startswith("builtin:") and Path(base_spec).expanduser().exists():
+            base_spec = str(Path(base_spec).expanduser().resolve())
+        fp = ft.fingerprint(base.fingerprint, train_ds.fingerprint, val_ds.fingerprint if val_ds else "", cfg,
+                            base.task)
+        model_dir = self.opts.out_dir / "model"
+        done = ft.load_finished(model_dir, fp)
+        if done is not None:
+            record, canaries = done
+            self.progress.stage(f"reusing the finished fine-tune in {model_dir} (same fingerprint)")
+            handle = self._load(str(model_dir), "finetune")
+            handle.source = "finetuned:" + base_spec
+            record = dict(record, reused=True)
+            return handle, record, canaries
+        self.progress.stage(f"fine-tuning {base.source} ({cfg.method}, {cfg.epochs} epochs) on {cfg.data}")
+        self.progress.train_start(0)
+        try:
+            res = ft.train(base, train_ds, val_ds, cfg, out_dir=model_dir, progress=self.progress.train_update,
+                           warn=self.progress.warn, suite_file=self.file, base_spec=base_spec)
+        finally:
+            self.progress.train_done()
+        ft.save_finetuned(res.model, base.tokenizer, model_dir, fp=fp, record=res.record, base_spec=base_spec,
+                          canaries=canaries)
+        model = ft.for_audit(res.model, self.device)
+        handle = ModelHandle(model=model, tokenizer=base.tokenizer, task=base.task, source="finetuned:" + base_spec,
+                             device=self.device, batch_size=base.batch_size, max_length=base.max_length)
+        return handle, dict(res.record, reused=False), canaries
+
+    # ------------------------------------------------------------------ checks
+    def _context(self, spec: CheckSpec, model: ModelHandle, baseline: ModelHandle | None, training, artifacts,
+                 is_baseline: bool) -> CheckContext:
+        data = self.load_data(spec.data, spec.columns, f"checks[{self.suite.checks.index(spec)}].data") \
+            if spec.data else None
+        return CheckContext(model=model, params=dict(spec.params), seed=self.suite.seed, device=self.device,
+                            data=data, baseline=baseline, training=training, run_dir=str(self.opts.out_dir),
+                            base_dir=str(self.suite.base_dir),
+                            check_id=spec.id, load_data=lambda s, c=None: self.load_data(s, c, spec.id),
+                            progress=lambda f, cid=spec.id: self.progress.check_update(cid, f),
+                            artifacts=artifacts, is_baseline_pass=is_baseline)
+
+    def _run_check(self, spec: CheckSpec, model, baseline, training, artifacts) -> dict:
+        entry: dict[str, Any] = {"id": spec.id, "uses": spec.uses, "plugin": self.registry.check_plugin.get(spec.uses),
+                                 "params": spec.params, "data": spec.data, "config_hash": _config_hash(spec),
+                                 "status": "error", "metrics": {}, "baseline_metrics": None, "gates": [],
+                                 "evidence": [], "figures": {}, "records": {}, "notes": [], "error": None}
+        self.progress.check_start(spec.id)
+        t0 = time.perf_counter()
+        try:
+            ctx = self._context(spec, model, baseline, training, artifacts, False)
+            result = spec.cls().run(ctx)
+            if not isinstance(result, CheckResult):
+                raise TypeError(f"check {spec.uses!r} returned {type(result).__name__}, not CheckResult")
+            base_metrics = None
+            if spec.needs_baseline and baseline is not None and not spec.cls.uses_baseline:
+                bctx = self._context(spec, baseline, None, training, artifacts, True)
+                base_metrics = {k: m.as_dict() for k, m in spec.cls().run(bctx).metrics.items()}
+            entry.update(metrics={k: m.as_dict() for k, m in result.metrics.items()}, evidence=result.evidence,
+                         figures=result.figures, records=result.records, notes=result.notes,
+                         baseline_metrics=base_metrics)
+            if spec.cls.uses_baseline and baseline is not None:
+                entry["baseline_metrics"] = {k[len("baseline."):]: m for k, m in entry["metrics"].items()
+                                             if k.startswith("baseline.")} or None
+            gates = [evaluate(g, entry["metrics"], entry["baseline_metrics"]) for g in spec.gates]
+            entry["gates"] = gates
+            worst = max([STATUS_ORDER[g["status"]] for g in gates] or [0])
+            entry["status"] = [k for k, v in STATUS_ORDER.items() if v == worst][0]
+        except AuditInputError:
+            raise
+        except Exception as exc:  # isolate the crash: ERROR for this check, the rest still run
+            entry["error"] = {"type": type(exc).__name__, "message": str(exc),
+                              "traceback": traceback.format_exc()}
+            entry["gates"] = [{"expr": g.expr, "severity": g.severity, "status": "error", "observed": None,
+                               "threshold": None, "reason": "the check crashed"} for g in spec.gates]
+        duration = time.perf_counter() - t0
+        self.progress.check_done(spec.id, entry["status"])
+        return entry, duration
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> RunOutcome:
+        import torch
+        suite, opts = self.suite, self.opts
+        started = time.time()
+        seed_everything(suite.seed)
+        checks = self._selected()
+        # validate every dataset before any model loads
+        for i, spec in enumerate(checks):
+            if spec.data:
+                self.load_data(spec.data, spec.columns, f"checks[{suite.checks.index(spec)}].data")
+        baseline_spec = opts.baseline or suite.model.baseline
+        if any(c.needs_baseline for c in checks) and not (baseline_spec or suite.finetune):
+            bad = next(c for c in checks if c.needs_baseline)
+            raise AuditInputError(f"check {bad.id!r} has a gate on baseline.* but there is no baseline model",
+                                  file=self.file, place=f"line {bad.line}",
+                                  fix="add finetune:, model.baseline: or --baseline")
+        if suite.finetune:
+            self.load_data(suite.finetune.data, suite.finetune.columns, "finetune.data")
+
+        base = self._load(opts.model or suite.model.base, "model.base")
+        training, canaries = None, None
+        train_time = None
+        if suite.finetune:
+            try:
+                model, training, canaries = self._finetune(base)
+            except TrainingDiverged as exc:
+                results = self._results(suite, base, None, None, [], {}, started, error=str(exc))
+                return self._finish(results, 3)
+            baseline = base
+            train_time = {k: training.pop(k, None) for k in ("train_time_s", "tokens_per_s")}
+        else:
+            model = base
+            baseline = self._load(baseline_spec, "model.baseline") if baseline_spec else None
+        artifacts = {"canaries": canaries}
+        previous = self._previous() if opts.resume else {}
+        entries, durations = [], {}
+        for spec in checks:
+            prev = previous.get(spec.id)
+            if prev and prev.get("config_hash") == _config_hash(spec) and prev.get("status") != "error":
+                self.progress.stage(f"{spec.id}: reusing the result of the previous run (--resume)")
+                entries.append(prev)
+                durations[spec.id] = 0.0
+                continue
+            torch.manual_seed(suite.seed)
+            entry, durations[spec.id] = self._run_check(spec, model, baseline, training, artifacts)
+            entries.append(entry)
+        results = self._results(suite, model, baseline, training, entries, durations, started, train_time=train_time)
+        return self._finish(results, exit_code_for(results, opts.strict))
+
+    def _previous(self) -> dict:
+        path = self.opts.out_dir / "results.json"
+        try:
+            prev = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {c["id"]: c for c in prev.get("checks", [])}
+
+    def _results(self, suite, model, baseline, training, entries, durations, started, error=None,
+                 train_time=None) -> dict:
+        import numpy
+        import torch
+        import transformers
+        statuses = [e["status"] for e in entries] or ["error"]
+        status = max(statuses, key=lambda s: STATUS_ORDER[s])
+        if error:
+            status = "error"
+        env = {"auditkit": __version__, "python": platform.python_version(), "torch": torch.__version__,
+               "transformers": transformers.__version__, "numpy": numpy.__version__,
+               "device": self.device, "seed": suite.seed, "platform": platform.platform()}
+        try:
+            import peft
+            env["peft"] = peft.__version__
+        except ImportError:  # pragma: no cover
+            pass
+        return {
+            "schema": SCHEMA,
+            "suite": {"name": suite.name, "file": str(suite.path), "description": suite.description},
+            "status": status,
+            "error": error,
+            "model": model.describe() if model is not None else None,
+            "baseline": baseline.describe() if baseline is not None else None,
+            "training": training,
+            "environment": env,
+            "checks": entries,
+            "run": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+                    "duration_s": round(time.time() - started, 3),
+                    "check_durations_s": {k: round(v, 3) for k, v in durations.items()},
+                    "training": train_time,
+                    "show_secrets": self.opts.show_secrets},
+        }
+
+    def _finish(self, results: dict, code: int) -> RunOutcome:
+        out = self.opts.out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        written = render_reports(results, out, self.registry, self.opts.formats,
+                                 {"show_secrets": self.opts.show_secrets}, progress=self.progress)
+        return RunOutcome(results=results, exit_code=code, written=written)
+
+
+def render_reports(results: dict, out: Path, registry, formats, options: dict, progress: Progress | None = None,
+                   write_json: bool = True) -> list[Path]:
+    """Run each requested reporter plugin; results.json is written first, atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_json_atomic(out / "results.json", results)] if write_json else []
+    for name in formats:
+        if name == "json":
+            continue
+        rep = registry.reporters.get(name)
+        if rep is None:
+            raise AuditInputError(f"unknown report format {name!r}", place="--format",
+                                  fix=f"known: {', '.join(sorted(registry.reporters))}")
+        try:
+            written.append(rep.fn(results, out, options))
+        except Exception as exc:  # a broken reporter must not hide the others
+            if progress:
+                progress.warn(f"reporter {name} failed: {type(exc).__name__}: {exc}")
+    return written

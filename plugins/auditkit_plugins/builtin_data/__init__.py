@@ -1,0 +1,1 @@
+"""Built-in, offline, deterministic datasets shipped with auditkit (generated from the standard library only)."""

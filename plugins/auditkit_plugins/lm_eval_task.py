@@ -1,0 +1,121 @@
+"""The ``lm_eval`` check: any lm-evaluation-harness task run through lm-eval itself on the model
+already in memory (``HFLM(pretrained=<loaded model>)``), its metrics and stderr mapped into our schema
+(95% CI = value ± 1.96 stderr). ``task`` is a task name, a path to a task YAML (relative to the suite),
+or ``builtin:NAME`` for a built-in multiple-choice dataset wrapped as an lm-eval task.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+
+from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
+from auditkit.errors import AuditInputError
+from auditkit.hookspecs import hookimpl
+
+COMMON_METRICS = ("acc", "acc_norm", "acc_mutual_info", "exact_match", "f1", "mcc", "bleu", "rouge1", "rougeL",
+                  "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "likelihood")
+LOWER_IS_BETTER = {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"}
+
+MC_TASK_YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def write_mc_task(rows: list[dict], folder: Path, name: str) -> Path:
+    """Write ``rows`` as JSONL plus an lm-eval multiple-choice task YAML (absolute data path)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = (folder / f"{name}.jsonl").resolve()
+    data.write_text("".join(json.dumps({"question": r["question"], "choices": r["choices"],
+                                        "label": int(r["label"])}) + "\n" for r in rows))
+    yml = folder / f"{name}.yaml"
+    yml.write_text(MC_TASK_YAML.format(name=name, path=json.dumps(str(data))))
+    return yml
+
+
+class LmEvalTask(Check):
+    name = "lm_eval"
+    description = "Run an lm-evaluation-harness task through lm-eval on the loaded model; metrics with stderr CIs."
+    params = {
+        "task": Param("str", None, "lm-eval task name, path to a task YAML, or builtin:NAME", required=True),
+        "num_fewshot": Param("int", 0, "few-shot examples"),
+        "limit": Param("int", 0, "evaluate at most this many documents (0 = all)"),
+        "batch_size": Param("int", 16, "lm-eval batch size"),
+    }
+    metrics = {m: MetricSpec(f"lm-eval {m}", m not in LOWER_IS_BETTER) for m in COMMON_METRICS}
+    tasks = ("causal-lm",)
+    needs_data = False
+
+    def run(self, ctx: CheckContext) -> CheckResult:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+
+        task = ctx.params["task"]
+        with tempfile.TemporaryDirectory(prefix="auditkit-lmeval-") as tmp:
+            include = None
+            if task.startswith("builtin:"):
+                ds = ctx.load_data(task)
+                ds.require_choices()
+                name = "auditkit_" + task[len("builtin:"):].replace("-", "_").replace("#", "_")
+                include = str(write_mc_task(ds.rows, Path(tmp), name).parent)
+                task = name
+            elif task.endswith((".yaml", ".yml")):
+                path = Path(task)
+                if not path.is_absolute() and ctx.base_dir:
+                    path = Path(ctx.base_dir) / path
+                if not path.exists():
+                    raise AuditInputError(f"lm-eval task file {task} does not exist", place=f"{ctx.check_id}.task")
+                import yaml
+                task = (yaml.safe_load(path.read_text()) or {}).get("task") or path.stem
+                include = str(path.parent.resolve())
+            tm = TaskManager(include_path=include) if include else TaskManager()
+            lm = HFLM(pretrained=ctx.model.model, tokenizer=ctx.model.tokenizer, batch_size=ctx.params["batch_size"],
+                      max_length=ctx.model.max_length + 1)
+            out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=tm,
+                                          num_fewshot=ctx.params["num_fewshot"] or None,
+                                          limit=ctx.params["limit"] or None, bootstrap_iters=1000,
+                                          random_seed=ctx.seed, numpy_random_seed=ctx.seed,
+                                          torch_random_seed=ctx.seed, fewshot_random_seed=ctx.seed,
+                                          log_samples=True, verbosity="ERROR")
+        res = CheckResult()
+        scores = out["results"].get(task) or next(iter(out["results"].values()))
+        n = (out.get("n-samples", {}).get(task) or {}).get("effective")
+        for key, value in scores.items():
+            if "_stderr" in key or key == "alias" or not isinstance(value, (int, float)):
+                continue
+            metric, _, filt = key.partition(",")
+            name = metric if filt in ("", "none") else f"{metric}_{filt}"
+            stderr = scores.get(f"{metric}_stderr,{filt}" if filt else f"{metric}_stderr")
+            ci = None
+            if isinstance(stderr, (int, float)) and math.isfinite(stderr):
+                ci = (value - 1.96 * stderr, value + 1.96 * stderr)
+            res.add(name, value, ci, n, name not in LOWER_IS_BETTER)
+        samples = (out.get("samples") or {}).get(task) or []
+        if samples and "acc" in samples[0]:
+            ordered = sorted(samples, key=lambda s: s["doc_id"])
+            res.records["correct"] = [int(s["acc"]) for s in ordered]
+        res.notes.append(f"lm-eval {lm_eval.__version__ if hasattr(lm_eval, '__version__') else ''} task {task}")
+        ctx.progress(1.0)
+        return res
+
+
+@hookimpl
+def auditkit_register_checks(register):
+    register(LmEvalTask)
