@@ -105,7 +105,11 @@ class ModelHandle:
         self._fingerprint = None
 
     # ------------------------------------------------------------------ caching
-    def _memo(self, op: str, items: Sequence, compute: Callable[[], Any], **kw) -> Any:
+    def memo(self, op: str, items: Sequence, compute: Callable[[], Any], **kw) -> Any:
+        """Cache ``compute()`` under (this model, ``op``, the content of ``items``, ``kw``).
+
+        Plugins may cache their own passes here too, so two checks never run the same pass twice.
+        """
         key = (op, texts_key(items), json.dumps(kw, sort_keys=True))
         if key in self._cache:
             self.stats["cache_hits"] += 1
@@ -200,12 +204,12 @@ class ModelHandle:
     def class_logits(self, texts: Sequence[str]) -> np.ndarray:
         """Classifier logits ``[N, C]`` (sequence-classification models)."""
         self._require("sequence-classification", "class_logits")
-        return self._memo("class_logits", texts, lambda: self._forward(texts)["logits"])
+        return self.memo("class_logits", texts, lambda: self._forward(texts)["logits"])
 
     def token_logprobs(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Log-prob of every token given its prefix (causal LMs); the first token is not scored."""
         self._require("causal-lm", "token_logprobs")
-        return self._memo("token_logprobs", texts, lambda: self._forward(texts)["token_logprobs"])
+        return self.memo("token_logprobs", texts, lambda: self._forward(texts)["token_logprobs"])
 
     def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
         """Per-token log-probs of ``continuation`` given ``context``, as lm-eval's loglikelihood."""
@@ -241,7 +245,7 @@ class ModelHandle:
             # token_logprobs[j] scores token j+1, so continuation tokens start at index start-1
             return [lp[s - 1:] for lp, (_, s) in zip(lps, trimmed)]
 
-        return self._memo("continuation_logprobs", pairs, compute)
+        return self.memo("continuation_logprobs", pairs, compute)
 
     def attentions(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Per example ``[layers, heads, T, T]`` attention maps (switches to eager attention)."""
@@ -249,7 +253,7 @@ class ModelHandle:
             res = self._forward(texts, attentions=True)
             self._store_pass(texts, res)
             return res["attentions"]
-        return self._memo("attentions", texts, compute)
+        return self.memo("attentions", texts, compute)
 
     def hidden_states(self, texts: Sequence[str]) -> np.ndarray:
         """Mean-pooled hidden states ``[layers+1, N, D]`` (embeddings first)."""
@@ -257,11 +261,11 @@ class ModelHandle:
             res = self._forward(texts, hidden=True)
             self._store_pass(texts, res)
             return res["hidden"]
-        return self._memo("hidden_states", texts, compute)
+        return self.memo("hidden_states", texts, compute)
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """The token ids each text is scored with (for labelling attention maps)."""
-        return self._memo("token_ids", texts, lambda: self._encode(texts))
+        return self.memo("token_ids", texts, lambda: self._encode(texts))
 
     def _require(self, task: str, op: str) -> None:
         if self.task != task:
@@ -301,6 +305,13 @@ def resolve_source(spec: str, registry, *, file: str | None = None, place: str =
                           fix="check the path, or use a hub id (owner/name) or builtin:NAME")
 
 
+def _quiet_transformers() -> None:
+    """transformers' load reports and progress bars are noise in an audit log."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_labels: int | None = None,
                trust_remote_code: bool = False, allow_pickle: bool = False, file: str | None = None,
                place: str = "model.base") -> ModelHandle:
@@ -308,6 +319,7 @@ def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_label
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    _quiet_transformers()
     location = resolve_source(spec, registry, file=file, place=place)
     local = Path(location)
     adapter = local.is_dir() and (local / "adapter_config.json").exists()

@@ -1,0 +1,61 @@
+"""Shared fixtures: offline settings, a cache for the tiny random models, loaded tiny handles."""
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("AUDITKIT_CACHE", str(ROOT / ".cache" / "auditkit"))
+for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from auditkit.plugins import registry as get
+    return get()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(registry):
+    """A 2-layer, 128-dim random BERT classifier with 2 labels (seed 0)."""
+    import torch
+    from auditkit.models import load_model
+    torch.manual_seed(0)
+    return load_model("builtin:tiny-bert", "sequence-classification", registry, device="cpu", num_labels=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(registry):
+    """A 2-layer, 128-dim random GPT-2 causal LM with a 2k byte-level BPE."""
+    from auditkit.models import load_model
+    return load_model("builtin:tiny-gpt2", "causal-lm", registry, device="cpu")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_suite(folder: Path, text: str, name: str = "suite.yaml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the CLI in-process: returns (exit code, stdout, stderr)."""
+    from auditkit.cli import main
+
+    def run(*args: str):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
