@@ -250,7 +250,16 @@ class Runner:
         else:
             model = base
             baseline = self._load(baseline_spec, "model.baseline") if baseline_spec else None
-        artifacts = {"canaries": canaries}
+        ft = suite.finetune
+        artifacts = {
+            "canaries": canaries,
+            "show_secrets": opts.show_secrets,
+            # what the model was fine-tuned on, for membership inference and extraction checks
+            "finetune_data": (ft.data, ft.columns) if ft else None,
+            "finetune_validation": (ft.validation or (ft.data.split("#")[0] + "#validation"
+                                                      if ft.data.startswith("builtin:") else None), ft.columns)
+            if ft else None,
+        }
         previous = self._previous() if opts.resume else {}
         entries, durations = [], {}
         for spec in checks:
