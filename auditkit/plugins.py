@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = (
     "auditkit_plugins.accuracy",
     "auditkit_plugins.lm_eval_task",
     "auditkit_plugins.overfitting",
+    "auditkit_plugins.calibration",
     "auditkit_plugins.forgetting",
     "auditkit_plugins.bias",
     "auditkit_plugins.memorization",

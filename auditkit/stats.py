@@ -78,3 +78,31 @@ def paired_bootstrap(x, y, seed: int = 0, n_resamples: int = 2000) -> dict:
     centered = means - d.mean()
     p = float(np.mean(np.abs(centered) >= abs(d.mean()))) if d.std() > 0 else (1.0 if d.mean() == 0 else 0.0)
     return {"delta": float(d.mean()), "ci_low": float(low), "ci_high": float(high), "p_value": p}
+
+
+def macro_f1(y_true, y_pred, n_classes: int) -> float:
+    """Unweighted mean of per-class F1 (sklearn's ``f1_score(average='macro')`` with zero_division=0)."""
+    return float(macro_f1_resampled(np.asarray(y_true)[None, :], np.asarray(y_pred)[None, :], n_classes)[0])
+
+
+def macro_f1_resampled(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Macro-F1 for each row of ``[B, n]`` label/prediction matrices, vectorized over resamples."""
+    scores = np.zeros(y_true.shape[0])
+    for c in range(n_classes):
+        t, p = y_true == c, y_pred == c
+        tp = np.sum(t & p, axis=1)
+        denom = np.sum(t, axis=1) + np.sum(p, axis=1)
+        scores += np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return scores / n_classes
+
+
+def macro_f1_ci(y_true, y_pred, n_classes: int, seed: int = 0, n_resamples: int = 1000) -> tuple[float, float]:
+    """Percentile-bootstrap 95% CI of macro-F1, resampling (label, prediction) pairs jointly."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.size < 2:
+        v = macro_f1(y_true, y_pred, n_classes) if y_true.size else float("nan")
+        return v, v
+    idx = np.random.default_rng(seed).integers(0, y_true.size, size=(n_resamples, y_true.size))
+    boot = macro_f1_resampled(y_true[idx], y_pred[idx], n_classes)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return float(low), float(high)

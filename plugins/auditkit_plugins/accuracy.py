@@ -11,7 +11,7 @@ import numpy as np
 
 from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
 from auditkit.hookspecs import hookimpl
-from auditkit.stats import bootstrap_ci, mean_ci, mean_stderr
+from auditkit.stats import macro_f1_ci, mean_ci, mean_stderr
 
 
 def multiple_choice_scores(model, rows: list[dict], delimiter: str = " ") -> tuple[np.ndarray, np.ndarray, list]:
@@ -75,11 +75,9 @@ class Accuracy(Check):
         res = CheckResult()
         res.add("accuracy", correct.mean(), mean_ci(correct, ctx.seed), n)
         classes = list(range(max(ctx.model.num_labels, int(labels.max()) + 1)))
-
-        def f1(y, p):
-            return f1_score(y, p, average="macro", labels=classes, zero_division=0)
-
-        res.add("macro_f1", f1(labels, pred), bootstrap_ci(f1, labels, pred, seed=ctx.seed, n_resamples=b), n)
+        # sklearn's macro-F1 for the value; the 1000 bootstrap resamples vectorized in numpy
+        f1 = f1_score(labels, pred, average="macro", labels=classes, zero_division=0)
+        res.add("macro_f1", f1, macro_f1_ci(labels, pred, len(classes), seed=ctx.seed, n_resamples=b), n)
         res.records = {"correct": correct.astype(int).tolist(), "pred": pred.astype(int).tolist()}
         probs = _softmax(logits)
         wrong = np.where(correct == 0)[0]
