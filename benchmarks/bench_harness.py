@@ -26,6 +26,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smollm2", action="store_true", help="also compare on SmolLM2-135M (slow on CPU)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default="builtin:minilm", help="a BERT-style encoder (builtin:NAME or a dir)")
     args = ap.parse_args()
     import torch
     from auditkit.data import load_dataset
@@ -34,7 +35,7 @@ def main() -> int:
 
     reg = registry()
     torch.manual_seed(0)
-    handle = load_model("builtin:minilm", "sequence-classification", reg, device=args.device, num_labels=2)
+    handle = load_model(args.model, "sequence-classification", reg, device=args.device, num_labels=2)
     data = load_dataset("builtin:reviews#test", reg)
     texts = data.column("text")
     print(f"MiniLM, {len(texts)} texts (builtin:reviews#test), batch 32, device {args.device}, torch threads "
