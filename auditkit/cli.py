@@ -128,6 +128,8 @@ def cmd_run(args) -> int:
         if hasattr(progress, "close"):
             progress.close()
     print_result_table(outcome.results)
+    if outcome.results.get("error"):  # the run itself stopped (e.g. the fine-tune diverged)
+        print(f"auditkit: run error: {outcome.results['error']}", file=sys.stderr)
     print(f"reports written to {out}/ (report.html, results.json, junit.xml, summary.md)", file=sys.stderr)
     return outcome.exit_code
 

@@ -338,8 +338,11 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
     bad_evals = 0
     window: list[float] = []
 
+    eval_time = 0.0
+
     def do_eval(epoch: float) -> bool:
-        nonlocal best, bad_evals
+        nonlocal best, bad_evals, eval_time
+        t_eval = time.perf_counter()
         tr_loss, tr_acc = _evaluate(model, train_eval, task, pad_id, device, max(micro, 32), amp)
         entry = {"step": step, "epoch": round(epoch, 4), "train_loss": tr_loss,
                  "train_loss_running": float(sum(window) / len(window)) if window else None}
@@ -358,6 +361,7 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
                 bad_evals += 1
         window.clear()
         record["evals"].append(entry)
+        eval_time += time.perf_counter() - t_eval
         if cfg.early_stopping and bad_evals >= cfg.early_stopping["patience"]:
             record["stopped_early"] = True
             return True
@@ -385,10 +389,12 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
                     warn(msg)
             if not math.isfinite(loss_val):
                 record["diverged_at_step"] = step + 1
+                saved = ""
                 if out_dir is not None:
                     _save_record(out_dir, record)
+                    saved = f"; the training record up to there is in {Path(out_dir) / 'training.json'}"
                 raise TrainingDiverged(f"training loss became {loss_val} at step {step + 1} (epoch {epoch + 1}); "
-                                       f"lower finetune.learning_rate")
+                                       f"lower finetune.learning_rate{saved}")
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
@@ -411,8 +417,12 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
         if cfg.eval_every == "epoch":
             if do_eval(epoch + 1.0):
                 break
-    elapsed = time.perf_counter() - t0
+    if not record["evals"] or record["evals"][-1]["step"] != step:
+        if not record["stopped_early"]:  # stopped by max_steps (or steps not a multiple of eval_every)
+            do_eval(float(record["steps"][-1]["epoch"]) if record["steps"] else 0.0)
+    elapsed = time.perf_counter() - t0 - eval_time
     record["train_time_s"] = elapsed
+    record["eval_time_s"] = eval_time
     record["tokens"] = tokens
     record["tokens_per_s"] = tokens / max(elapsed, 1e-9)
     if best[1] is not None:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import platform
 import random
+import re
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from auditkit.api import CheckContext, CheckResult
 from auditkit.data import Dataset, load_dataset
 from auditkit.errors import AuditInputError, TrainingDiverged
 from auditkit.gates import evaluate
-from auditkit.models import ModelHandle, load_model, resolve_device
+from auditkit.models import ModelHandle, load_model, resolve_device, resolve_source
 from auditkit.results import SCHEMA, write_json_atomic
 from auditkit.suite import CheckSpec, Suite
 
@@ -96,6 +97,23 @@ class Runner:
         self.datasets: dict[tuple, Dataset] = {}
         self.device = resolve_device(options.device or suite.device)
 
+    def where(self, *path) -> str:
+        """The suite line of a key path, e.g. ("checks", 0, "data") -> "line 7 (checks[0].data)"."""
+        dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+        key = tuple(path)
+        while key and key not in self.suite.lines:
+            key = key[:-1]
+        line = self.suite.lines.get(key) if key else None
+        return f"line {line} ({dotted})" if line else dotted
+
+    def _located(self, exc: AuditInputError) -> AuditInputError:
+        """Give a suite error raised with a dotted place (``finetune.lora.target_modules``) its line."""
+        place = str(exc.place or "")
+        if exc.file in (None, self.file) and re.fullmatch(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[\d+\])*", place):
+            path = tuple(int(p) if p.isdigit() else p for p in re.findall(r"[A-Za-z_]\w*|\d+", place))
+            exc.file, exc.place = self.file, self.where(*path)
+        return exc
+
     # ------------------------------------------------------------------ data
     def load_data(self, spec: str, columns: dict | None = None, place: str = "data") -> Dataset:
         key = (spec, json.dumps(columns, sort_keys=True))
@@ -120,21 +138,27 @@ class Runner:
     # ------------------------------------------------------------------ models
     def _load(self, spec: str, place: str) -> ModelHandle:
         m = self.suite.model
+        import torch
         self.progress.stage(f"loading {spec} on {self.device}")
-        handle = load_model(spec, m.task, self.registry, device=self.device, num_labels=m.num_labels,
-                            trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
-                            file=self.file, place=place)
+        # weights a checkpoint lacks (a new classification head, BERT's pooler, neither in a LoRA
+        # adapter) are drawn at load time: draw them the same way on every load, whatever the RNG
+        # state, so a reloaded or reused fine-tune is the model that was trained and audited
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            handle = load_model(spec, m.task, self.registry, device=self.device, num_labels=m.num_labels,
+                                trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
+                                file=self.file, place=place)
         handle.batch_size, handle.max_length = m.batch_size, m.max_length
         return handle
 
     def _finetune(self, base: ModelHandle) -> tuple[ModelHandle, dict, dict | None]:
         from auditkit import finetune as ft
         cfg = self.suite.finetune
-        train_ds = self.load_data(cfg.data, cfg.columns, "finetune.data")
+        train_ds = self.load_data(cfg.data, cfg.columns, self.where("finetune", "data"))
         val_spec = cfg.validation
         if val_spec is None and cfg.data.startswith("builtin:"):
             val_spec = cfg.data.split("#")[0] + "#validation"
-        val_ds = self.load_data(val_spec, cfg.columns, "finetune.validation") if val_spec else None
+        val_ds = self.load_data(val_spec, cfg.columns, self.where("finetune", "validation")) if val_spec else None
         canaries = ft.make_canaries(cfg.canaries, cfg.seed) if cfg.canaries else None
         if canaries:
             extra = [{"text": c["text"]} for c in canaries["canaries"] for _ in range(c["repeats"])]
@@ -158,6 +182,8 @@ class Runner:
         try:
             res = ft.train(base, train_ds, val_ds, cfg, out_dir=model_dir, progress=self.progress.train_update,
                            warn=self.progress.warn, suite_file=self.file, base_spec=base_spec)
+        except AuditInputError as exc:
+            raise self._located(exc) from None
         finally:
             self.progress.train_done()
         ft.save_finetuned(res.model, base.tokenizer, model_dir, fp=fp, record=res.record, base_spec=base_spec,
@@ -170,7 +196,7 @@ class Runner:
     # ------------------------------------------------------------------ checks
     def _context(self, spec: CheckSpec, model: ModelHandle, baseline: ModelHandle | None, training, artifacts,
                  is_baseline: bool) -> CheckContext:
-        data = self.load_data(spec.data, spec.columns, f"checks[{self.suite.checks.index(spec)}].data") \
+        data = self.load_data(spec.data, spec.columns, self.where("checks", self.suite.checks.index(spec), "data")) \
             if spec.data else None
         return CheckContext(model=model, params=dict(spec.params), seed=self.suite.seed, device=self.device,
                             data=data, baseline=baseline, training=training, run_dir=str(self.opts.out_dir),
@@ -205,7 +231,12 @@ class Runner:
             entry["gates"] = gates
             worst = max([STATUS_ORDER[g["status"]] for g in gates] or [0])
             entry["status"] = [k for k, v in STATUS_ORDER.items() if v == worst][0]
-        except AuditInputError:
+        except AuditInputError as exc:
+            if exc.file is None:  # a check's own parameter or requirement: point at the check in the suite
+                i = self.suite.checks.index(spec)
+                place = str(exc.place or "")
+                key = place[len(spec.id) + 1:] if place.startswith(spec.id + ".") else None
+                exc.file, exc.place = self.file, self.where("checks", i, key) if key else self.where("checks", i)
             raise
         except Exception as exc:  # isolate the crash: ERROR for this check, the rest still run
             entry["error"] = {"type": type(exc).__name__, "message": str(exc),
@@ -226,7 +257,7 @@ class Runner:
         # validate every dataset before any model loads
         for i, spec in enumerate(checks):
             if spec.data:
-                self.load_data(spec.data, spec.columns, f"checks[{suite.checks.index(spec)}].data")
+                self.load_data(spec.data, spec.columns, self.where("checks", suite.checks.index(spec), "data"))
         baseline_spec = opts.baseline or suite.model.baseline
         if any(c.needs_baseline for c in checks) and not (baseline_spec or suite.finetune):
             bad = next(c for c in checks if c.needs_baseline)
@@ -234,9 +265,16 @@ class Runner:
                                   file=self.file, place=f"line {bad.line}",
                                   fix="add finetune:, model.baseline: or --baseline")
         if suite.finetune:
-            self.load_data(suite.finetune.data, suite.finetune.columns, "finetune.data")
+            self.load_data(suite.finetune.data, suite.finetune.columns, self.where("finetune", "data"))
 
-        base = self._load(opts.model or suite.model.base, "model.base")
+        base_place = "--model" if opts.model else self.where("model", "base")
+        base_spec = opts.model or suite.model.base
+        baseline_place = "--baseline" if opts.baseline else self.where("model", "baseline")
+        # a missing or non-model folder is bad input: say so before anything loads
+        resolve_source(base_spec, self.registry, file=self.file, place=base_place)
+        if baseline_spec and not suite.finetune:
+            resolve_source(baseline_spec, self.registry, file=self.file, place=baseline_place)
+        base = self._load(base_spec, base_place)
         training, canaries = None, None
         train_time = None
         if suite.finetune:
@@ -246,10 +284,10 @@ class Runner:
                 results = self._results(suite, base, None, None, [], {}, started, error=str(exc))
                 return self._finish(results, 3)
             baseline = base
-            train_time = {k: training.pop(k, None) for k in ("train_time_s", "tokens_per_s")}
+            train_time = {k: training.pop(k, None) for k in ("train_time_s", "eval_time_s", "tokens_per_s")}
         else:
             model = base
-            baseline = self._load(baseline_spec, "model.baseline") if baseline_spec else None
+            baseline = self._load(baseline_spec, baseline_place) if baseline_spec else None
         ft = suite.finetune
         artifacts = {
             "canaries": canaries,

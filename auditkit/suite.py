@@ -4,6 +4,7 @@ Every error names the suite file and the line, and offers a "did you mean" where
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
@@ -66,6 +67,16 @@ class Suite:
         return self.path.parent
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` / ``5E3`` as floats (YAML 1.2), not as strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def _did_you_mean(word: str, options) -> str:
     near = get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
     return f"did you mean {near[0]!r}?" if near else f"expected one of: {', '.join(map(str, options))}"
@@ -123,8 +134,8 @@ def load_suite(path: str | Path, registry) -> Suite:
         raise AuditInputError(f"suite file {display} does not exist", fix="give the path to a .yaml suite")
     text = path.read_text(encoding="utf-8")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_Loader)
+        raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]

@@ -85,7 +85,14 @@ class LmEvalTask(Check):
                 import yaml
                 task = (yaml.safe_load(path.read_text()) or {}).get("task") or path.stem
                 include = str(path.parent.resolve())
-            tm = TaskManager(include_path=include) if include else TaskManager()
+            tm = None
+            if include:
+                # indexing lm-eval's thousands of built-in task YAMLs takes ~20 s on 2 CPUs: only do it
+                # when the task (e.g. a group of built-in tasks) is not found among the included ones
+                tm = TaskManager(include_path=include, include_defaults=False)
+                if task not in tm.all_tasks:
+                    tm = None
+            tm = tm or (TaskManager(include_path=include) if include else TaskManager())
             lm = HFLM(pretrained=ctx.model.model, tokenizer=ctx.model.tokenizer, batch_size=ctx.params["batch_size"],
                       max_length=ctx.model.max_length + 1)
             out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=tm,
