@@ -1,0 +1,155 @@
+"""What is explained: one :class:`Example` per row, with the token ids the handle scores it with,
+the positions that may be explained (every non-special token), the target and its probability.
+
+Targets (the model's own decision, as ERASER, DeYoung et al. 2020, explains predictions):
+
+- classifiers: the predicted class (argmax of the handle's cached ``class_logits``); the explained
+  position (the "query" row of attention maps) is ``[CLS]`` when the tokenizer puts one first, the
+  last token otherwise (decoder classifiers pool the last token);
+- causal LMs on text: the greedy next token after the text; the query row is the last token;
+- causal LMs on multiple choice ``{"question","choices","label"}``: the first token of the answer the
+  model chooses (lm-eval's ``acc``: argmax summed log-likelihood, from the accuracy check's cached
+  pass) as the next token after the question.
+
+The target score is the log-probability of the target (log-softmax over classes or the vocabulary),
+for gradients; faithfulness reads it as a probability.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Example:
+    """One explained input."""
+
+    row: int                # index of the row in the dataset
+    text: str               # the text (context) the handle encodes
+    ids: list[int]          # token ids as the handle scores the text
+    candidates: np.ndarray  # positions that may be explained (non-special tokens)
+    target: int             # class index (classifier) or token id (causal LM)
+    prob: float             # p(target | full input)
+    query: int              # the position whose prediction is explained
+    label: str = ""         # human-readable target
+
+
+def special_positions(tokenizer, ids: list[int]) -> np.ndarray:
+    """Boolean mask of special tokens ([CLS], [SEP], <|endoftext|>, padding...)."""
+    special = set(tokenizer.all_special_ids or [])
+    return np.array([i in special for i in ids], dtype=bool)
+
+
+def token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """Readable token strings: WordPiece ``##`` and byte-level ``Ġ``/SentencePiece ``▁`` markers removed."""
+    out = []
+    for tok in tokenizer.convert_ids_to_tokens(list(ids)):
+        tok = str(tok or "")
+        if tok.startswith("##"):
+            tok = tok[2:]
+        tok = tok.replace("Ġ", "").replace("▁", "").replace("Ċ", "\\n")
+        out.append(tok)
+    return out
+
+
+def query_position(handle, ids: list[int]) -> int:
+    tok = handle.tokenizer
+    if handle.task != "causal-lm" and tok.cls_token_id is not None and ids and ids[0] == tok.cls_token_id:
+        return 0
+    return len(ids) - 1
+
+
+def score_ids(handle, ids: list[list[int]], targets: list[int]) -> np.ndarray:
+    """log p(target | ids) for arbitrary (e.g. perturbed) token sequences, batched by the handle and
+    memoized on it. Causal LMs score the target appended as the next token."""
+    items = [[list(map(int, x)), int(t)] for x, t in zip(ids, targets)]
+    if not items:
+        return np.zeros(0)
+
+    def compute():
+        # identical sequences (e.g. the same top-k set under two methods) are scored once
+        uniq: dict[tuple, int] = {}
+        for x, t in items:
+            uniq.setdefault((tuple(x), t), len(uniq))
+        keys = list(uniq)
+        if handle.task == "causal-lm":
+            limit = handle.max_length
+            seqs = [list(x)[-(limit - 1):] + [t] for x, t in keys]
+            lps = handle._forward(None, ids=seqs)["token_logprobs"]
+            vals = np.array([float(lp[-1]) for lp in lps])
+        else:
+            logits = handle._forward(None, ids=[list(x) for x, _ in keys])["logits"].astype(np.float64)
+            logz = np.logaddexp.reduce(logits, axis=-1)
+            vals = np.array([logits[j, t] - logz[j] for j, (_, t) in enumerate(keys)])
+        return np.array([vals[uniq[(tuple(x), t)]] for x, t in items])
+
+    return handle.memo("explain.score_ids", items, compute, persist=True)
+
+
+def _next_tokens(handle, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy next token after each sequence and its log-prob (one batched pass, memoized)."""
+    import torch
+
+    def compute():
+        tok, lp = np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids))
+        with torch.inference_mode():
+            for idx, inp, mask in handle._batches(ids):
+                logits = handle.model(input_ids=inp, attention_mask=mask).logits.float()
+                last = mask.sum(1) - 1
+                logp = torch.log_softmax(logits[torch.arange(len(idx)), last], -1)
+                best = logp.max(-1)
+                for row, i in enumerate(idx):
+                    tok[i], lp[i] = int(best.indices[row]), float(best.values[row])
+        return tok, lp
+
+    return handle.memo("explain.next_token", ids, compute, persist=True)
+
+
+def context_texts(ds, task: str) -> tuple[list[str], str]:
+    """The text each row is explained on, and the data kind ("classification", "mc", "text")."""
+    if task != "causal-lm":
+        ds.require("text", fmt="classification")
+        return [r["text"] for r in ds.rows], "classification"
+    if ds.has("question", "choices"):
+        ds.require_choices()
+        return [r["question"] for r in ds.rows], "mc"
+    if ds.has("prompt"):
+        ds.require("prompt")
+        return [r["prompt"] for r in ds.rows], "text"
+    ds.require("text", fmt="causal LM text")
+    return [r["text"] for r in ds.rows], "text"
+
+
+def prepare(handle, ds, rows: list[int], texts: list[str], kind: str, delimiter: str = " ") -> list[Example]:
+    """Targets and token positions for the selected rows (``texts`` are their contexts)."""
+    tok = handle.tokenizer
+    ids = handle.token_ids(texts)
+    if kind == "classification":
+        logits = handle.class_logits(texts).astype(np.float64)
+        logz = np.logaddexp.reduce(logits, axis=-1)
+        targets = logits.argmax(-1)
+        logps = logits[np.arange(len(texts)), targets] - logz
+        labels = [f"class {int(t)}" for t in targets]
+    elif kind == "mc":
+        from auditkit_plugins.accuracy import multiple_choice_scores
+        chosen_rows = [ds.rows[r] for r in rows]
+        _, _, lls = multiple_choice_scores(handle, chosen_rows, delimiter)
+        targets, labels = [], []
+        for row, ll in zip(chosen_rows, lls):
+            choice = row["choices"][int(np.argmax(ll))]
+            first = tok(delimiter + choice, add_special_tokens=False)["input_ids"]
+            targets.append(int(first[0]) if first else int(tok.eos_token_id or 0))
+            labels.append(f"answer {choice!r}")
+        logps = score_ids(handle, ids, targets)
+    else:
+        targets, logps = _next_tokens(handle, ids)
+        labels = [f"next token {t!r}" for t in token_texts(tok, [int(t) for t in targets])]
+    out = []
+    for j, r in enumerate(rows):
+        cand = np.flatnonzero(~special_positions(tok, ids[j]))
+        if cand.size == 0:
+            continue
+        out.append(Example(row=r, text=texts[j], ids=list(ids[j]), candidates=cand, target=int(targets[j]),
+                           prob=float(np.exp(logps[j])), query=query_position(handle, ids[j]), label=labels[j]))
+    return out
