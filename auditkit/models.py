@@ -12,6 +12,16 @@ Primitives (all return numpy, in the order of the input):
 - ``hidden_states(texts)``           -> ``[L+1, N, D]`` mean-pooled hidden states per layer
 
 One forward pass can fill several caches: asking for attentions also stores the logits of that pass.
+
+The scoring passes are also cached on disk by content, so a second audit against the same base model skips
+them: ``AUDITKIT_CACHE/passes/<model fingerprint>/<op>-<key>.npz``, the key hashing the weights'
+fingerprint, the tokenizer, task, max_length, dtype and device kind, the operation, the content of
+the inputs and the keyword arguments. Values are numpy arrays (or lists, tuples and str-keyed dicts
+of them, numbers, strings, None) written with ``np.savez`` to a temporary file renamed into place and
+read back with ``allow_pickle=False``; any other value is simply not stored on disk. A plugin's own
+``memo`` op is kept on disk only when it passes ``persist=True``.
+``AUDITKIT_DISK_CACHE=0`` turns the disk cache off; ``AUDITKIT_DISK_CACHE_MAX_MB`` (default 256)
+caps the size of one stored pass.
 """
 from __future__ import annotations
 
@@ -19,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -68,6 +79,149 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()
 
 
+# ---------------------------------------------------------------------- the disk cache of passes
+
+_DISK_FORMAT = 2
+_MISSING = object()
+
+
+class _Unstorable(Exception):
+    """A value the disk cache does not store (it stays in memory only)."""
+
+
+def disk_cache_enabled() -> bool:
+    """False when ``AUDITKIT_DISK_CACHE`` is 0/false/no/off."""
+    return os.environ.get("AUDITKIT_DISK_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _max_bytes() -> int:
+    try:
+        return int(float(os.environ.get("AUDITKIT_DISK_CACHE_MAX_MB", "256")) * 2 ** 20)
+    except ValueError:
+        return 256 * 2 ** 20
+
+
+def _plain_array(x) -> bool:
+    return isinstance(x, np.ndarray) and x.dtype != object and x.dtype.kind in "biufcUS"
+
+
+def _encode_value(value, arrays: dict) -> dict:
+    """Describe ``value`` as JSON, moving its arrays into ``arrays`` (no pickling anywhere)."""
+    def put(arr) -> str:
+        name = f"a{len(arrays)}"
+        arrays[name] = arr
+        return name
+
+    if value is None:
+        return {"t": "none"}
+    if isinstance(value, (bool, np.bool_)):
+        return {"t": "bool", "v": bool(value)}
+    if isinstance(value, (int, np.integer)):
+        return {"t": "int", "v": int(value)}
+    if isinstance(value, (float, np.floating)):
+        return {"t": "float", "k": put(np.asarray(value, dtype=np.float64))}  # keeps NaN/inf exact
+    if isinstance(value, str):
+        return {"t": "str", "v": value}
+    if _plain_array(value):
+        return {"t": "array", "k": put(value)}
+    if isinstance(value, np.ndarray):
+        raise _Unstorable(f"array of dtype {value.dtype}")
+    if isinstance(value, (list, tuple)):
+        seq = "tuple" if isinstance(value, tuple) else "list"
+        if value and all(_plain_array(v) for v in value) and len({(v.dtype.str, v.ndim) for v in value}) == 1 \
+                and value[0].ndim >= 1:
+            # ragged arrays (token log-probs, attention maps): one flat buffer plus the shapes
+            shapes = np.array([v.shape for v in value], dtype=np.int64)
+            return {"t": "ragged", "seq": seq, "k": put(np.concatenate([v.ravel() for v in value])),
+                    "s": put(shapes)}
+        if value and all(isinstance(v, list) and all(type(x) is int for x in v) for v in value):
+            # lists of token ids
+            lengths = np.array([len(v) for v in value], dtype=np.int64)
+            flat = np.array([x for v in value for x in v], dtype=np.int64)
+            return {"t": "intlists", "seq": seq, "k": put(flat), "s": put(lengths)}
+        if len(value) > 4096:
+            raise _Unstorable("a long list of mixed values")
+        return {"t": seq, "items": [_encode_value(v, arrays) for v in value]}
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"t": "dict", "items": [[k, _encode_value(v, arrays)] for k, v in value.items()]}
+    raise _Unstorable(type(value).__name__)
+
+
+def _decode_value(meta: dict, arrays) -> Any:
+    t = meta["t"]
+    if t == "none":
+        return None
+    if t in ("bool", "int", "str"):
+        return meta["v"]
+    if t == "float":
+        return float(arrays[meta["k"]])
+    if t == "array":
+        return arrays[meta["k"]]
+    if t == "ragged":
+        flat, shapes = arrays[meta["k"]], arrays[meta["s"]]
+        out, pos = [], 0
+        for shape in shapes:
+            size = int(np.prod(shape))
+            out.append(flat[pos:pos + size].reshape(tuple(int(d) for d in shape)))
+            pos += size
+        return tuple(out) if meta["seq"] == "tuple" else out
+    if t == "intlists":
+        flat, lengths = arrays[meta["k"]].tolist(), arrays[meta["s"]].tolist()
+        out, pos = [], 0
+        for n in lengths:
+            out.append(flat[pos:pos + n])
+            pos += n
+        return tuple(out) if meta["seq"] == "tuple" else out
+    if t in ("list", "tuple"):
+        items = [_decode_value(m, arrays) for m in meta["items"]]
+        return tuple(items) if t == "tuple" else items
+    if t == "dict":
+        return {k: _decode_value(m, arrays) for k, m in meta["items"]}
+    raise ValueError(f"unknown stored kind {t!r}")
+
+
+def _disk_store(path: Path, value) -> bool:
+    """Write ``value`` atomically as .npz; False (and nothing written) when it cannot be stored."""
+    arrays: dict = {}
+    try:
+        meta = _encode_value(value, arrays)
+    except _Unstorable:
+        return False
+    if sum(a.nbytes for a in arrays.values()) > _max_bytes():
+        return False
+    arrays["__meta__"] = np.frombuffer(json.dumps({"format": _DISK_FORMAT, "value": meta}).encode(), dtype=np.uint8)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".pass-", suffix=".npz.tmp", dir=path.parent)
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _disk_load(path: Path):
+    """The stored value, or ``_MISSING`` when absent or unreadable (a broken file is recomputed)."""
+    if not path.exists():
+        return _MISSING
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(z["__meta__"].tobytes().decode())
+            if meta.get("format") != _DISK_FORMAT:
+                return _MISSING
+            arrays = {k: z[k] for k in z.files if k != "__meta__"}
+        return _decode_value(meta["value"], arrays)
+    except Exception:  # a truncated or foreign file is a cache miss, never an error
+        return _MISSING
+
+
 @dataclass
 class ModelHandle:
     """A loaded model with its tokenizer, task kind and a cache of scoring passes."""
@@ -81,7 +235,9 @@ class ModelHandle:
     max_length: int = 256
     _cache: dict = field(default_factory=dict, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
-    stats: dict = field(default_factory=lambda: {"forward_passes": 0, "cache_hits": 0}, repr=False)
+    _tok_fp: str | None = field(default=None, repr=False)
+    stats: dict = field(default_factory=lambda: {"forward_passes": 0, "cache_hits": 0, "disk_hits": 0},
+                        repr=False)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -103,23 +259,77 @@ class ModelHandle:
         """Forget cached passes and the fingerprint (after the weights changed)."""
         self._cache.clear()
         self._fingerprint = None
+        self._tok_fp = None
 
     # ------------------------------------------------------------------ caching
-    def memo(self, op: str, items: Sequence, compute: Callable[[], Any], **kw) -> Any:
+    def memo(self, op: str, items: Sequence, compute: Callable[[], Any], *, persist: bool = False, **kw) -> Any:
         """Cache ``compute()`` under (this model, ``op``, the content of ``items``, ``kw``).
 
         Plugins may cache their own passes here too, so two checks never run the same pass twice.
+        With ``persist=True`` (and ``AUDITKIT_DISK_CACHE`` not 0) the value is also kept on disk, keyed
+        by the model's fingerprint, so another run with the same weights and inputs skips the pass; the
+        scoring primitives below persist, a plugin's own op opts in (a value read back from disk is a
+        new object, equal to but not identical with what another memo returned in an earlier run).
+        ``kw`` must be JSON-serialisable: it is part of the key.
         """
         key = (op, texts_key(items), json.dumps(kw, sort_keys=True))
         if key in self._cache:
             self.stats["cache_hits"] += 1
             return self._cache[key]
+        path = self._disk_path(*key) if persist and disk_cache_enabled() else None
+        if path is not None:
+            value = _disk_load(path)
+            if value is not _MISSING:
+                self.stats["disk_hits"] = self.stats.get("disk_hits", 0) + 1
+                self._cache[key] = value
+                return value
         value = compute()
         self._cache[key] = value
+        if path is not None:
+            _disk_store(path, value)
         return value
 
+    def _pass_config(self) -> dict:
+        """Everything besides the weights that changes what a pass returns."""
+        if self._tok_fp is None:
+            tok = self.tokenizer
+            h = hashlib.blake2b(digest_size=16)
+            backend = getattr(tok, "backend_tokenizer", None)
+            if backend is not None:  # its full definition, less the truncation/padding state calls change
+                spec = json.loads(backend.to_str())
+                spec.pop("truncation", None)
+                spec.pop("padding", None)
+                h.update(json.dumps(spec, sort_keys=True).encode())
+            else:  # a slow tokenizer: its vocabulary and special tokens
+                h.update(json.dumps(sorted(tok.get_vocab().items())).encode())
+            h.update(json.dumps([type(tok).__name__, tok.padding_side, tok.truncation_side, tok.bos_token_id,
+                                 tok.eos_token_id, tok.pad_token_id, getattr(tok, "add_bos_token", None),
+                                 getattr(tok, "add_eos_token", None)], default=str).encode())
+            self._tok_fp = h.hexdigest()
+        try:
+            dtype = str(next(self.model.parameters()).dtype)
+        except (StopIteration, AttributeError, TypeError):
+            dtype = "?"
+        return {"tokenizer": self._tok_fp, "task": self.task, "max_length": self.max_length, "dtype": dtype,
+                "device": str(self.device).split(":")[0]}
+
+    def _disk_path(self, op: str, items_key: str, kw_json: str) -> Path:
+        from auditkit import __version__
+        blob = json.dumps([_DISK_FORMAT, __version__, self.fingerprint, self._pass_config(), op, items_key,
+                           kw_json],
+                          sort_keys=True)
+        digest = hashlib.blake2b(blob.encode(), digest_size=20).hexdigest()
+        safe_op = re.sub(r"[^A-Za-z0-9_.-]", "_", op)[:60]
+        return cache_dir() / "passes" / self.fingerprint / f"{safe_op}-{digest}.npz"
+
     def _put(self, op: str, items: Sequence, value: Any, **kw) -> None:
-        self._cache[(op, texts_key(items), json.dumps(kw, sort_keys=True))] = value
+        """Store a by-product of another pass (in memory and, like the primitives, on disk)."""
+        key = (op, texts_key(items), json.dumps(kw, sort_keys=True))
+        self._cache[key] = value
+        if disk_cache_enabled():
+            path = self._disk_path(*key)
+            if not path.exists():
+                _disk_store(path, value)
 
     # ------------------------------------------------------------------ batching
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -204,12 +414,12 @@ class ModelHandle:
     def class_logits(self, texts: Sequence[str]) -> np.ndarray:
         """Classifier logits ``[N, C]`` (sequence-classification models)."""
         self._require("sequence-classification", "class_logits")
-        return self.memo("class_logits", texts, lambda: self._forward(texts)["logits"])
+        return self.memo("class_logits", texts, lambda: self._forward(texts)["logits"], persist=True)
 
     def token_logprobs(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Log-prob of every token given its prefix (causal LMs); the first token is not scored."""
         self._require("causal-lm", "token_logprobs")
-        return self.memo("token_logprobs", texts, lambda: self._forward(texts)["token_logprobs"])
+        return self.memo("token_logprobs", texts, lambda: self._forward(texts)["token_logprobs"], persist=True)
 
     def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
         """Per-token log-probs of ``continuation`` given ``context``, as lm-eval's loglikelihood."""
@@ -245,7 +455,7 @@ class ModelHandle:
             # token_logprobs[j] scores token j+1, so continuation tokens start at index start-1
             return [lp[s - 1:] for lp, (_, s) in zip(lps, trimmed)]
 
-        return self.memo("continuation_logprobs", pairs, compute)
+        return self.memo("continuation_logprobs", pairs, compute, persist=True)
 
     def attentions(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Per example ``[layers, heads, T, T]`` attention maps (switches to eager attention)."""
@@ -253,7 +463,7 @@ class ModelHandle:
             res = self._forward(texts, attentions=True)
             self._store_pass(texts, res)
             return res["attentions"]
-        return self.memo("attentions", texts, compute)
+        return self.memo("attentions", texts, compute, persist=True)
 
     def hidden_states(self, texts: Sequence[str]) -> np.ndarray:
         """Mean-pooled hidden states ``[layers+1, N, D]`` (embeddings first)."""
@@ -261,7 +471,7 @@ class ModelHandle:
             res = self._forward(texts, hidden=True)
             self._store_pass(texts, res)
             return res["hidden"]
-        return self.memo("hidden_states", texts, compute)
+        return self.memo("hidden_states", texts, compute, persist=True)
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """The token ids each text is scored with (for labelling attention maps)."""

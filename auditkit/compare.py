@@ -1,0 +1,318 @@
+"""``auditkit compare A/results.json B/results.json``: what changed from run A to run B.
+
+- every metric the two runs share (same check id, same check), side by side with its delta B - A;
+- where both runs stored per-example ``records`` of the same length for the same data, a paired test:
+  McNemar's test (exact binomial when b + c <= 25) for 0/1 correctness records, a paired bootstrap of
+  the mean difference otherwise (``auditkit.stats``). A record applies to the metrics it is the mean of
+  (checked on both runs) or to the metric of the same name; the bootstrap also gives the delta's 95% CI;
+- a change is significant when that test's p-value is below 0.05; regressions (the delta goes the wrong
+  way for the metric's ``higher_is_better``) are listed first, significant ones before the others;
+- comparison gates, ``--fail-on "METRIC OP VALUE"`` (parsed by :mod:`auditkit.gates`, never eval-ed), are
+  conditions on the delta that FAIL the comparison when they hold: ``--fail-on "accuracy < -0.01"`` exits
+  1 when accuracy dropped by more than 0.01. ``METRIC`` may be prefixed with a check id
+  (``accuracy.macro_f1``) and suffixed with ``.ci_low``/``.ci_high`` (the delta's CI bounds);
+- comparison.html (the report's style), comparison.md and comparison.json, by default next to B.
+
+Runs of different suites or schema versions are not comparable: AuditInputError (exit 2).
+"""
+from __future__ import annotations
+
+import math
+from difflib import get_close_matches
+from pathlib import Path
+
+import numpy as np
+
+from auditkit.errors import AuditInputError
+from auditkit.gates import GateSyntaxError, evaluate, parse_gate
+from auditkit.report.common import fmt
+from auditkit.results import load_results, write_json_atomic
+from auditkit.stats import mcnemar, paired_bootstrap
+
+ALPHA = 0.05
+GROUPS = ("regression", "changed", "improvement", "unchanged", "missing")
+COMPARISON_SCHEMA = "auditkit.comparison/1"
+
+
+# ---------------------------------------------------------------------- paired tests
+
+def _numeric(values) -> np.ndarray | None:
+    if not isinstance(values, list) or not values:
+        return None
+    if not all(isinstance(v, (int, float)) and v is not None and math.isfinite(float(v)) for v in values):
+        return None
+    return np.asarray(values, dtype=float)
+
+
+def paired_tests(records_a: dict | None, records_b: dict | None, seed: int = 0) -> tuple[dict, list[str]]:
+    """Per record key both runs share: the paired test of B against A, and notes on what was skipped."""
+    tests, notes = {}, []
+    records_a, records_b = records_a or {}, records_b or {}
+    for key in records_b:
+        if key not in records_a:
+            continue
+        xa, xb = _numeric(records_a[key]), _numeric(records_b[key])
+        if xa is None or xb is None:
+            continue
+        if xa.size != xb.size:
+            notes.append(f"records {key!r} have {xa.size} vs {xb.size} examples: no paired test")
+            continue
+        boot = paired_bootstrap(xa, xb, seed=seed)
+        test = {"record": key, "n": int(xa.size), "mean_a": float(xa.mean()), "mean_b": float(xb.mean()),
+                "delta": boot["delta"], "ci_low": boot["ci_low"], "ci_high": boot["ci_high"]}
+        if set(np.unique(np.concatenate([xa, xb]))) <= {0.0, 1.0}:
+            mc = mcnemar(xa, xb)
+            test.update(test=f"McNemar ({mc['method']})", p_value=mc["p_value"], b=mc["b"], c=mc["c"])
+        else:
+            test.update(test="paired bootstrap", p_value=boot["p_value"])
+        test["significant"] = bool(test["p_value"] < ALPHA)
+        tests[key] = test
+    return tests, notes
+
+
+def _test_for(name: str, ma: dict, mb: dict, tests: dict) -> dict | None:
+    """The paired test that applies to metric ``name``: a record of that name, or one whose mean it is."""
+    if name in tests:
+        return tests[name]
+    va, vb = ma.get("value"), mb.get("value")
+    if va is None or vb is None:
+        return None
+    for t in tests.values():
+        if abs(t["mean_a"] - float(va)) <= 1e-9 and abs(t["mean_b"] - float(vb)) <= 1e-9:
+            return t
+    return None
+
+
+# ---------------------------------------------------------------------- the comparison
+
+def _direction(delta: float | None, hib) -> str:
+    if delta is None:
+        return "missing"
+    if abs(delta) <= 1e-12:
+        return "unchanged"
+    if hib is None:
+        return "changed"
+    return "improvement" if (delta > 0) == bool(hib) else "regression"
+
+
+def _check_comparable(a: dict, b: dict, path_a: str, path_b: str) -> None:
+    if a.get("schema") != b.get("schema"):
+        raise AuditInputError(f"the runs have different schema versions ({a.get('schema')} vs {b.get('schema')})",
+                              file=path_b, fix="re-run both suites with the same auditkit version")
+    sa, sb = (a.get("suite") or {}).get("name"), (b.get("suite") or {}).get("name")
+    if sa != sb:
+        raise AuditInputError(f"the runs are of different suites ({sa!r} in {path_a}, {sb!r} in {path_b})",
+                              file=path_b, fix="compare two runs of the same suite")
+
+
+def compare_results(a: dict, b: dict, *, path_a: str = "A", path_b: str = "B", seed: int = 0) -> dict:
+    """The comparison of run B against run A as a JSON-ready dict (rows sorted regressions first)."""
+    _check_comparable(a, b, path_a, path_b)
+    checks_a = {c["id"]: c for c in a.get("checks", [])}
+    checks_b = {c["id"]: c for c in b.get("checks", [])}
+    rows, notes, only_a, only_b, tests_out = [], [], [], [], []
+    for cid, cb in checks_b.items():
+        ca = checks_a.get(cid)
+        if ca is None:
+            only_b += [f"{cid}.{m}" for m in cb.get("metrics", {})] or [cid]
+            continue
+        if ca.get("uses") != cb.get("uses"):
+            notes.append(f"check {cid!r} uses {ca.get('uses')!r} in A but {cb.get('uses')!r} in B: not compared")
+            continue
+        tests, skipped = {}, []
+        if ca.get("data") == cb.get("data"):
+            tests, skipped = paired_tests(ca.get("records"), cb.get("records"), seed)
+        elif ca.get("records") and cb.get("records"):
+            skipped = [f"data differs ({ca.get('data')} vs {cb.get('data')}): no paired test"]
+        notes += [f"{cid}: {s}" for s in skipped]
+        tests_out += [dict(t, check=cid) for t in tests.values()]
+        ma_all, mb_all = ca.get("metrics", {}), cb.get("metrics", {})
+        only_a += [f"{cid}.{m}" for m in ma_all if m not in mb_all]
+        only_b += [f"{cid}.{m}" for m in mb_all if m not in ma_all]
+        for name, mb in mb_all.items():
+            ma = ma_all.get(name)
+            if ma is None:
+                continue
+            va, vb = ma.get("value"), mb.get("value")
+            delta = None if va is None or vb is None else float(vb) - float(va)
+            hib = mb.get("higher_is_better", ma.get("higher_is_better"))
+            t = _test_for(name, ma, mb, tests)
+            rows.append({
+                "check": cid, "metric": name, "a": va, "b": vb, "delta": delta,
+                "rel_delta": None if delta is None or not va else delta / abs(float(va)),
+                "ci_low": t["ci_low"] if t else None, "ci_high": t["ci_high"] if t else None,
+                "a_ci": [ma.get("ci_low"), ma.get("ci_high")], "b_ci": [mb.get("ci_low"), mb.get("ci_high")],
+                "higher_is_better": hib, "direction": _direction(delta, hib),
+                "test": t["test"] if t else None, "p_value": t["p_value"] if t else None,
+                "significant": t["significant"] if t else None, "n": t["n"] if t else mb.get("n"),
+            })
+    only_a += [f"{cid}.{m}" for cid, ca in checks_a.items() if cid not in checks_b for m in ca.get("metrics", {})]
+    only_a += [cid for cid, ca in checks_a.items() if cid not in checks_b and not ca.get("metrics")]
+
+    def order(r):
+        rel = abs(r["rel_delta"]) if r["rel_delta"] is not None else abs(r["delta"] or 0.0)
+        return (GROUPS.index(r["direction"]), not r["significant"], -rel, r["check"], r["metric"])
+
+    rows.sort(key=order)
+    statuses = [{"check": cid, "a": (checks_a.get(cid) or {}).get("status"),
+                 "b": (checks_b.get(cid) or {}).get("status")}
+                for cid in list(checks_a) + [c for c in checks_b if c not in checks_a]]
+    summary = {g: sum(1 for r in rows if r["direction"] == g) for g in GROUPS}
+    summary["significant_regressions"] = sum(1 for r in rows if r["direction"] == "regression" and r["significant"])
+    return {
+        "schema": COMPARISON_SCHEMA,
+        "suite": (b.get("suite") or {}).get("name"),
+        "a": _run_info(a, path_a), "b": _run_info(b, path_b),
+        "summary": summary, "rows": rows, "tests": tests_out, "check_status": statuses,
+        "only_in_a": only_a, "only_in_b": only_b, "notes": notes, "gates": [], "status": "pass",
+    }
+
+
+def _run_info(r: dict, path: str) -> dict:
+    model = r.get("model") or {}
+    return {"path": str(path), "status": r.get("status"), "model": model.get("id"),
+            "fingerprint": model.get("fingerprint"), "baseline": (r.get("baseline") or {}).get("id"),
+            "started": (r.get("run") or {}).get("started")}
+
+
+# ---------------------------------------------------------------------- comparison gates
+
+def _delta_metrics(rows: list[dict]) -> tuple[dict, dict]:
+    """Delta dicts addressable as CHECK.METRIC, plus bare METRIC -> the checks that have it."""
+    by_full, owners = {}, {}
+    for r in rows:
+        d = {"value": r["delta"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
+        by_full[f"{r['check']}.{r['metric']}"] = d
+        owners.setdefault(r["metric"], []).append((r["check"], d))
+    return by_full, owners
+
+
+def apply_gates(comparison: dict, exprs: list[str]) -> list[dict]:
+    """Decide each ``--fail-on`` condition on the deltas; a condition that holds FAILS the comparison."""
+    by_full, owners = _delta_metrics(comparison["rows"])
+    records = []
+    for expr in exprs:
+        try:
+            gate = parse_gate(expr)
+        except GateSyntaxError as exc:
+            raise AuditInputError(f"bad comparison gate: {exc}", place="--fail-on",
+                                  fix="write METRIC OP VALUE on the delta B - A, e.g. 'accuracy < -0.01'") from None
+        metrics = {}
+        for ref in gate.refs():
+            if ref.baseline:
+                raise AuditInputError(f"{expr!r}: baseline.* has no meaning in a comparison", place="--fail-on",
+                                      fix="compare the delta with a number, e.g. 'accuracy < -0.01'")
+            if ref.metric in by_full:
+                metrics[ref.metric] = by_full[ref.metric]
+            elif ref.metric in owners:
+                found = owners[ref.metric]
+                if len(found) > 1:
+                    ids = ", ".join(c for c, _ in found)
+                    raise AuditInputError(f"{expr!r}: metric {ref.metric!r} is in several checks ({ids})",
+                                          place="--fail-on", fix=f"prefix it with the check id, e.g. "
+                                                                 f"'{found[0][0]}.{ref.metric}'")
+                metrics[ref.metric] = found[0][1]
+            else:
+                near = get_close_matches(ref.metric, list(owners) + list(by_full), n=1)
+                raise AuditInputError(f"{expr!r}: no metric {ref.metric!r} is shared by both runs", place="--fail-on",
+                                      fix=f"did you mean {near[0]!r}?" if near else "see comparison.md for the metrics")
+        rec = evaluate(gate, metrics, None)
+        for ref in gate.refs():
+            if ref.field != "value" and metrics[ref.metric].get(ref.field) is None:
+                rec["reason"] = (f"the delta of {ref.metric} has no confidence interval (the runs share no "
+                                 "per-example records for it)")
+        holds = rec["status"] == "pass"
+        status = "error" if rec["status"] == "error" else ("fail" if holds else "pass")
+        records.append({"expr": gate.expr, "severity": "fail", "status": status, "observed": rec["observed"],
+                        "threshold": rec["threshold"], "reason": rec["reason"] or
+                        ("the condition holds on the delta B - A" if holds else None)})
+    return records
+
+
+# ---------------------------------------------------------------------- output
+
+def _cell(x) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _pct(r: dict) -> str:
+    return "" if r.get("rel_delta") is None else f" ({r['rel_delta'] * 100:+.1f}%)"
+
+
+def signed(x) -> str:
+    if x is None:
+        return "–"
+    return ("+" if x > 0 else "") + fmt(float(x))
+
+
+def render_markdown(c: dict) -> str:
+    icon = {"regression": "🔻", "improvement": "🔺", "changed": "↔", "unchanged": "=", "missing": "?"}
+    s = c["summary"]
+    lines = [f"# auditkit compare: {_cell(c['suite'])} — {c['status'].upper()}", "",
+             f"A: `{_cell(c['a']['path'])}` (model `{_cell(c['a']['model'])}`, {c['a']['status']})  ",
+             f"B: `{_cell(c['b']['path'])}` (model `{_cell(c['b']['model'])}`, {c['b']['status']})", "",
+             f"{s['regression']} regressions ({s['significant_regressions']} significant), {s['improvement']} "
+             f"improvements, {s['changed']} changed, {s['unchanged']} unchanged. Deltas are B - A; significance: "
+             f"paired test p < {ALPHA}.", ""]
+    if c["gates"]:
+        lines += ["| comparison gate (fails when true) | delta | status |", "|---|---|---|"]
+        for g in c["gates"]:
+            lines.append(f"| {_cell(g['expr'])} | {fmt(g['observed'])} | {g['status'].upper()}"
+                         + (f": {_cell(g['reason'])}" if g.get("reason") and g["status"] != "pass" else "") + " |")
+        lines.append("")
+    lines += ["| | check | metric | A | B | delta | delta 95% CI | test | p | significant |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in c["rows"]:
+        ci = f"[{signed(r['ci_low'])}, {signed(r['ci_high'])}]" if r["ci_low"] is not None else ""
+        sig = "–" if r["significant"] is None else ("yes" if r["significant"] else "no")
+        lines.append(f"| {icon[r['direction']]} {r['direction']} | {_cell(r['check'])} | {_cell(r['metric'])} | "
+                     f"{fmt(r['a'], 6)} | {fmt(r['b'], 6)} | {signed(r['delta'])}{_pct(r)} | {ci} | "
+                     f"{_cell(r['test'] or '–')} | {fmt(r['p_value'])} | {sig} |")
+    changed = [x for x in c["check_status"] if x["a"] != x["b"]]
+    if changed:
+        lines += ["", "| check | status A | status B |", "|---|---|---|"]
+        lines += [f"| {_cell(x['check'])} | {x['a'] or '–'} | {x['b'] or '–'} |" for x in changed]
+    for label, key in (("Only in A", "only_in_a"), ("Only in B", "only_in_b")):
+        if c[key]:
+            lines += ["", f"**{label}:** " + ", ".join(f"`{_cell(m)}`" for m in c[key])]
+    if c["notes"]:
+        lines += [""] + [f"- {_cell(n)}" for n in c["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(c: dict) -> str:
+    from auditkit.report.html import render_html as render
+    return render(c, template="comparison.html.j2", signed=signed, alpha=ALPHA)
+
+
+def write_outputs(c: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    md, html = out / "comparison.md", out / "comparison.html"
+    md.write_text(render_markdown(c), encoding="utf-8")
+    html.write_text(render_html(c), encoding="utf-8")
+    js = write_json_atomic(out / "comparison.json", c)
+    return [html, md, js]
+
+
+def run_compare(args) -> int:
+    """The ``compare`` command: 0 no comparison gate failed, 1 one did, 2 bad input."""
+    a = load_results(args.a)
+    b = load_results(args.b)
+    comparison = compare_results(a, b, path_a=str(args.a), path_b=str(args.b))
+    comparison["gates"] = apply_gates(comparison, list(getattr(args, "fail_on", None) or []))
+    failed = [g for g in comparison["gates"] if g["status"] != "pass"]
+    comparison["status"] = "fail" if failed else "pass"
+    out = Path(args.out) if getattr(args, "out", None) else Path(args.b).parent
+    written = write_outputs(comparison, out)
+    s = comparison["summary"]
+    print(f"{s['regression']} regressions ({s['significant_regressions']} significant), "
+          f"{s['improvement']} improvements, {s['unchanged']} unchanged")
+    for r in [r for r in comparison["rows"] if r["direction"] == "regression"][:10]:
+        sig = "" if r["significant"] is None else (" significant" if r["significant"] else " not significant")
+        print(f"  regression {r['check']}.{r['metric']}: {fmt(r['a'], 6)} -> {fmt(r['b'], 6)} "
+              f"({signed(r['delta'])}{', p=' + fmt(r['p_value']) + sig if r['p_value'] is not None else ''})")
+    for g in comparison["gates"]:
+        print(f"{g['status'].upper()} --fail-on {g['expr']!r} (delta {fmt(g['observed'])})"
+              + (f": {g['reason']}" if g["status"] == "error" and g.get("reason") else ""))
+    print(f"comparison written to {out}/ ({', '.join(p.name for p in written)})")
+    return 1 if failed else 0
