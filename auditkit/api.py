@@ -129,6 +129,8 @@ class Check:
     needs_training: ClassVar[bool] = False
     #: set when the check compares against the baseline itself (then it is not re-run on the base)
     uses_baseline: ClassVar[bool] = False
+    #: set when the check cannot run without a baseline model (the run stops with exit 2 before loading)
+    requires_baseline: ClassVar[bool] = False
 
     def run(self, ctx: CheckContext) -> CheckResult:  # pragma: no cover - interface
         raise NotImplementedError

@@ -401,6 +401,20 @@ class ModelHandle:
             result["hidden"] = np.stack(hid_out, axis=1) if n else None
         return result
 
+    def _last_token_logprobs(self, contexts: list[list[int]], targets: list[list[int]]) -> list[np.ndarray]:
+        """For each context, the log-probs of its candidate next tokens after its last position."""
+        import torch
+        out: list = [None] * len(contexts)
+        self.stats["forward_passes"] += 1
+        with torch.inference_mode():
+            for idx, inp, mask in self._batches(contexts):
+                logits = self.model(input_ids=inp, attention_mask=mask).logits
+                last = torch.tensor([len(contexts[i]) - 1 for i in idx], device=logits.device)
+                rows = torch.log_softmax(logits[torch.arange(len(idx), device=logits.device), last].float(), dim=-1)
+                for row, i in enumerate(idx):
+                    out[i] = rows[row, targets[i]].cpu().numpy()
+        return out
+
     def _ensure_eager(self) -> None:
         cfg = self.model.config
         if getattr(cfg, "_attn_implementation", "eager") != "eager":
@@ -422,38 +436,54 @@ class ModelHandle:
         return self.memo("token_logprobs", texts, lambda: self._forward(texts)["token_logprobs"], persist=True)
 
     def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
-        """Per-token log-probs of ``continuation`` given ``context``, as lm-eval's loglikelihood."""
+        """Per-token log-probs of ``continuation`` given ``context``, as lm-eval's loglikelihood.
+
+        Tokenized like lm-eval's ``_encode_pair``: trailing spaces of the context move to the
+        continuation, ``cont = enc(ctx + cont)[len(enc(ctx)):]``, the model reads ``enc(ctx) + cont``
+        (left-truncated to max_length + 1), and an empty context reads the BOS (else EOS) token.
+        Single-token continuations of one context (multiple choice) share one pass over the context.
+        """
         self._require("causal-lm", "continuation_logprobs")
         pairs = [tuple(p) for p in pairs]
 
         def compute():
-            whole_ids, starts = [], []
             prefix = self.tokenizer.bos_token_id
             if prefix is None:
                 prefix = self.tokenizer.eos_token_id
-            for ctx, cont in pairs:
+            limit = self.max_length + 1
+            out: list = [None] * len(pairs)
+            shared: dict[tuple, list[tuple[int, int]]] = {}  # context ids -> [(pair index, token)]
+            full_ids, full_owner = [], []
+            for i, (ctx, cont) in enumerate(pairs):
                 if ctx == "":
                     cont_ids = self.tokenizer(cont)["input_ids"]
-                    ids = [prefix] + cont_ids if cont_ids[:1] != [prefix] else cont_ids
-                    whole_ids.append(ids)
-                    starts.append(len(ids) - len(cont_ids) if cont_ids[:1] != [prefix] else 1)
-                    continue
-                n_sp = len(ctx) - len(ctx.rstrip())
-                if n_sp:
-                    cont, ctx = ctx[-n_sp:] + cont, ctx[:-n_sp]
-                whole = self.tokenizer(ctx + cont)["input_ids"]
-                ctx_len = len(self.tokenizer(ctx)["input_ids"])
-                whole_ids.append(whole)
-                starts.append(ctx_len)
-            # left-truncate like lm-eval (keep the last max_length+1 tokens)
-            limit = self.max_length + 1
-            trimmed = []
-            for ids, s in zip(whole_ids, starts):
-                cut = max(0, len(ids) - limit)
-                trimmed.append((ids[cut:], max(s - cut, 1)))
-            lps = self._forward(None, ids=[t[0] for t in trimmed])["token_logprobs"]
-            # token_logprobs[j] scores token j+1, so continuation tokens start at index start-1
-            return [lp[s - 1:] for lp, (_, s) in zip(lps, trimmed)]
+                    ctx_ids = [prefix] if cont_ids[:1] != [prefix] else cont_ids[:1]
+                    cont_ids = cont_ids if cont_ids[:1] != [prefix] else cont_ids[1:]
+                else:
+                    n_sp = len(ctx) - len(ctx.rstrip())
+                    if n_sp:
+                        cont, ctx = ctx[-n_sp:] + cont, ctx[:-n_sp]
+                    ctx_ids = self.tokenizer(ctx)["input_ids"]
+                    cont_ids = self.tokenizer(ctx + cont)["input_ids"][len(ctx_ids):]
+                if not cont_ids:
+                    out[i] = np.zeros(0, dtype=np.float32)
+                elif len(cont_ids) == 1 and len(ctx_ids) + 1 <= limit:
+                    shared.setdefault(tuple(ctx_ids), []).append((i, cont_ids[0]))
+                else:
+                    full = (ctx_ids + cont_ids)[-limit:]
+                    full_ids.append(full)
+                    full_owner.append((i, len(cont_ids)))
+            if full_ids:
+                lps = self._forward(None, ids=full_ids)["token_logprobs"]
+                for lp, (i, n) in zip(lps, full_owner):
+                    out[i] = lp[-n:]
+            if shared:
+                contexts = [list(c) for c in shared]
+                last = self._last_token_logprobs(contexts, [[t for _, t in shared[tuple(c)]] for c in contexts])
+                for c, values in zip(contexts, last):
+                    for (i, _), v in zip(shared[tuple(c)], values):
+                        out[i] = np.array([v], dtype=np.float32)
+            return out
 
         return self.memo("continuation_logprobs", pairs, compute, persist=True)
 

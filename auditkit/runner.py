@@ -259,9 +259,9 @@ class Runner:
             if spec.data:
                 self.load_data(spec.data, spec.columns, self.where("checks", suite.checks.index(spec), "data"))
         baseline_spec = opts.baseline or suite.model.baseline
-        if any(c.needs_baseline for c in checks) and not (baseline_spec or suite.finetune):
-            bad = next(c for c in checks if c.needs_baseline)
-            raise AuditInputError(f"check {bad.id!r} has a gate on baseline.* but there is no baseline model",
+        if any(c.needs_baseline or c.cls.requires_baseline for c in checks) and not (baseline_spec or suite.finetune):
+            bad = next(c for c in checks if c.needs_baseline or c.cls.requires_baseline)
+            raise AuditInputError(f"check {bad.id!r} compares with the base model but there is none",
                                   file=self.file, place=f"line {bad.line}",
                                   fix="add finetune:, model.baseline: or --baseline")
         if suite.finetune:

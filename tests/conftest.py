@@ -14,6 +14,15 @@ for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(var, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# every pass is computed by the code under test, never read from an older run's disk cache
+# (the tests of the disk cache itself switch it on, in a temporary folder)
+os.environ.setdefault("AUDITKIT_DISK_CACHE", "0")
+
+
+def pytest_configure(config):
+    """Tiny models on 2 cores: one intra-op thread beats two (thread start-up dominates)."""
+    import torch
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

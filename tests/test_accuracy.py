@@ -6,14 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from auditkit.api import CheckContext
 from auditkit.data import Dataset
 from auditkit.cli import main
 from tests.conftest import write_jsonl, write_suite
 
-torch.set_num_threads(1)  # 2 shared cores: one intra-op thread is many times faster than two contended
 
 N_MC = 24
 

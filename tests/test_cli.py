@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from auditkit.api import Check, CheckResult, MetricSpec, Param
 from tests.conftest import write_jsonl, write_suite
 
-torch.set_num_threads(1)  # 2 shared cores: one intra-op thread is many times faster than two contended
 
 ROWS = [{"text": f"review {i}: the service was {'great' if i % 2 else 'awful'}", "label": i % 2} for i in range(12)]
 
@@ -159,7 +157,6 @@ def test_resume_reuses_finished_checks(run_cli, tmp_path, extra_checks, registry
             raise AssertionError("the finished check must not run again")
 
     monkeypatch.setitem(registry.checks, "accuracy", Fail)
-    from auditkit.suite import load_suite
     code, _, err, second = run(run_cli, suite, out, "--resume")
     assert "reusing the result of the previous run" in err
     assert code == 0 and second["checks"] == first["checks"]

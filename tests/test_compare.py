@@ -13,16 +13,6 @@ from auditkit.stats import mcnemar
 from tests.conftest import write_jsonl, write_suite
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two CPU cores shared with other test runs: one intra-op thread is many times faster here."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def metric(value, hib=True, ci=None, n=None):
     return {"value": value, "ci_low": ci[0] if ci else None, "ci_high": ci[1] if ci else None, "n": n,
             "higher_is_better": hib}

@@ -9,13 +9,11 @@ import json
 import re
 
 import pytest
-import torch
 
 from auditkit.data import Dataset, load_dataset
 from auditkit.errors import AuditInputError
 from tests.conftest import write_jsonl, write_suite
 
-torch.set_num_threads(1)  # 2 shared cores: one intra-op thread is many times faster than two contended
 
 ROWS = [{"text": f"review number {i} was {'great' if i % 2 else 'awful'}", "label": i % 2} for i in range(10)]
 

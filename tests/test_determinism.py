@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from auditkit.cli import main
 from auditkit.results import dumps
 from tests.conftest import write_jsonl, write_suite
 
-torch.set_num_threads(1)  # 2 shared cores: one intra-op thread is many times faster than two contended
 
 SUITES = {
     "classifier-lora": """

@@ -14,7 +14,6 @@ import torch
 from auditkit.cli import main
 from tests.conftest import write_jsonl, write_suite
 
-torch.set_num_threads(1)  # 2 shared cores: one intra-op thread is many times faster than two contended
 
 WORDS = ["garden", "hotel", "laptop", "pizza", "train", "museum", "phone", "bakery", "cinema", "shoes", "bike",
          "coffee", "lamp", "sofa", "dentist", "taxi", "tent", "kettle", "ferry", "bank"]

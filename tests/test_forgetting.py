@@ -25,16 +25,6 @@ def computed_here(monkeypatch):
     monkeypatch.setenv("AUDITKIT_DISK_CACHE", "0")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two CPU cores shared with other test runs: one intra-op thread is many times faster here."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def check(registry):
     return registry.checks["forgetting"]
@@ -317,3 +307,17 @@ def test_second_candidate_reuses_the_base_passes_from_disk(disk_cache, registry,
     assert base_again.stats["forward_passes"] == 1
     assert second.metrics["ppl_before"].value == first.metrics["ppl_before"].value
     assert second.metrics["acc_before"].value == first.metrics["acc_before"].value
+
+
+def test_forgetting_without_a_base_model_is_bad_input_before_loading(tmp_path, run_cli):
+    suite = write_suite(tmp_path, """
+        name: nobase
+        model: {base: "builtin:tiny-bert"}
+        checks:
+          - uses: forgetting
+    """)
+    code, out, err = run_cli("run", suite, "--out", tmp_path / "out")
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "suite.yaml:line 4" in err and "compares with the base model" in err
+    assert not (tmp_path / "out" / "results.json").exists()

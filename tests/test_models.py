@@ -10,7 +10,6 @@ import torch
 
 from tests.conftest import write_jsonl, write_suite
 
-torch.set_num_threads(1)  # 2 shared cores: one intra-op thread is many times faster than two contended
 
 
 def run_with_model(run_cli, tmp_path, base: str, *extra):

@@ -9,13 +9,11 @@ from html.parser import HTMLParser
 from xml.etree import ElementTree as ET
 
 import pytest
-import torch
 
 from auditkit.api import Check, CheckResult, MetricSpec
 from auditkit.cli import main
 from tests.conftest import write_jsonl, write_suite
 
-torch.set_num_threads(1)  # 2 shared cores: one intra-op thread is many times faster than two contended
 
 XSS = "<script>alert('xss')</script>"
 ROWS = [{"text": f"{XSS} review {i} was {'lovely' if i % 2 else 'dreadful'}", "label": i % 2} for i in range(16)]

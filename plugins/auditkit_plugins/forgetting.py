@@ -230,6 +230,7 @@ class Forgetting(Check):
     }
     needs_data = False
     uses_baseline = True
+    requires_baseline = True
 
     def run(self, ctx: CheckContext) -> CheckResult:
         if ctx.baseline is None:

@@ -1,0 +1,369 @@
+"""The memorization check: exposure, extraction, membership inference, redaction.
+
+End-to-end runs fine-tune builtin:tiny-gpt2 (full, high learning rate) on 60 short reviews with
+canaries inserted 1, 10 and 50 times, and builtin:tiny-bert on randomly labelled reviews; torch runs
+single-threaded in this module (much faster on a shared 2-core machine, and deterministic).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_jsonl, write_suite
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _reviews(registry, spec: str, n: int, start: int = 0) -> list[str]:
+    from auditkit.data import load_dataset
+    return [r["text"] for r in load_dataset(spec, registry).rows[start:start + n]]
+
+
+def _cli(*args) -> int:
+    """``auditkit ARGS --device cpu`` in-process (the thresholds below were set on CPU, float32)."""
+    from auditkit.cli import main
+    args = [str(a) for a in args]
+    return main(args + ["--device", "cpu"] if args[0] == "run" else args)
+
+
+LM_SUITE = """
+name: memorization-test
+seed: 0
+model:
+  base: builtin:tiny-gpt2
+  task: causal-lm
+finetune:
+  data: members.jsonl
+  validation: non_members.jsonl
+  method: full
+  epochs: 3
+  learning_rate: 0.002
+  batch_size: 16
+  max_length: 64
+  canaries:
+    count: 3
+    repeats: [1, 10, 50]
+    references: 500
+checks:
+{checks}
+"""
+
+FULL_CHECK = """
+  - uses: memorization
+    samples: 5
+    max_extraction: 40
+    gates:
+      - "exposure_max <= baseline.exposure_max + 100"
+      - {when: "mia_loss_auc <= 0.6", severity: warn}
+"""
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory, registry):
+    folder = tmp_path_factory.mktemp("memorization")
+    write_jsonl(folder / "members.jsonl", [{"text": t} for t in _reviews(registry, "builtin:reviews", 60)])
+    write_jsonl(folder / "non_members.jsonl",
+                [{"text": t} for t in _reviews(registry, "builtin:reviews#validation", 60)])
+    suite = write_suite(folder, LM_SUITE.format(checks=FULL_CHECK.strip("\n")))
+    out = folder / "out"
+    code = _cli("run", suite, "--out", out)
+    results = json.loads((out / "results.json").read_text())
+    secrets = [c["secret"] for c in json.loads((out / "model" / "canaries.json").read_text())["canaries"]]
+    return {"folder": folder, "out": out, "code": code, "results": results, "secrets": secrets}
+
+
+def _check(results: dict) -> dict:
+    (check,) = [c for c in results["checks"] if c["uses"] == "memorization"]
+    assert check["error"] is None, check["error"]
+    return check
+
+
+def _value(check: dict, name: str) -> float:
+    return check["metrics"][name]["value"]
+
+
+# ---------------------------------------------------------------------- exposure (unit)
+
+def test_exposure_formula_on_hand_made_references():
+    from auditkit_plugins.memorization.exposure import exposure_rank
+    refs = np.arange(1.0, 17.0)  # log-perplexities 1..16, |R| = 16
+    rank, exp = exposure_rank([3.5, 0.5, 4.0, 20.0], refs)
+    assert rank.tolist() == [4.0, 1.0, 4.5, 17.0]  # ties are mid-ranks: 4.0 ties the reference 4
+    assert exp[0] == pytest.approx(2.0)  # log2 16 - log2 4
+    assert exp[1] == pytest.approx(4.0)  # more likely than every reference: log2 |R|
+    assert exp[2] == pytest.approx(4 - math.log2(4.5))
+    assert exp[3] < 0  # less likely than every reference
+
+
+def test_skew_normal_exposure_reaches_beyond_the_reference_count():
+    from scipy.stats import skewnorm
+    from auditkit_plugins.memorization.exposure import exposure_fit, exposure_rank, skewnorm_fit
+    refs = skewnorm.rvs(4.0, loc=50, scale=8, size=4000, random_state=0)
+    canary = skewnorm.ppf(2.0 ** -16, 4.0, loc=50, scale=8)  # true exposure 16 bits
+    params = skewnorm_fit(refs)
+    _, by_rank = exposure_rank([canary], refs)
+    assert by_rank[0] == pytest.approx(math.log2(4000))  # the rank estimate stops at log2 |R| = 11.97
+    assert exposure_fit([canary], params)[0] == pytest.approx(16.0, abs=1.5)
+    assert exposure_fit([canary], params, space_size=2 ** 10)[0] == pytest.approx(10.0)  # capped
+    assert exposure_fit([np.median(refs)], params)[0] == pytest.approx(1.0, abs=0.15)  # CDF 1/2
+
+
+# ---------------------------------------------------------------------- membership scores (unit)
+
+def test_min_k_takes_at_least_one_token():
+    from auditkit_plugins.memorization.membership import min_k, min_k_plus_plus
+    assert min_k([-1.0, -5.0, -2.0], 0.2) == -5.0  # k*T = 0.6 < 1: the single lowest token
+    assert min_k(-np.arange(10.0), 0.2) == pytest.approx(-8.5)  # the 2 lowest of 10
+    assert math.isnan(min_k([], 0.2))
+    assert min_k_plus_plus([-1.0, -3.0], [-2.0, -2.0], [0.5, 2.0], 0.5) == pytest.approx(-0.5)
+
+
+def test_auc_and_tpr_at_low_fpr():
+    from sklearn.metrics import roc_auc_score
+    from auditkit_plugins.memorization.membership import attack_metrics, auc_mann_whitney, tpr_at_fpr
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    s = np.round(rng.normal(size=300) + y, 1)  # ties included
+    assert auc_mann_whitney(y, s) == pytest.approx(roc_auc_score(y, s))
+    # 100 non-members, 10 members: 4 members above every non-member, one non-member (5), 4 more
+    # members, a second non-member (0.5), the rest
+    y = np.array([1] * 10 + [0] * 100)
+    s = np.array([10, 9, 8, 7, 4, 3, 2, 1, 0, -1] + [5, 0.5] + list(np.linspace(-5, -2, 98)))
+    assert tpr_at_fpr(y, s, 0.001) == pytest.approx(0.4)
+    assert tpr_at_fpr(y, s, 0.01) == pytest.approx(0.8)  # one false positive allowed
+    m = attack_metrics(y, s)
+    assert m["auc"] == pytest.approx(roc_auc_score(y, s)) and m["auc_ci"][0] <= m["auc"] <= m["auc_ci"][1]
+    assert m["tpr_at_1pct_fpr"] == pytest.approx(0.8) and m["tpr_at_0_1pct_fpr"] == pytest.approx(0.4)
+
+
+def test_minkpp_moments_match_a_direct_computation(tiny_gpt2):
+    import torch
+    from auditkit_plugins.memorization.membership import lm_scores, next_token_moments
+    texts = ["my PIN is 1-2-3-4-5-6", "the cat sat on the mat and looked around the room", "hello", "a b"]
+    mom = next_token_moments(tiny_gpt2, texts)
+    for text, lp, mu, sd in zip(texts, mom["token_logprobs"], mom["mu"], mom["sigma"]):
+        ids = torch.tensor([tiny_gpt2.token_ids([text])[0]])
+        with torch.inference_mode():
+            logp = torch.log_softmax(tiny_gpt2.model(input_ids=ids).logits[0, :-1].float(), -1)
+        p = logp.exp()
+        ref_mu = (p * logp).sum(-1)
+        ref_sd = torch.sqrt((p * logp ** 2).sum(-1) - ref_mu ** 2)
+        np.testing.assert_allclose(mu, ref_mu.numpy(), atol=1e-4)
+        np.testing.assert_allclose(sd, ref_sd.numpy(), atol=1e-3)
+        np.testing.assert_allclose(lp, logp.gather(-1, ids[0, 1:, None])[:, 0].numpy(), atol=1e-4)
+    # the same pass serves the shared token_logprobs cache
+    hits = tiny_gpt2.stats["cache_hits"]
+    assert tiny_gpt2.token_logprobs(texts) is mom["token_logprobs"]
+    assert tiny_gpt2.stats["cache_hits"] == hits + 1
+    scores = lm_scores(tiny_gpt2, texts, 0.2)
+    n_scored = [len(x) for x in mom["token_logprobs"]]
+    for name in ("loss", "zlib", "mink", "minkpp"):
+        assert all(math.isnan(v) == (n == 0) for v, n in zip(scores[name], n_scored)), name
+
+
+# ---------------------------------------------------------------------- extraction (unit)
+
+SENTENCE = "the lighthouse keeper counted seventeen gulls on the northern rocks before dawn"
+
+
+@pytest.fixture(scope="module")
+def memorized(tiny_gpt2):
+    """tiny-gpt2 trained on one sentence until it reproduces it."""
+    import torch
+    from auditkit.models import ModelHandle
+    model = copy.deepcopy(tiny_gpt2.model)
+    model.train()
+    torch.manual_seed(0)
+    ids = torch.tensor([tiny_gpt2.token_ids([SENTENCE])[0]])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    return ModelHandle(model=model, tokenizer=tiny_gpt2.tokenizer, task="causal-lm", source="memorized")
+
+
+def test_greedy_and_sampled_extraction(memorized, registry):
+    from auditkit_plugins.memorization.extraction import extraction, rate_ci, split_sequences
+    texts = [SENTENCE] + _reviews(registry, "builtin:reviews", 5)
+    ids = memorized.token_ids(texts)
+    keep, pre, suf = split_sequences(ids, 4, 6)
+    assert keep[0] == 0 and all(len(p) == 4 and len(s) == 6 for p, s in zip(pre, suf))
+    out = extraction(memorized, pre, suf, samples=8, seed=0)
+    assert out["greedy"][0] and not out["greedy"][1:].any()
+    assert out["sampled"][0] >= 0.5 and out["sampled"][1:].max() == 0.0
+    rate, (lo, hi) = rate_ci(out["greedy"])
+    assert rate == pytest.approx(1 / len(keep)) and 0 < lo < rate < hi < 1
+    # seeded: a cold cache draws the same samples
+    first = out["sampled"].copy()
+    memorized.invalidate()
+    np.testing.assert_array_equal(extraction(memorized, pre, suf, samples=8, seed=0)["sampled"], first)
+
+
+def test_batched_left_padded_generation_matches_one_at_a_time(memorized, tiny_gpt2, registry):
+    from auditkit_plugins.memorization.extraction import generate
+    # the random base model stops at once after a prompt ending in <|endoftext|> (id 0): a row that
+    # stopped is marked -1 after its stop, in a batch as alone
+    prompts = [[77, 89, 498, 41, d] for d in range(6)]
+    assert generate(tiny_gpt2, prompts, 5) == [generate(tiny_gpt2, [p], 5)[0] for p in prompts]
+    assert generate(tiny_gpt2, prompts, 5)[0] == [[0, -1, -1, -1, -1]]
+    texts = [SENTENCE, "the lighthouse keeper", "my PIN is"] + _reviews(registry, "builtin:reviews", 3)
+    prompts = [ids[:n] for ids, n in zip(memorized.token_ids(texts), (5, 3, 3, 7, 2, 9))]
+    batched = generate(memorized, prompts, 6)
+    hits = memorized.stats["cache_hits"]
+    assert generate(memorized, prompts, 6) == batched and memorized.stats["cache_hits"] == hits + 1
+    for p, b in zip(prompts, batched):
+        assert generate(memorized, [p], 6) == [b]
+    assert memorized.tokenizer.decode(batched[0][0]) in SENTENCE  # it continues the memorized text
+
+
+def test_check_evidence_of_an_extracted_sequence_is_truncated(memorized, registry):
+    from auditkit.api import CheckContext
+    from auditkit.data import Dataset
+    from auditkit_plugins.memorization import Memorization
+    from auditkit_plugins.memorization.evidence import truncate
+    assert truncate("<b>" * 40) == "<b>" * 26 + "<…" and len(truncate("x" * 500)) == 80
+    assert truncate("a\nb") == "a b"
+    others = _reviews(registry, "builtin:reviews#validation", 6)
+    data = {"m": Dataset("m", [{"text": SENTENCE}] + [{"text": t} for t in others[:3]], "m"),
+            "n": Dataset("n", [{"text": t} for t in others[3:]], "n")}
+    params = {k: v.default for k, v in Memorization.params.items()}
+    params.update(members="m", non_members="n", prefix_tokens=4, suffix_tokens=6, samples=4, minkpp=False)
+    ctx = CheckContext(model=memorized, params=params, seed=0, device="cpu", check_id="memorization",
+                       load_data=lambda spec, cols=None: data[spec], artifacts={"show_secrets": False})
+    res = Memorization().run(ctx)
+    assert res.metrics["extraction_rate"].value == pytest.approx(1 / 4) and res.metrics["extraction_rate"].n == 4
+    (table,) = [e for e in res.evidence if e["title"].startswith("Extracted training sequences (1 of 4")]
+    ids = memorized.token_ids([SENTENCE])[0]
+    (row,) = table["rows"]
+    assert row["prefix"] == memorized.tokenizer.decode(ids[:4]) and row["suffix"] == memorized.tokenizer.decode(ids[4:10])
+    assert row["P(extract)"] >= 0.5
+    # the one memorized member scores above every non-member: TPR 1/4 at zero false positives
+    assert res.metrics["mia_loss_tpr_at_0_1pct_fpr"].value >= 0.25
+    assert "mia_minkpp_auc" not in res.metrics and "mia_ref_auc" not in res.metrics  # off / no reference
+    assert any("no canaries" in n for n in res.notes)
+
+
+# ---------------------------------------------------------------------- end to end (causal LM)
+
+def test_exposure_rises_with_repeats_and_unseen_canaries_stay_at_chance(lm_run):
+    check = _check(lm_run["results"])
+    assert lm_run["code"] == 0 and check["status"] == "warn"  # the warn gate on mia_loss_auc fired
+    top = _value(check, "max_possible_exposure")
+    assert top == pytest.approx(math.log2(480))  # 500 references, 20 held out as unseen canaries
+    r1, r10, r50 = (_value(check, f"exposure_r{k}") for k in (1, 10, 50))
+    assert r1 < r10 < r50
+    assert r50 >= top - 0.5 and _value(check, "exposure_max") == pytest.approx(top)
+    assert _value(check, "exposure_fit_max") > top  # the skew-normal estimate goes beyond log2 |R|
+    assert _value(check, "exposure_unseen_mean") < 2.5  # chance: log2 e = 1.44
+    assert _value(check, "baseline.exposure_mean") < 2.5  # the base model never saw the canaries
+    assert check["baseline_metrics"]["exposure_max"]["value"] == _value(check, "baseline.exposure_max")
+    assert "canary exposure" in check["figures"]
+    rows = check["evidence"][0]["rows"]
+    assert [r["repeats"] for r in rows] == [1, 1, 1, 10, 10, 10, 50, 50, 50]
+    assert len(check["records"]["canary_exposure"]) == 9
+
+
+def test_membership_auc_on_overfit_model_and_on_the_base(lm_run):
+    check = _check(lm_run["results"])
+    for a in ("loss", "zlib", "mink", "minkpp", "ref"):
+        assert 0 <= _value(check, f"mia_{a}_tpr_at_0_1pct_fpr") <= _value(check, f"mia_{a}_tpr_at_1pct_fpr") <= 1
+        m = check["metrics"][f"mia_{a}_auc"]
+        assert m["n"] == 120 and m["ci_low"] <= m["value"] <= m["ci_high"]
+    assert _value(check, "mia_loss_auc") > 0.7
+    assert _value(check, "mia_auc_max") >= _value(check, "mia_loss_auc")
+    for a in ("loss", "zlib", "mink", "minkpp"):  # the base model never saw the members
+        assert abs(_value(check, f"baseline.mia_{a}_auc") - 0.5) < 0.12, a
+    assert "membership ROC" in check["figures"] and "<svg" in check["figures"]["membership ROC"]
+
+
+def test_extraction_metrics_end_to_end(lm_run):
+    check = _check(lm_run["results"])
+    for name in ("extraction_rate", "extraction_prob", "canary_extraction_rate", "canary_extraction_prob"):
+        assert 0.0 <= _value(check, name) <= 1.0
+    m = check["metrics"]["extraction_rate"]
+    assert m["n"] == 40 and m["ci_low"] <= m["value"] <= m["ci_high"]
+    assert len(check["records"]["extracted"]) == 40
+
+
+def test_secrets_are_redacted_unless_asked_for(lm_run):
+    out, secrets = lm_run["out"], lm_run["secrets"]
+    assert len(secrets) == 9 and all(len(s) == 11 for s in secrets)
+    for name in ("report.html", "results.json", "summary.md"):
+        text = (out / name).read_text(encoding="utf-8")
+        leaked = [s for s in secrets if s in text]
+        assert not leaked, f"{name} shows secrets"
+    assert "canary-r50-0" in (out / "report.html").read_text(encoding="utf-8")
+    # the same fine-tune (reused from model/) with --show-secrets shows them
+    folder = lm_run["folder"]
+    shown = folder / "shown"
+    shutil.copytree(out / "model", shown / "model")
+    suite = write_suite(folder, LM_SUITE.format(checks="  - uses: memorization\n    parts: [exposure]\n"
+                                                       "    baseline: false"), "show.yaml")
+    assert _cli("run", suite, "--out", shown, "--show-secrets") == 0
+    results = json.loads((shown / "results.json").read_text())
+    assert results["training"]["reused"] is True
+    html = (shown / "report.html").read_text(encoding="utf-8")
+    assert all(s in html for s in secrets)
+    assert all(s in (shown / "results.json").read_text(encoding="utf-8") for s in secrets)
+
+
+# ---------------------------------------------------------------------- classifier and input errors
+
+def test_classifier_loss_attack_on_memorized_random_labels(tmp_path, registry):
+    rng = random.Random(0)
+    texts = _reviews(registry, "builtin:reviews", 80)
+    write_jsonl(tmp_path / "train.jsonl", [{"text": t, "label": rng.randrange(2)} for t in texts[:40]])
+    write_jsonl(tmp_path / "held.jsonl", [{"text": t, "label": rng.randrange(2)} for t in texts[40:]])
+    suite = write_suite(tmp_path, """
+        name: memorization-classifier
+        model: {base: "builtin:tiny-bert", task: sequence-classification, num_labels: 2}
+        finetune: {data: train.jsonl, validation: held.jsonl, method: full, epochs: 12, learning_rate: 0.002,
+                   batch_size: 8, max_length: 48}
+        checks:
+          - uses: memorization
+    """)
+    assert _cli("run", suite, "--out", tmp_path / "out") == 0
+    check = _check(json.loads((tmp_path / "out" / "results.json").read_text()))
+    assert _value(check, "mia_loss_auc") > 0.75
+    assert abs(_value(check, "baseline.mia_loss_auc") - 0.5) < 0.2
+    assert not any(k.startswith(("exposure", "extraction", "mia_minkpp")) for k in check["metrics"])
+    assert any(n.startswith("extraction: only for causal LMs") for n in check["notes"])
+
+
+def test_nothing_to_measure_and_bad_params_are_input_errors(tmp_path, capsys):
+    suite = write_suite(tmp_path, """
+        name: nothing
+        model: {base: "builtin:tiny-gpt2", task: causal-lm}
+        checks:
+          - uses: memorization
+    """)
+    assert _cli("run", suite, "--out", tmp_path / "out") == 2
+    assert "memorization has nothing to measure" in capsys.readouterr().err
+    write_jsonl(tmp_path / "m.jsonl", [{"text": "one two three four"}] * 3)
+    bad = write_suite(tmp_path, """
+        name: bad-k
+        model: {base: "builtin:tiny-gpt2", task: causal-lm}
+        checks:
+          - uses: memorization
+            members: m.jsonl
+            non_members: m.jsonl
+            k: 1.5
+    """, "bad.yaml")
+    assert _cli("run", bad, "--out", tmp_path / "out2") == 2
+    assert "k must be in (0, 1]" in capsys.readouterr().err
