@@ -1,8 +1,8 @@
 """The memorization check: exposure, extraction, membership inference, redaction.
 
 End-to-end runs fine-tune builtin:tiny-gpt2 (full, high learning rate) on 60 short reviews with
-canaries inserted 1, 10 and 50 times, and builtin:tiny-bert on randomly labelled reviews; torch runs
-single-threaded in this module (much faster on a shared 2-core machine, and deterministic).
+canaries inserted 1, 10 and 50 times, and builtin:tiny-bert on randomly labelled reviews (torch runs
+single-threaded, as conftest sets it; the thresholds were set on CPU with --device cpu).
 """
 from __future__ import annotations
 
@@ -16,15 +16,6 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_jsonl, write_suite
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _reviews(registry, spec: str, n: int, start: int = 0) -> list[str]:
@@ -230,6 +221,26 @@ def test_batched_left_padded_generation_matches_one_at_a_time(memorized, tiny_gp
     for p, b in zip(prompts, batched):
         assert generate(memorized, [p], 6) == [b]
     assert memorized.tokenizer.decode(batched[0][0]) in SENTENCE  # it continues the memorized text
+
+
+def test_generations_and_moments_are_kept_in_the_disk_cache(memorized, tmp_path, monkeypatch):
+    from auditkit_plugins.memorization.extraction import generate
+    from auditkit_plugins.memorization.membership import next_token_moments
+    monkeypatch.setenv("AUDITKIT_DISK_CACHE", "1")
+    monkeypatch.setenv("AUDITKIT_CACHE", str(tmp_path))
+    prompts = [ids[:3] for ids in memorized.token_ids([SENTENCE, "my PIN is 1-2-3"])]
+    texts = [SENTENCE, "my PIN is 1-2-3"]
+    memorized.invalidate()
+    first = (generate(memorized, prompts, 5, samples=3, seed=7), next_token_moments(memorized, texts))
+    memorized.invalidate()  # a fresh run of the same weights
+    hits = memorized.stats["disk_hits"]
+    again = (generate(memorized, prompts, 5, samples=3, seed=7), next_token_moments(memorized, texts))
+    assert memorized.stats["disk_hits"] >= hits + 2
+    assert again[0] == first[0]
+    for key in ("token_logprobs", "mu", "sigma"):
+        for a, b in zip(again[1][key], first[1][key]):
+            np.testing.assert_array_equal(a, b)
+    memorized.invalidate()
 
 
 def test_check_evidence_of_an_extracted_sequence_is_truncated(memorized, registry):

@@ -1,0 +1,338 @@
+"""The ``memorization`` check: privacy leakage of a fine-tuned model.
+
+Three parts, each in its own module (method references in their docstrings):
+
+- ``exposure``: canary exposure (Carlini et al. 2019, "The Secret Sharer") of the secrets the
+  fine-tune inserted (``finetune.canaries``), per repeat count, with the maximum possible exposure;
+- ``extraction``: greedy prefix -> suffix extraction of training sequences and canaries (Carlini et
+  al. 2023) and the probability of extraction over n seeded samples (Hayes et al. 2024);
+- ``membership``: LOSS, zlib ratio, Min-K%, Min-K%++ and reference-model-difference membership
+  inference on the fine-tuning train split (members) against held-out data (non-members): ROC AUC
+  and TPR at 1% / 0.1% FPR; for classifiers the LOSS attack.
+
+When a base model is at hand (a fine-tuned suite, or ``--baseline``) it is the reference model of
+the reference-difference attack, and the same measurements on it are reported as ``baseline.*``
+metrics (a model that never saw the data: exposure and AUC at chance), so gates can compare against
+it. Secrets are redacted from the evidence unless the run has ``--show-secrets``.
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+
+from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
+from auditkit.errors import AuditInputError
+from auditkit.hookspecs import hookimpl
+from auditkit.stats import mean_ci
+
+from . import evidence as ev
+from .exposure import canary_exposures
+from .extraction import canary_split, extraction, rate_ci, split_sequences
+from .membership import FPR_TARGETS, attack_metrics, classifier_scores, lm_scores
+
+PARTS = ("exposure", "extraction", "membership")
+REPEATS = (1, 2, 5, 10, 20, 50, 100)
+ATTACKS = ("loss", "zlib", "mink", "minkpp", "ref")
+
+
+def _metric_specs() -> dict[str, MetricSpec]:
+    m = {f"exposure_r{k}": MetricSpec(f"mean exposure (bits) of the canaries inserted {k} time{'s' * (k > 1)}",
+                                      False) for k in REPEATS}
+    m.update({
+        "exposure_max": MetricSpec("highest exposure (bits) of any inserted canary", False),
+        "exposure_mean": MetricSpec("mean exposure (bits) over the inserted canaries", False),
+        "exposure_fit_max": MetricSpec("highest skew-normal (extrapolated) exposure of an inserted canary", False),
+        "exposure_unseen_mean": MetricSpec("mean exposure of never-inserted canaries (chance: about 1.44)", False),
+        "exposure_unseen_max": MetricSpec("highest exposure of a never-inserted canary", False),
+        "max_possible_exposure": MetricSpec("log2 |R|: the most the rank-based exposure can show", None),
+        "max_possible_exposure_fit": MetricSpec("log2 of the secret space: the cap of the extrapolated exposure",
+                                                None),
+        "extraction_rate": MetricSpec("share of training sequences whose greedy continuation of the prefix "
+                                      "reproduces the suffix exactly (Wilson 95% CI)", False),
+        "extraction_prob": MetricSpec("mean share of n sampled continuations that reproduce the suffix", False),
+        "canary_extraction_rate": MetricSpec("share of canaries whose secret greedy decoding reproduces", False),
+        "canary_extraction_prob": MetricSpec("mean share of n sampled continuations reproducing a canary's secret",
+                                             False),
+        "mia_auc_max": MetricSpec("highest membership-inference ROC AUC over the attacks (0.5: no leakage)", False),
+    })
+    for a in ATTACKS:
+        name = ev.ATTACK_NAMES[a]
+        m[f"mia_{a}_auc"] = MetricSpec(f"{name} membership-inference ROC AUC (0.5: chance)", False)
+        m[f"mia_{a}_tpr_at_1pct_fpr"] = MetricSpec(f"{name} attack: TPR at 1% FPR", False)
+        m[f"mia_{a}_tpr_at_0_1pct_fpr"] = MetricSpec(f"{name} attack: TPR at 0.1% FPR", False)
+    return m
+
+
+def _same_tokens(model, base, texts) -> bool:
+    """Whether the base model tokenizes these texts as the audited one does (then the same prefix
+    token ids can prompt both; a --baseline with another tokenizer gets no baseline extraction)."""
+    return model.token_ids(list(texts)) == base.token_ids(list(texts))
+
+
+class Memorization(Check):
+    name = "memorization"
+    description = ("Canary exposure (Secret Sharer), greedy and sampled training-data extraction, and "
+                   "membership inference (LOSS, zlib, Min-K%, Min-K%++, reference model) with ROC AUC and "
+                   "TPR at low FPR; secrets redacted unless --show-secrets.")
+    params = {
+        "parts": Param("list", list(PARTS), "which parts to run: exposure, extraction, membership"),
+        "members": Param("str", None, "member data (default: the fine-tuning train data)"),
+        "non_members": Param("str", None, "non-member data (default: the fine-tuning validation data)"),
+        "max_members": Param("int", 500, "at most this many members and as many non-members (seeded sample)"),
+        "k": Param("float", 0.2, "Min-K% / Min-K%++ fraction of lowest-scoring tokens"),
+        "prefix_tokens": Param("int", 8, "extraction: prompt with the first N tokens of a training sequence"),
+        "suffix_tokens": Param("int", 8, "extraction: the next N tokens must be reproduced exactly"),
+        "max_extraction": Param("int", 100, "extraction: at most this many training sequences"),
+        "samples": Param("int", 10, "sampled continuations per prefix for the probability of extraction "
+                                    "(0: greedy only)"),
+        "temperature": Param("float", 1.0, "sampling temperature for the probability of extraction"),
+        "unseen": Param("int", 20, "references held out as never-inserted canaries (chance level)"),
+        "minkpp": Param("bool", True, "run Min-K%++ (one extra pass over full next-token distributions)"),
+        "baseline": Param("bool", True, "also measure the base model (baseline.* metrics)"),
+    }
+    metrics = _metric_specs()
+    tasks = ("causal-lm", "sequence-classification")
+    needs_data = False
+    uses_baseline = True
+
+    # ------------------------------------------------------------------ entry
+    def run(self, ctx: CheckContext) -> CheckResult:
+        p = self._validate(ctx)
+        res = CheckResult()
+        lm = ctx.model.task == "causal-lm"
+        canaries = ctx.artifacts.get("canaries") if lm else None
+        base = ctx.baseline if p["baseline"] and not ctx.is_baseline_pass else None
+        members, non_members = self._membership_data(ctx, p)
+        ran, exp, extr = [], None, None
+        if "exposure" in p["parts"]:
+            if canaries and canaries.get("canaries"):
+                exp = self._exposure(ctx, p, res, canaries, base)
+                ran.append("exposure")
+            else:
+                res.notes.append("exposure: no canaries (add finetune.canaries to a causal-LM suite)")
+        ctx.progress(0.3)
+        if "extraction" in p["parts"]:
+            if not lm:
+                res.notes.append("extraction: only for causal LMs")
+            elif members is None and not canaries:
+                res.notes.append("extraction: no training data (no finetune: and no members:)")
+            else:
+                extr = self._extraction(ctx, p, res, members, canaries, base)
+                ran.append("extraction")
+        if canaries and canaries.get("canaries") and (exp is not None or extr is not None):
+            self._canary_table(ctx, res, canaries["canaries"], exp, extr)
+        ctx.progress(0.6)
+        if "membership" in p["parts"]:
+            if members is None or non_members is None:
+                res.notes.append("membership: needs members and non-members (a finetune: section with a "
+                                 "validation split, or members:/non_members:)")
+            else:
+                self._membership(ctx, p, res, members, non_members, base)
+                ran.append("membership")
+        if not ran:
+            raise AuditInputError("memorization has nothing to measure: " + "; ".join(res.notes),
+                                  place=ctx.check_id,
+                                  fix="add finetune: (with canaries: for exposure), or set members: and non_members:")
+        ctx.progress(1.0)
+        return res
+
+    # ------------------------------------------------------------------ inputs
+    def _validate(self, ctx: CheckContext) -> dict:
+        p = dict(ctx.params)
+        place = ctx.check_id or self.name
+        bad = [x for x in p["parts"] if x not in PARTS]
+        if bad or not p["parts"]:
+            raise AuditInputError(f"unknown memorization part {bad[0] if bad else '(none)'!r}", place=f"{place}.parts",
+                                  fix=f"choose from {', '.join(PARTS)}")
+        if not 0 < p["k"] <= 1:
+            raise AuditInputError(f"k must be in (0, 1], got {p['k']}", place=f"{place}.k", fix="use e.g. k: 0.2")
+        for key in ("prefix_tokens", "suffix_tokens", "max_members", "max_extraction"):
+            if p[key] < 1:
+                raise AuditInputError(f"{key} must be at least 1, got {p[key]}", place=f"{place}.{key}")
+        for key in ("samples", "unseen"):
+            if p[key] < 0:
+                raise AuditInputError(f"{key} must be >= 0, got {p[key]}", place=f"{place}.{key}")
+        if p["temperature"] <= 0:
+            raise AuditInputError("temperature must be > 0", place=f"{place}.temperature")
+        return p
+
+    def _membership_data(self, ctx: CheckContext, p: dict):
+        """Seeded samples (texts, labels) of the members and the non-members, or None where unknown."""
+        ft, val = ctx.artifacts.get("finetune_data"), ctx.artifacts.get("finetune_validation")
+        out = []
+        for which, param, default in (("members", "members", ft), ("non-members", "non_members", val)):
+            spec, cols = (p[param], None) if p[param] else (default or (None, None))
+            if not spec or ctx.load_data is None:
+                out.append(None)
+                continue
+            ds = ctx.load_data(spec, cols)
+            rows = ds.rows
+            idx = sorted(random.Random(f"memorization:{which}:{ctx.seed}").sample(range(len(rows)),
+                                                                                   min(p["max_members"], len(rows))))
+            if ctx.model.task == "causal-lm":
+                if ds.has("prompt", "completion"):
+                    ds.require("prompt", "completion", fmt="prompt/completion")
+                    texts = [rows[i]["prompt"] + rows[i]["completion"] for i in idx]
+                else:
+                    ds.require("text", fmt="causal LM text")
+                    texts = [rows[i]["text"] for i in idx]
+                out.append((texts, None))
+            else:
+                ds.require("text", "label", fmt="classification")
+                labels = ds.require_labels(ctx.model.num_labels or None)
+                out.append(([rows[i]["text"] for i in idx], [labels[i] for i in idx]))
+        return out[0], out[1]
+
+    # ------------------------------------------------------------------ exposure
+    def _exposure(self, ctx, p, res: CheckResult, canaries: dict, base) -> dict:
+        cans = canaries["canaries"]
+        exp = canary_exposures(ctx.model, canaries, p["unseen"])
+        base_exp = canary_exposures(base, canaries, p["unseen"]) if base is not None else None
+        for prefix, e in (("", exp), ("baseline.", base_exp)):
+            if e is None:
+                continue
+            self._exposure_metrics(res, prefix, cans, e, ctx.seed)
+        res.add("max_possible_exposure", exp["max_possible"], n=exp["n_references"], higher_is_better=None)
+        if math.isfinite(exp["max_possible_fit"]):
+            res.add("max_possible_exposure_fit", exp["max_possible_fit"], higher_is_better=None)
+        res.records["canary_exposure"] = [round(float(x), 6) for x in exp["exposure"]]
+        res.figures["canary exposure"] = ev.exposure_figure(cans, exp)
+        a, loc, scale = exp["skewnorm"]
+        res.notes.append(f"exposure: {len(cans)} canaries ranked among {exp['n_references']} never-inserted "
+                         f"references of the same template (max {exp['max_possible']:.2f} bits); skew-normal fit "
+                         f"of the reference log-perplexities a={a:.3g}, loc={loc:.4g}, scale={scale:.4g}")
+        exp["base"] = base_exp
+        return exp
+
+    @staticmethod
+    def _exposure_metrics(res: CheckResult, prefix: str, cans: list[dict], e: dict, seed: int) -> None:
+        reps = np.array([c["repeats"] for c in cans])
+        for k in sorted(set(reps.tolist())):
+            vals = e["exposure"][reps == k]
+            res.add(f"{prefix}exposure_r{k}", float(vals.mean()),
+                    ci=mean_ci(vals, seed) if vals.size > 1 else None, n=int(vals.size), higher_is_better=False)
+        res.add(f"{prefix}exposure_max", float(e["exposure"].max()), n=len(cans), higher_is_better=False)
+        res.add(f"{prefix}exposure_mean", float(e["exposure"].mean()), ci=mean_ci(e["exposure"], seed),
+                n=len(cans), higher_is_better=False)
+        res.add(f"{prefix}exposure_fit_max", float(e["exposure_fit"].max()), n=len(cans), higher_is_better=False)
+        if len(e["unseen_exposure"]):
+            u = e["unseen_exposure"]
+            res.add(f"{prefix}exposure_unseen_mean", float(u.mean()), ci=mean_ci(u, seed), n=int(u.size),
+                    higher_is_better=False)
+            res.add(f"{prefix}exposure_unseen_max", float(u.max()), n=int(u.size), higher_is_better=False)
+
+    # ------------------------------------------------------------------ extraction
+    def _extraction(self, ctx, p, res: CheckResult, members, canaries, base) -> dict | None:
+        """Training-sequence extraction metrics; returns the canaries' extraction (or None)."""
+        tok = ctx.model.tokenizer
+        if members is not None:
+            texts = members[0][:p["max_extraction"]]
+            ids = ctx.model.token_ids(texts)
+            keep, pre, suf = split_sequences(ids, p["prefix_tokens"], p["suffix_tokens"])
+            if not keep:
+                res.notes.append(f"extraction: no training sequence has {p['prefix_tokens']} + "
+                                 f"{p['suffix_tokens']} tokens; lower prefix_tokens / suffix_tokens")
+            else:
+                out = extraction(ctx.model, pre, suf, samples=p["samples"], temperature=p["temperature"],
+                                 seed=ctx.seed)
+                rate, ci = rate_ci(out["greedy"])
+                res.add("extraction_rate", rate, ci=ci, n=len(keep), higher_is_better=False)
+                if out["sampled"] is not None:
+                    res.add("extraction_prob", float(out["sampled"].mean()), ci=mean_ci(out["sampled"], ctx.seed),
+                            n=len(keep), higher_is_better=False)
+                if base is not None and _same_tokens(ctx.model, base, texts):
+                    b = extraction(base, pre, suf)
+                    res.add("baseline.extraction_rate", rate_ci(b["greedy"])[0], n=len(keep), higher_is_better=False)
+                res.records["extracted"] = out["greedy"].astype(int).tolist()
+                hits = np.flatnonzero(out["greedy"])
+                rows = [{"prefix": ev.truncate(tok.decode(pre[j])), "suffix": ev.truncate(tok.decode(suf[j])),
+                         **({"P(extract)": ev.r(out["sampled"][j])} if out["sampled"] is not None else {})}
+                        for j in hits[:20]]
+                if rows:
+                    res.evidence.append({"title": f"Extracted training sequences ({len(hits)} of {len(keep)}; "
+                                                  f"first 20, truncated to {ev.MAX_CHARS} characters)", "rows": rows})
+                res.notes.append(f"extraction: {len(keep)} training sequences of at least {p['prefix_tokens']} + "
+                                 f"{p['suffix_tokens']} tokens; {p['samples']} samples each at temperature "
+                                 f"{p['temperature']}")
+        if canaries and canaries.get("canaries"):
+            cans = canaries["canaries"]
+            pre, suf = canary_split(ctx.model, [c["text"] for c in cans], canaries["template"])
+            out = extraction(ctx.model, pre, suf, samples=p["samples"], temperature=p["temperature"],
+                             seed=ctx.seed)
+            rate, ci = rate_ci(out["greedy"])
+            res.add("canary_extraction_rate", rate, ci=ci, n=len(cans), higher_is_better=False)
+            if out["sampled"] is not None:
+                res.add("canary_extraction_prob", float(out["sampled"].mean()), n=len(cans), higher_is_better=False)
+            if base is not None and _same_tokens(ctx.model, base, [c["text"] for c in cans]):
+                b = extraction(base, pre, suf)
+                res.add("baseline.canary_extraction_rate", rate_ci(b["greedy"])[0], n=len(cans),
+                        higher_is_better=False)
+            return out
+        return None
+
+    @staticmethod
+    def _canary_table(ctx, res: CheckResult, cans: list[dict], exp: dict | None, extr: dict | None) -> None:
+        """The per-canary evidence table, first in the evidence (secrets only with --show-secrets)."""
+        show = bool(ctx.artifacts.get("show_secrets"))
+        if exp is None:
+            nan = [math.nan] * len(cans)
+            exp = {"log_perplexity": nan, "rank": nan, "exposure": nan, "exposure_fit": nan}
+        title = "Canaries" + ("" if show else " (secrets redacted; run with --show-secrets to see them)")
+        res.evidence.insert(0, {"title": title, "rows": ev.canary_rows(cans, exp, extr, exp.get("base"), show,
+                                                                       ctx.model.tokenizer.decode)})
+
+    # ------------------------------------------------------------------ membership
+    def _membership(self, ctx, p, res: CheckResult, members, non_members, base) -> None:
+        texts = members[0] + non_members[0]
+        y = np.array([1] * len(members[0]) + [0] * len(non_members[0]))
+        lm = ctx.model.task == "causal-lm"
+        reference = ctx.baseline if lm else None
+        if lm:
+            scores = lm_scores(ctx.model, texts, p["k"], reference=reference, minkpp=p["minkpp"])
+        else:
+            scores = classifier_scores(ctx.model, texts, members[1] + non_members[1])
+        base_scores = None
+        if base is not None:
+            base_scores = (lm_scores(base, texts, p["k"], minkpp=p["minkpp"]) if lm
+                           else classifier_scores(base, texts, members[1] + non_members[1]))
+        dropped = int(np.sum(~np.isfinite(scores["loss"])))
+        rows, aucs = [], []
+        for a, s in scores.items():
+            m = attack_metrics(y, s, seed=ctx.seed)
+            if not math.isfinite(m["auc"]):
+                continue
+            aucs.append(m["auc"])
+            res.add(f"mia_{a}_auc", m["auc"], ci=m["auc_ci"], n=m["n"], higher_is_better=False)
+            for key in FPR_TARGETS:
+                res.add(f"mia_{a}_tpr_at_{key}_fpr", m[f"tpr_at_{key}_fpr"], n=m["n"], higher_is_better=False)
+            row = {"attack": ev.ATTACK_NAMES[a], "AUC": ev.r(m["auc"]),
+                   "AUC 95% CI": None if m["auc_ci"] is None else f"{m['auc_ci'][0]:.3f} – {m['auc_ci'][1]:.3f}",
+                   "TPR @ 1% FPR": ev.r(m["tpr_at_1pct_fpr"]), "TPR @ 0.1% FPR": ev.r(m["tpr_at_0_1pct_fpr"])}
+            if base_scores is not None and a in base_scores:
+                bm = attack_metrics(y, base_scores[a], ci=False)
+                res.add(f"baseline.mia_{a}_auc", bm["auc"], n=bm["n"], higher_is_better=False)
+                row["base model AUC"] = ev.r(bm["auc"])
+            rows.append(row)
+        if aucs:
+            res.add("mia_auc_max", max(aucs), n=len(y), higher_is_better=False)
+        res.evidence.append({"title": f"Membership inference: {len(members[0])} members (fine-tuning train data) "
+                                      f"vs {len(non_members[0])} non-members (held out)", "rows": rows})
+        res.figures["membership ROC"] = ev.roc_figure(y, scores)
+        n_non = len(non_members[0])
+        note = (f"membership: scores are 'higher = member'; Min-K% and Min-K%++ use k={p['k']} (at least one token)"
+                if lm else "membership: LOSS attack (cross-entropy of the true label) on train vs held-out data")
+        if reference is None and lm:
+            note += "; no reference model (base) for the reference-difference attack"
+        if n_non < 1000:
+            note += (f"; with {n_non} non-members the smallest non-zero FPR is {1 / n_non:.2%}, so TPR at 0.1% FPR "
+                     "is the TPR at zero false positives")
+        if dropped:
+            note += f"; {dropped} texts with no scored token were left out"
+        res.notes.append(note)
+
+
+@hookimpl
+def auditkit_register_checks(register):
+    register(Memorization)

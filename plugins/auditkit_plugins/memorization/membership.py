@@ -1,0 +1,166 @@
+"""Membership inference: is an example in the fine-tuning data? Every score is "higher = member".
+
+- LOSS (Yeom et al. 2018, "Privacy Risk in Machine Learning"): the mean token log-prob (causal LMs)
+  or minus the cross-entropy of the true label (classifiers).
+- zlib ratio (Carlini et al. 2021, "Extracting Training Data from Large Language Models"): minus the
+  log-perplexity (mean token NLL, nats) divided by the zlib entropy (bytes of ``zlib.compress``).
+- Min-K% (Shi et al. 2024, "Detecting Pretraining Data from Large Language Models"): the mean of the
+  k% lowest token log-probs.
+- Min-K%++ (Zhang et al. 2024, "Min-K%++: Improved Baseline for Detecting Pre-Training Data from
+  Large Language Models"): each token log-prob standardized by the mean and standard deviation of the
+  log-prob under the model's next-token distribution at that position,
+  ``(log p(x_t|x_<t) - mu_t) / sigma_t`` with ``mu_t = E_{z~p(.|x_<t)} log p(z|x_<t)`` and
+  ``sigma_t^2 = E_z (log p(z|x_<t) - mu_t)^2``; then the mean of the k% lowest.
+- Reference-model difference (Carlini et al. 2021; Watson et al. 2022, "On the Importance of
+  Difficulty Calibration in Membership Inference Attacks"): the target's mean token log-prob minus the
+  reference (base) model's.
+
+Short texts: Min-K% and Min-K%++ average the ``max(1, floor(k * T))`` lowest of ``T`` tokens, so a
+text with ``k * T < 1`` still uses its single lowest token. Texts with no scored token are dropped.
+Metrics: ROC AUC (``sklearn.metrics.roc_auc_score``, bootstrap 95% CI) and the TPR at 1% and 0.1%
+FPR, read off ``roc_curve`` as the highest TPR whose FPR does not exceed the target.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Sequence
+
+import numpy as np
+
+FPR_TARGETS = {"1pct": 0.01, "0_1pct": 0.001}
+
+
+def min_k(values: np.ndarray, k: float) -> float:
+    """Mean of the ``max(1, floor(k * T))`` lowest values (Min-K%, with the short-text guard)."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return float("nan")
+    n = max(1, int(math.floor(k * v.size)))
+    return float(np.mean(np.sort(v)[:n]))
+
+
+def zlib_entropy(text: str) -> int:
+    """Bytes of the zlib-compressed UTF-8 text (Carlini et al. 2021)."""
+    return len(zlib.compress(text.encode("utf-8")))
+
+
+def next_token_moments(handle, texts: Sequence[str]) -> dict:
+    """One batched pass over full next-token distributions: per text, the token log-probs and the
+    mean ``mu_t`` and standard deviation ``sigma_t`` of ``log p(z|x_<t)`` under ``z ~ p(.|x_<t)``.
+
+    Memoized on the handle (``memorization.next_token_moments``, kept on disk too like the core
+    passes, so a second audit of the same base model skips it); the token log-probs it computes are
+    also stored as the handle's shared ``token_logprobs`` pass for the same texts when absent, so the
+    LOSS, zlib and Min-K% scores (and any other check) reuse them. Only three numbers per position are
+    kept, never the ``[T, V]`` distributions; batches are split so a slice holds at most ~16M logits.
+    """
+    texts = list(texts)
+
+    def compute():
+        import torch
+        ids = handle.token_ids(texts)
+        n = len(ids)
+        tok_lp, mus, sds = [None] * n, [None] * n, [None] * n
+        vocab = int(getattr(handle.model.config, "vocab_size", 0) or 32000)
+        with torch.inference_mode():
+            for idx, inp, mask in handle._batches(ids):
+                width = inp.shape[1]
+                rows = max(1, int(16_000_000 // max(1, width * vocab)))
+                for s in range(0, len(idx), rows):
+                    sub_inp, sub_mask = inp[s:s + rows], mask[s:s + rows]
+                    logits = handle.model(input_ids=sub_inp, attention_mask=sub_mask).logits[:, :-1].float()
+                    logp = torch.log_softmax(logits, dim=-1)
+                    p = logp.exp()
+                    mu = (p * logp).sum(-1)
+                    var = (p * (logp - mu.unsqueeze(-1)).pow(2)).sum(-1)
+                    lp = logp.gather(-1, sub_inp[:, 1:].unsqueeze(-1)).squeeze(-1)
+                    for row, i in enumerate(idx[s:s + rows]):
+                        t = len(ids[i]) - 1
+                        tok_lp[i] = lp[row, :t].cpu().numpy()
+                        mus[i] = mu[row, :t].cpu().numpy()
+                        sds[i] = var[row, :t].clamp_min(0).sqrt().cpu().numpy()
+        return {"token_logprobs": tok_lp, "mu": mus, "sigma": sds}
+
+    res = handle.memo("memorization.next_token_moments", texts, compute, persist=True)
+    handle.memo("token_logprobs", texts, lambda: res["token_logprobs"], persist=True)
+    return res
+
+
+def min_k_plus_plus(token_lp: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: float) -> float:
+    """Min-K%++: the mean of the k% lowest standardized token log-probs ``(lp - mu) / sigma``."""
+    z = (np.asarray(token_lp) - np.asarray(mu)) / np.maximum(np.asarray(sigma), 1e-6)
+    return min_k(z, k)
+
+
+def lm_scores(handle, texts: Sequence[str], k: float, reference=None, minkpp: bool = True) -> dict:
+    """Every attack score (higher = member) for causal-LM texts; NaN where a text has no scored token."""
+    texts = list(texts)
+    if minkpp:
+        mom = next_token_moments(handle, texts)
+        lps = mom["token_logprobs"]
+    else:
+        lps = handle.token_logprobs(texts)
+    mean_lp = np.array([float(np.mean(lp)) if len(lp) else np.nan for lp in lps])
+    scores = {
+        "loss": mean_lp,
+        "zlib": np.array([m / zlib_entropy(t) for m, t in zip(mean_lp, texts)]),
+        "mink": np.array([min_k(lp, k) for lp in lps]),
+    }
+    if minkpp:
+        scores["minkpp"] = np.array([min_k_plus_plus(lp, mu, sd, k) if len(lp) else np.nan
+                                     for lp, mu, sd in zip(lps, mom["mu"], mom["sigma"])])
+    if reference is not None:
+        ref = reference.token_logprobs(texts)
+        ref_mean = np.array([float(np.mean(lp)) if len(lp) else np.nan for lp in ref])
+        scores["ref"] = mean_lp - ref_mean
+    return scores
+
+
+def classifier_scores(handle, texts: Sequence[str], labels: Sequence[int]) -> dict:
+    """LOSS attack for classifiers: minus the cross-entropy of the true label (shared class_logits)."""
+    from scipy.special import log_softmax
+    logits = np.asarray(handle.class_logits(list(texts)), dtype=float)
+    lp = log_softmax(logits, axis=-1)
+    return {"loss": lp[np.arange(len(labels)), np.asarray(labels, dtype=int)]}
+
+
+def tpr_at_fpr(labels, scores, target: float) -> float:
+    """Highest TPR on the ROC curve whose FPR is at most ``target`` (all thresholds kept)."""
+    from sklearn.metrics import roc_curve
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    ok = fpr <= target + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def auc_mann_whitney(labels, scores) -> float:
+    """ROC AUC through the Mann-Whitney identity ``(R_1 - n_1 (n_1 + 1) / 2) / (n_1 n_0)`` with mid-ranks
+    (``scipy.stats.rankdata``), equal to ``roc_auc_score`` (ties count one half) and ~50x faster, for the
+    bootstrap resamples; NaN when a resample lacks a class."""
+    from scipy.stats import rankdata
+    y = np.asarray(labels, dtype=bool)
+    n1 = int(y.sum())
+    n0 = y.size - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    ranks = rankdata(np.asarray(scores, dtype=float))
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def attack_metrics(labels, scores, seed: int = 0, ci: bool = True) -> dict:
+    """ROC AUC (``roc_auc_score``, with a paired percentile-bootstrap 95% CI) and the TPR at the low-FPR
+    targets for one attack; texts whose score is NaN are left out."""
+    from sklearn.metrics import roc_auc_score
+    from auditkit.stats import bootstrap_ci
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    ok = np.isfinite(s)
+    y, s = y[ok], s[ok]
+    if len(np.unique(y)) < 2:
+        return {"auc": float("nan"), "auc_ci": None, "n": int(y.size),
+                **{f"tpr_at_{k}_fpr": float("nan") for k in FPR_TARGETS}}
+    out = {"auc": float(roc_auc_score(y, s)), "n": int(y.size),
+           "auc_ci": bootstrap_ci(auc_mann_whitney, y, s, seed=seed) if ci else None}
+    for name, target in FPR_TARGETS.items():
+        out[f"tpr_at_{name}_fpr"] = tpr_at_fpr(y, s, target)
+    return out
