@@ -337,8 +337,11 @@ class ModelHandle:
                              add_special_tokens=True)
         return enc["input_ids"]
 
-    def _batches(self, ids: list[list[int]]):
-        """Yield (indices, input_ids, attention_mask) batches sorted by length (right padding)."""
+    def batches(self, ids: list[list[int]]):
+        """Yield (indices, input_ids, attention_mask) batches sorted by length (right padding), on the device.
+
+        Public so plugins with a pass of their own (gradients, full distributions) batch like the handle.
+        """
         import torch
         order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
         pad = self.tokenizer.pad_token_id
@@ -364,10 +367,10 @@ class ModelHandle:
         att_out: list = [None] * n
         hid_out: list = [None] * n
         if attentions:
-            self._ensure_eager()
+            self.ensure_eager()
         self.stats["forward_passes"] += 1
         with torch.inference_mode():
-            for idx, inp, mask in self._batches(ids):
+            for idx, inp, mask in self.batches(ids):
                 out = self.model(input_ids=inp, attention_mask=mask, output_attentions=attentions,
                                  output_hidden_states=hidden)
                 logits = out.logits.float()
@@ -401,13 +404,18 @@ class ModelHandle:
             result["hidden"] = np.stack(hid_out, axis=1) if n else None
         return result
 
+    def score_ids(self, ids: list[list[int]]):
+        """Score already-tokenized sequences: classifier logits ``[N, C]`` or per-token log-probs (LMs)."""
+        res = self._forward(None, ids=ids)
+        return res["token_logprobs"] if self.task == "causal-lm" else res["logits"]
+
     def _last_token_logprobs(self, contexts: list[list[int]], targets: list[list[int]]) -> list[np.ndarray]:
         """For each context, the log-probs of its candidate next tokens after its last position."""
         import torch
         out: list = [None] * len(contexts)
         self.stats["forward_passes"] += 1
         with torch.inference_mode():
-            for idx, inp, mask in self._batches(contexts):
+            for idx, inp, mask in self.batches(contexts):
                 logits = self.model(input_ids=inp, attention_mask=mask).logits
                 last = torch.tensor([len(contexts[i]) - 1 for i in idx], device=logits.device)
                 rows = torch.log_softmax(logits[torch.arange(len(idx), device=logits.device), last].float(), dim=-1)
@@ -415,7 +423,8 @@ class ModelHandle:
                     out[i] = rows[row, targets[i]].cpu().numpy()
         return out
 
-    def _ensure_eager(self) -> None:
+    def ensure_eager(self) -> None:
+        """Switch to eager attention (sdpa returns no attention weights)."""
         cfg = self.model.config
         if getattr(cfg, "_attn_implementation", "eager") != "eager":
             self.model.set_attn_implementation("eager")

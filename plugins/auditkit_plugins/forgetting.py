@@ -114,7 +114,7 @@ def neutral_kl(base, cand, texts: list[str]) -> list[np.ndarray]:
         base.stats["forward_passes"] += 1
         cand.stats["forward_passes"] += 1
         with torch.inference_mode():
-            for idx, inp, mask in cand._batches(ids):
+            for idx, inp, mask in cand.batches(ids):
                 lc = F.log_softmax(cand.model(input_ids=inp, attention_mask=mask).logits.float(), -1)
                 lb = base.model(input_ids=inp.to(base.device), attention_mask=mask.to(base.device)).logits
                 lb = F.log_softmax(lb.float().to(lc.device), -1)

@@ -44,7 +44,7 @@ def integrated_gradients(handle, examples, n_steps: int = 32, internal_batch_siz
         delta = np.zeros(len(examples))
         diff = np.zeros(len(examples))
         with torch.enable_grad():
-            for idx, inp, mask in handle._batches([e.ids for e in examples]):
+            for idx, inp, mask in handle.batches([e.ids for e in examples]):
                 ref = inp.clone()
                 for row, i in enumerate(idx):
                     ref[row, torch.as_tensor(examples[i].candidates, device=inp.device)] = ref_id

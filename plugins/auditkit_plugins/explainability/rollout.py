@@ -63,12 +63,12 @@ def grad_rollout_scores(handle, examples) -> list[np.ndarray]:
 
     def compute():
         import torch
-        handle._ensure_eager()
+        handle.ensure_eager()
         model = handle.model
         embed = model.get_input_embeddings()
         out: list = [None] * len(examples)
         with torch.enable_grad():
-            for idx, inp, mask in handle._batches([e.ids for e in examples]):
+            for idx, inp, mask in handle.batches([e.ids for e in examples]):
                 # gradients flow from the embeddings only: the weights' gradients are never computed
                 emb = embed(inp).detach().requires_grad_(True)
                 res = model(inputs_embeds=emb, attention_mask=mask, output_attentions=True)

@@ -76,10 +76,10 @@ def score_ids(handle, ids: list[list[int]], targets: list[int]) -> np.ndarray:
         if handle.task == "causal-lm":
             limit = handle.max_length
             seqs = [list(x)[-(limit - 1):] + [t] for x, t in keys]
-            lps = handle._forward(None, ids=seqs)["token_logprobs"]
+            lps = handle.score_ids(seqs)
             vals = np.array([float(lp[-1]) for lp in lps])
         else:
-            logits = handle._forward(None, ids=[list(x) for x, _ in keys])["logits"].astype(np.float64)
+            logits = handle.score_ids([list(x) for x, _ in keys]).astype(np.float64)
             logz = np.logaddexp.reduce(logits, axis=-1)
             vals = np.array([logits[j, t] - logz[j] for j, (_, t) in enumerate(keys)])
         return np.array([vals[uniq[(tuple(x), t)]] for x, t in items])
@@ -94,7 +94,7 @@ def _next_tokens(handle, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     def compute():
         tok, lp = np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids))
         with torch.inference_mode():
-            for idx, inp, mask in handle._batches(ids):
+            for idx, inp, mask in handle.batches(ids):
                 logits = handle.model(input_ids=inp, attention_mask=mask).logits.float()
                 last = mask.sum(1) - 1
                 logp = torch.log_softmax(logits[torch.arange(len(idx)), last], -1)

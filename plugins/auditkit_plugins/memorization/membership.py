@@ -64,7 +64,7 @@ def next_token_moments(handle, texts: Sequence[str]) -> dict:
         tok_lp, mus, sds = [None] * n, [None] * n, [None] * n
         vocab = int(getattr(handle.model.config, "vocab_size", 0) or 32000)
         with torch.inference_mode():
-            for idx, inp, mask in handle._batches(ids):
+            for idx, inp, mask in handle.batches(ids):
                 width = inp.shape[1]
                 rows = max(1, int(16_000_000 // max(1, width * vocab)))
                 for s in range(0, len(idx), rows):
