@@ -296,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+    # library deprecation notices (transformers/peft internals) are noise in an audit log
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         args = build_parser().parse_args(argv)
         return int(args.fn(args))
