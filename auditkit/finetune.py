@@ -312,8 +312,11 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:  # the fused kernel (CPU and CUDA) is what transformers' Trainer uses by default too
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+    except (RuntimeError, ValueError):
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
     eff_batch = cfg.batch_size * cfg.grad_accum
     steps_per_epoch = max(1, math.ceil(len(train_ex) / eff_batch))
     total_steps = steps_per_epoch * cfg.epochs

@@ -371,7 +371,7 @@ class ModelHandle:
         self.stats["forward_passes"] += 1
         with torch.inference_mode():
             for idx, inp, mask in self.batches(ids):
-                out = self.model(input_ids=inp, attention_mask=mask, output_attentions=attentions,
+                out = self.model(input_ids=inp, attention_mask=mask, output_attentions=attentions, **self._no_kv_cache(),
                                  output_hidden_states=hidden)
                 logits = out.logits.float()
                 for row, i in enumerate(idx):
@@ -404,6 +404,10 @@ class ModelHandle:
             result["hidden"] = np.stack(hid_out, axis=1) if n else None
         return result
 
+    def _no_kv_cache(self) -> dict:
+        """Scoring passes never decode further: building a KV cache is wasted work (causal LMs)."""
+        return {"use_cache": False} if self.task == "causal-lm" else {}
+
     def score_ids(self, ids: list[list[int]]):
         """Score already-tokenized sequences: classifier logits ``[N, C]`` or per-token log-probs (LMs)."""
         res = self._forward(None, ids=ids)
@@ -416,7 +420,7 @@ class ModelHandle:
         self.stats["forward_passes"] += 1
         with torch.inference_mode():
             for idx, inp, mask in self.batches(contexts):
-                logits = self.model(input_ids=inp, attention_mask=mask).logits
+                logits = self.model(input_ids=inp, attention_mask=mask, **self._no_kv_cache()).logits
                 last = torch.tensor([len(contexts[i]) - 1 for i in idx], device=logits.device)
                 rows = torch.log_softmax(logits[torch.arange(len(idx), device=logits.device), last].float(), dim=-1)
                 for row, i in enumerate(idx):
