@@ -297,7 +297,7 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     model = copy.deepcopy(handle.model)
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and cfg.method == "full":
         model.float()  # master weights in fp32; bf16 through autocast
     train_ex = _examples(train_ds, task, tok, cfg.max_length, handle.num_labels or None)
     val_ex = _examples(val_ds, task, tok, cfg.max_length, handle.num_labels or None) if val_ds is not None else []
@@ -307,6 +307,10 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
     train_eval = sub_rng.sample(train_ex, min(cfg.train_eval_size, len(train_ex)))
     if cfg.method == "lora":
         model = apply_lora(model, task, cfg.lora, suite_file)
+        # LoRA on CUDA: the frozen base stays bf16 (no cast kernels per layer), what trains is fp32
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
     model.to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -66,7 +66,8 @@ def main() -> None:
                               num_train_epochs=args.epochs, learning_rate=lr, lr_scheduler_type="linear",
                               weight_decay=0.0, max_grad_norm=1.0, save_strategy="no", eval_strategy="no",
                               logging_strategy="no", report_to=[], seed=0, use_cpu=args.device == "cpu",
-                              dataloader_num_workers=0, disable_tqdm=True)
+                              dataloader_num_workers=0, disable_tqdm=True,
+                              bf16=args.device.startswith("cuda"))
     warm = Trainer(model=copy.deepcopy(model), args=targs, train_dataset=train_set[:64],
                    data_collator=DataCollatorWithPadding(tok))
     warm.train()
