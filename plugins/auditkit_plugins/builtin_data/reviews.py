@@ -208,7 +208,8 @@ def _term_pattern(group: str) -> re.Pattern[str]:
 
 def generate(seed: int = 0, n: int = 2400,
              group_label_correlation: float = 0.0) -> dict[str, list[dict]]:
-    """Return {"train", "validation", "test"} lists of {"text", "label", "group"} rows (70/15/15)."""
+    """Return {"train", "validation", "test"} lists of {"text", "label", "group"} rows (70/15/15,
+    stratified by group and label)."""
     if n < 20:
         raise ValueError(f"reviews: n must be at least 20, got {n}")
     c = float(group_label_correlation)
@@ -234,11 +235,17 @@ def generate(seed: int = 0, n: int = 2400,
                     break
             seen.add(text)
             rows.append({"text": text, "label": label, "group": g})
-    rng.shuffle(rows)
-    n_train = int(round(n * 0.70))
-    n_val = int(round(n * 0.15))
-    return {
-        "train": rows[:n_train],
-        "validation": rows[n_train:n_train + n_val],
-        "test": rows[n_train + n_val:],
-    }
+    # Stratified by (group, label): every split keeps each group's label balance, so a perfect
+    # classifier shows no demographic-parity gap on the test split that the data itself put there.
+    splits: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
+    for g in groups:
+        for label in (1, 0):
+            cell = [r for r in rows if r["group"] == g and r["label"] == label]
+            rng.shuffle(cell)
+            n_train, n_val = int(round(len(cell) * 0.70)), int(round(len(cell) * 0.15))
+            splits["train"] += cell[:n_train]
+            splits["validation"] += cell[n_train:n_train + n_val]
+            splits["test"] += cell[n_train + n_val:]
+    for part in splits.values():
+        rng.shuffle(part)
+    return splits
