@@ -25,7 +25,7 @@ import numpy as np
 
 from auditkit.errors import AuditInputError
 from auditkit.gates import GateSyntaxError, evaluate, parse_gate
-from auditkit.report.common import fmt
+from auditkit.report.common import fmt, md_cell
 from auditkit.results import load_results, write_json_atomic
 from auditkit.stats import mcnemar, paired_bootstrap
 
@@ -231,10 +231,6 @@ def apply_gates(comparison: dict, exprs: list[str]) -> list[dict]:
 
 # ---------------------------------------------------------------------- output
 
-def _cell(x) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def _pct(r: dict) -> str:
     return "" if r.get("rel_delta") is None else f" ({r['rel_delta'] * 100:+.1f}%)"
 
@@ -248,35 +244,35 @@ def signed(x) -> str:
 def render_markdown(c: dict) -> str:
     icon = {"regression": "🔻", "improvement": "🔺", "changed": "↔", "unchanged": "=", "missing": "?"}
     s = c["summary"]
-    lines = [f"# auditkit compare: {_cell(c['suite'])} — {c['status'].upper()}", "",
-             f"A: `{_cell(c['a']['path'])}` (model `{_cell(c['a']['model'])}`, {c['a']['status']})  ",
-             f"B: `{_cell(c['b']['path'])}` (model `{_cell(c['b']['model'])}`, {c['b']['status']})", "",
+    lines = [f"# auditkit compare: {md_cell(c['suite'])} — {c['status'].upper()}", "",
+             f"A: `{md_cell(c['a']['path'])}` (model `{md_cell(c['a']['model'])}`, {c['a']['status']})  ",
+             f"B: `{md_cell(c['b']['path'])}` (model `{md_cell(c['b']['model'])}`, {c['b']['status']})", "",
              f"{s['regression']} regressions ({s['significant_regressions']} significant), {s['improvement']} "
              f"improvements, {s['changed']} changed, {s['unchanged']} unchanged. Deltas are B - A; significance: "
              f"paired test p < {ALPHA}.", ""]
     if c["gates"]:
         lines += ["| comparison gate (fails when true) | delta | status |", "|---|---|---|"]
         for g in c["gates"]:
-            lines.append(f"| {_cell(g['expr'])} | {fmt(g['observed'])} | {g['status'].upper()}"
-                         + (f": {_cell(g['reason'])}" if g.get("reason") and g["status"] != "pass" else "") + " |")
+            lines.append(f"| {md_cell(g['expr'])} | {fmt(g['observed'])} | {g['status'].upper()}"
+                         + (f": {md_cell(g['reason'])}" if g.get("reason") and g["status"] != "pass" else "") + " |")
         lines.append("")
     lines += ["| | check | metric | A | B | delta | delta 95% CI | test | p | significant |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in c["rows"]:
         ci = f"[{signed(r['ci_low'])}, {signed(r['ci_high'])}]" if r["ci_low"] is not None else ""
         sig = "–" if r["significant"] is None else ("yes" if r["significant"] else "no")
-        lines.append(f"| {icon[r['direction']]} {r['direction']} | {_cell(r['check'])} | {_cell(r['metric'])} | "
+        lines.append(f"| {icon[r['direction']]} {r['direction']} | {md_cell(r['check'])} | {md_cell(r['metric'])} | "
                      f"{fmt(r['a'], 6)} | {fmt(r['b'], 6)} | {signed(r['delta'])}{_pct(r)} | {ci} | "
-                     f"{_cell(r['test'] or '–')} | {fmt(r['p_value'])} | {sig} |")
+                     f"{md_cell(r['test'] or '–')} | {fmt(r['p_value'])} | {sig} |")
     changed = [x for x in c["check_status"] if x["a"] != x["b"]]
     if changed:
         lines += ["", "| check | status A | status B |", "|---|---|---|"]
-        lines += [f"| {_cell(x['check'])} | {x['a'] or '–'} | {x['b'] or '–'} |" for x in changed]
+        lines += [f"| {md_cell(x['check'])} | {x['a'] or '–'} | {x['b'] or '–'} |" for x in changed]
     for label, key in (("Only in A", "only_in_a"), ("Only in B", "only_in_b")):
         if c[key]:
-            lines += ["", f"**{label}:** " + ", ".join(f"`{_cell(m)}`" for m in c[key])]
+            lines += ["", f"**{label}:** " + ", ".join(f"`{md_cell(m)}`" for m in c[key])]
     if c["notes"]:
-        lines += [""] + [f"- {_cell(n)}" for n in c["notes"]]
+        lines += [""] + [f"- {md_cell(n)}" for n in c["notes"]]
     return "\n".join(lines) + "\n"
 
 

@@ -39,3 +39,8 @@ def gate_line(g: dict) -> str:
     if g.get("reason"):
         text += f": {g['reason']}"
     return text
+
+
+def md_cell(x) -> str:
+    """Text safe inside a Markdown table cell: no pipe or newline breaks the row, no raw HTML tag."""
+    return str(x).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")

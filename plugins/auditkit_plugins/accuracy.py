@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import softmax
 
 from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
 from auditkit.hookspecs import hookimpl
@@ -79,7 +80,7 @@ class Accuracy(Check):
         f1 = f1_score(labels, pred, average="macro", labels=classes, zero_division=0)
         res.add("macro_f1", f1, macro_f1_ci(labels, pred, len(classes), seed=ctx.seed, n_resamples=b), n)
         res.records = {"correct": correct.astype(int).tolist(), "pred": pred.astype(int).tolist()}
-        probs = _softmax(logits)
+        probs = softmax(logits, axis=-1)
         wrong = np.where(correct == 0)[0]
         worst = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:10]
         res.evidence = [{"title": "Most confident mistakes", "rows": [
@@ -105,11 +106,6 @@ class Accuracy(Check):
              "chosen": rows[i]["choices"][int(np.argmax(lls[i]))]} for i in wrong]}]
         ctx.progress(1.0)
         return res
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 def _confusion_svg(cm: np.ndarray, classes: list) -> str:

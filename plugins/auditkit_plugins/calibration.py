@@ -9,15 +9,11 @@ It reads the same cached classifier pass as ``accuracy``.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import softmax
 
 from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
 from auditkit.hookspecs import hookimpl
 from auditkit.stats import bootstrap_ci, mean_ci
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
@@ -48,7 +44,7 @@ class Calibration(Check):
         from sklearn.metrics import log_loss
         ds = ctx.data.require("text", "label", fmt="classification")
         labels = np.array(ds.require_labels(ctx.model.num_labels))
-        probs = softmax(ctx.model.class_logits(ds.column("text")))
+        probs = softmax(ctx.model.class_logits(ds.column("text")), axis=-1)
         conf, pred = probs.max(-1), probs.argmax(-1)
         correct = (pred == labels).astype(float)
         bins = ctx.params["bins"]
