@@ -7,29 +7,65 @@ It never writes files and never prints: the runner and the reporters do that.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from difflib import get_close_matches
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from auditkit.data import Dataset
     from auditkit.models import ModelHandle
 
 TASKS = ("sequence-classification", "causal-lm")
+#: what a check ends with: info when it had no gate to decide (never counted as pass)
+STATUSES = ("info", "pass", "warn", "fail", "error")
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+
+
+def did_you_mean(word: Any, options: Sequence) -> str:
+    """``did you mean 'x'?`` for the closest option, else the list of options."""
+    near = get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"did you mean {near[0]!r}?" if near else f"expected one of: {', '.join(map(str, options))}"
 
 
 @dataclass(frozen=True)
 class Param:
-    """A typed check parameter with a default; ``type`` is one of int, float, str, bool, list, dict."""
+    """A typed check parameter with a default; ``type`` is one of int, float, str, bool, list, dict.
+
+    Values are checked before any model loads: ``choices`` (the allowed values), ``members`` (the
+    allowed items of a list), and the bounds ``ge``/``gt``/``le``/``lt`` for numbers (for a list:
+    for each of its numbers).
+    """
 
     type: str = "str"
     default: Any = None
     help: str = ""
     choices: tuple | None = None
     required: bool = False
+    members: tuple | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def bounds(self) -> str:
+        """The allowed range in words, e.g. ``>= 1`` or ``> 0 and <= 1`` ('' when unbounded)."""
+        parts = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if v is not None]
+        return " and ".join(parts)
+
+    def _check_number(self, x: Any, where: str) -> None:
+        if not isinstance(x, (int, float)) or isinstance(x, bool):
+            return
+        if isinstance(x, float) and math.isnan(x):
+            raise ValueError(f"{where} must be a number, got NaN")
+        ok = ((self.ge is None or x >= self.ge) and (self.gt is None or x > self.gt)
+              and (self.le is None or x <= self.le) and (self.lt is None or x < self.lt))
+        if not ok:
+            raise ValueError(f"{where} must be {self.bounds()}, got {x!r}")
 
     def coerce(self, value: Any, where: str) -> Any:
-        """Validate ``value``; raise ValueError(message) naming the expected type."""
+        """Validate ``value`` (type, choices, members, bounds); raise ValueError(message) saying what is allowed."""
         want = _TYPES[self.type]
         if self.type == "float" and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -40,16 +76,48 @@ class Param:
         if value is not None and not isinstance(value, want):
             raise ValueError(f"{where} must be {self.type}, got {type(value).__name__} {value!r}")
         if self.choices and value not in self.choices:
-            raise ValueError(f"{where} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+            raise ValueError(f"{where} must be one of {', '.join(map(str, self.choices))}, got {value!r}; "
+                             f"{did_you_mean(value, self.choices)}")
+        if isinstance(value, list):
+            for item in value:
+                if self.members is not None and item not in self.members:
+                    raise ValueError(f"{where} has an unknown member {item!r}; {did_you_mean(item, self.members)}")
+                self._check_number(item, f"each item of {where}")
+        else:
+            self._check_number(value, where)
         return value
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """What a metric means and which direction is better."""
+    """What a metric means and which direction is better.
+
+    A metric whose name depends on the data is declared as a pattern with ``{placeholders}``, e.g.
+    ``"stereotype_score.{bias_type}"``: a placeholder stands for one name part of letters, digits,
+    ``_`` and ``-`` (no dots), so ``stereotype_score.sexual-orientation`` can be gated.
+    """
 
     help: str = ""
     higher_is_better: bool | None = True
+
+
+_PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def _pattern(name: str) -> re.Pattern:
+    parts = _PLACEHOLDER.split(name)
+    return re.compile("".join(re.escape(p) + ("[A-Za-z0-9_\\-]+" if i < len(parts) - 1 else "")
+                              for i, p in enumerate(parts)) + r"\Z")
+
+
+def find_metric(metrics: Mapping[str, MetricSpec], name: str) -> MetricSpec | None:
+    """The spec declaring metric ``name``: an exact key, else the first pattern key it matches."""
+    if name in metrics:
+        return metrics[name]
+    for key, spec in metrics.items():
+        if "{" in key and _pattern(key).match(name):
+            return spec
+    return None
 
 
 @dataclass
@@ -131,6 +199,27 @@ class Check:
     uses_baseline: ClassVar[bool] = False
     #: set when the check cannot run without a baseline model (the run stops with exit 2 before loading)
     requires_baseline: ClassVar[bool] = False
+    #: the gates applied when a suite entry has no ``gates:`` key (``gates: []`` means none): a list of
+    #: ``"METRIC OP VALUE"`` strings (severity fail) or ``{"when": "...", "severity": "warn"}`` dicts, or
+    #: a dict ``{task: [...]}`` where they differ by task kind (``"*"`` for any other task)
+    default_gates: ClassVar[Sequence | Mapping[str, Sequence]] = ()
+
+    @classmethod
+    def default_gates_for(cls, task: str) -> list[tuple[str, str]]:
+        """The default gates for ``task`` as ``(expression, severity)`` pairs."""
+        decl = cls.default_gates
+        if isinstance(decl, Mapping):
+            decl = decl.get(task, decl.get("*", ()))
+        out = []
+        for g in decl or ():
+            if isinstance(g, str):
+                out.append((g, "fail"))
+            elif isinstance(g, Mapping):
+                out.append((g.get("when", g.get("expr")), g.get("severity", "fail")))
+            else:
+                expr, severity = g
+                out.append((expr, severity))
+        return out
 
     def run(self, ctx: CheckContext) -> CheckResult:  # pragma: no cover - interface
         raise NotImplementedError

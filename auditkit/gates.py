@@ -3,13 +3,13 @@
 Grammar::
 
     gate  := ref OP value
-    value := term (('+' | '-') NUMBER)?
+    value := term ('*' NUMBER)? (('+' | '-') NUMBER)?
     term  := NUMBER | ref
     ref   := ['baseline.'] NAME ['.ci_low' | '.ci_high' | '.value']
     OP    := '>=' | '<=' | '>' | '<' | '==' | '!='
 
 ``NAME`` may contain dots (``random.comprehensiveness``). A NaN or missing metric makes the gate
-ERROR, never PASS.
+ERROR, never PASS. ``latency_p95 <= baseline.latency_p95 * 1.2`` scales a reference before the offset.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
        "==": operator.eq, "!=": operator.ne}
 SEVERITIES = ("fail", "warn")
 _TOKEN = re.compile(r"\s*(?:(?P<op>>=|<=|==|!=|>|<)|(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?%?)"
-                    r"|(?P<ref>[A-Za-z_][A-Za-z0-9_.\-]*)|(?P<sign>[-+]))")
+                    r"|(?P<ref>[A-Za-z_][A-Za-z0-9_.\-]*)|(?P<sign>[-+])|(?P<mul>\*))")
 _FIELDS = ("ci_low", "ci_high", "value")
 
 
@@ -49,6 +49,9 @@ class Gate:
     right: Ref | float
     offset: float = 0.0
     severity: str = "fail"
+    scale: float = 1.0
+    #: a check's default gate (applied because the suite entry had no ``gates:`` key)
+    default: bool = False
 
     def refs(self) -> list[Ref]:
         return [r for r in (self.left, self.right) if isinstance(r, Ref)]
@@ -77,7 +80,7 @@ def _number(text: str) -> float:
     return float(text)
 
 
-def parse_gate(expr: str, severity: str = "fail") -> Gate:
+def parse_gate(expr: str, severity: str = "fail", default: bool = False) -> Gate:
     """Parse one gate expression; raise GateSyntaxError with a readable reason."""
     if severity not in SEVERITIES:
         raise GateSyntaxError(f"severity must be fail or warn, got {severity!r}")
@@ -109,18 +112,23 @@ def parse_gate(expr: str, severity: str = "fail") -> Gate:
         right = _ref(rest[0][1])
     else:
         raise GateSyntaxError(f"{usage}; got {expr!r}")
-    offset = 0.0
+    offset, scale = 0.0, 1.0
     tail = rest[1:]
+    if tail and isinstance(right, float):
+        raise GateSyntaxError(f"only a metric reference takes '* N', '+ N' or '- N'; got {expr!r}")
+    if tail and tail[0][0] == "mul":
+        if len(tail) < 2 or tail[1][0] != "num" or tail[1][1].endswith("%"):
+            raise GateSyntaxError(f"'*' takes a number, e.g. 'baseline.latency_p95 * 1.2'; got {expr!r}")
+        scale = _number(tail[1][1])
+        tail = tail[2:]
     if tail:
-        if isinstance(right, float):
-            raise GateSyntaxError(f"only a metric reference takes '+ N' / '- N'; got {expr!r}")
         if len(tail) == 1 and tail[0][0] == "num" and tail[0][1][0] in "+-":
             offset = _number(tail[0][1])
         elif len(tail) == 2 and tail[0][0] == "sign" and tail[1][0] == "num":
             offset = _number(tail[1][1]) * (-1 if tail[0][1] == "-" else 1)
         else:
             raise GateSyntaxError(f"{usage}; got {expr!r}")
-    return Gate(expr.strip(), left, op, right, offset, severity)
+    return Gate(expr.strip(), left, op, right, offset, severity, scale, default)
 
 
 def lookup(metrics: dict, ref: Ref) -> float | None:
@@ -138,7 +146,7 @@ def lookup(metrics: dict, ref: Ref) -> float | None:
 def evaluate(gate: Gate, metrics: dict, baseline: dict | None) -> dict:
     """Decide a gate against metric dicts; returns the gate's record for results.json."""
     record = {"expr": gate.expr, "severity": gate.severity, "status": "error", "observed": None,
-              "threshold": None, "reason": None}
+              "threshold": None, "reason": None, "default": gate.default}
 
     def resolve(ref: Ref) -> float | None:
         source = baseline if ref.baseline else metrics
@@ -155,7 +163,7 @@ def evaluate(gate: Gate, metrics: dict, baseline: dict | None) -> dict:
     if left is None or right is None:
         record["observed"] = left
         return record
-    threshold = right + gate.offset
+    threshold = right * gate.scale + gate.offset
     record["observed"] = round(left, 10)
     record["threshold"] = round(threshold, 10)
     ok = OPS[gate.op](left, threshold)

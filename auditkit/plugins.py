@@ -4,12 +4,17 @@ Built-ins go through the same hooks as third-party plugins (like datasette's DEF
 ``AUDITKIT_PLUGINS`` (comma-separated names) is an allowlist for third-party plugins,
 ``AUDITKIT_DISABLE_PLUGINS`` a blocklist for any plugin. A plugin that fails to import is reported
 with its name and skipped; the rest load.
+
+Hooks are called through the plugin manager's hook callers (``pm.hook.NAME``), so hookimpl options
+(``tryfirst``, ``trylast``) order the plugins and ``AUDITKIT_TRACE_HOOKS=1`` traces every call. A plugin
+whose hook raises is isolated: it is named in ``failures`` and the hook is called again without it.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -57,6 +62,7 @@ class Registry:
     dataset_sources: dict[str, Source] = field(default_factory=dict)
     plugins: list[dict] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    pm: pluggy.PluginManager | None = field(default=None, repr=False)
 
 
 def _names(var: str) -> set[str] | None:
@@ -74,7 +80,10 @@ def build_registry() -> Registry:
     """Load every enabled plugin and collect what it registers (done once per process)."""
     pm = pluggy.PluginManager("auditkit")
     pm.add_hookspecs(hookspecs)
-    reg = Registry()
+    if os.environ.get("AUDITKIT_TRACE_HOOKS", "").strip() not in ("", "0"):
+        pm.trace.root.setwriter(sys.stderr.write)
+        pm.enable_tracing()
+    reg = Registry(pm=pm)
     allow = _names("AUDITKIT_PLUGINS")
     block = _names("AUDITKIT_DISABLE_PLUGINS") or set()
     origin: dict[str, dict] = {}
@@ -111,41 +120,86 @@ def build_registry() -> Registry:
         origin[ep.name] = {"name": ep.name, "version": dist.version if dist else "?",
                            "source": f"entry point {ep.value}"}
 
-    for name, plugin in pm.list_name_plugin():
-        if name not in origin:
-            continue
-        info = dict(origin[name], checks=[], reporters=[], model_sources=[], dataset_sources=[])
-        _collect(plugin, name, reg, info)
-        reg.plugins.append(info)
+    infos = {name: dict(origin[name], checks=[], reporters=[], model_sources=[], dataset_sources=[])
+             for name, _ in pm.list_name_plugin() if name in origin}
+    _collect(pm, reg, infos)
+    reg.plugins.extend(infos.values())
     return reg
 
 
-def _collect(plugin, name: str, reg: Registry, info: dict) -> None:
-    def reg_check(cls):
+_HOOKS = (("auditkit_register_checks", "checks"), ("auditkit_register_reporters", "reporters"),
+          ("auditkit_register_model_sources", "model_sources"),
+          ("auditkit_register_dataset_sources", "dataset_sources"))
+
+
+def _caller_plugin(codes: dict) -> str | None:
+    """The plugin whose hook implementation is on the call stack (the one calling ``register``)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = codes.get(frame.f_code)
+        if name is not None:
+            return name
+        frame = frame.f_back
+    return None
+
+
+def _raising_plugin(tb, codes: dict) -> str | None:
+    """The plugin whose hook implementation an exception passed through (innermost first)."""
+    found = None
+    while tb is not None:
+        found = codes.get(tb.tb_frame.f_code, found)
+        tb = tb.tb_next
+    return found
+
+
+def _collect(pm: pluggy.PluginManager, reg: Registry, infos: dict) -> None:
+    """Call every registration hook through its hook caller; a plugin that raises is dropped and named."""
+    def reg_check(owner: str, cls) -> None:
         if not (isinstance(cls, type) and issubclass(cls, Check) and cls.name):
-            raise TypeError(f"plugin {name} registered {cls!r}, which is not a named Check subclass")
+            raise TypeError(f"plugin {owner} registered {cls!r}, which is not a named Check subclass")
         reg.checks[cls.name] = cls
-        reg.check_plugin[cls.name] = name
-        info["checks"].append(cls.name)
+        reg.check_plugin[cls.name] = owner
 
     def reg_source(kind: str):
-        def register(src_name: str, fn: Callable, help: str = "") -> None:
-            getattr(reg, kind)[src_name] = Source(src_name, fn, help, name)
-            info[kind].append(src_name)
+        def register(owner: str, src_name: str, fn: Callable, help: str = "") -> None:
+            getattr(reg, kind)[src_name] = Source(src_name, fn, help, owner)
         return register
 
-    calls = [("auditkit_register_checks", reg_check),
-             ("auditkit_register_reporters", reg_source("reporters")),
-             ("auditkit_register_model_sources", reg_source("model_sources")),
-             ("auditkit_register_dataset_sources", reg_source("dataset_sources"))]
-    for hook, register in calls:
-        impl = getattr(plugin, hook, None)
-        if impl is None:
-            continue
-        try:
-            impl(register=register)
-        except Exception as exc:
-            reg.failures.append((name, f"{hook}: {type(exc).__name__}: {exc}"))
+    for hook, kind in _HOOKS:
+        add = reg_check if kind == "checks" else reg_source(kind)
+        dropped: list = []
+        while True:
+            caller = pm.subset_hook_caller(hook, dropped) if dropped else getattr(pm.hook, hook)
+            codes = {impl.function.__code__: impl.plugin_name for impl in caller.get_hookimpls()
+                     if hasattr(impl.function, "__code__")}
+            found: list[tuple[str, tuple, dict]] = []
+
+            def register(*args, **kwargs):
+                found.append((_caller_plugin(codes) or "?", args, kwargs))
+
+            try:
+                caller(register=register)
+            except Exception as exc:
+                bad = _raising_plugin(exc.__traceback__, codes)
+                if bad is None or pm.get_plugin(bad) in dropped:  # not a plugin's fault: stop, as before
+                    reg.failures.append(("?", f"{hook}: {type(exc).__name__}: {exc}"))
+                    break
+                reg.failures.append((bad, f"{hook}: {type(exc).__name__}: {exc}"))
+                dropped.append(pm.get_plugin(bad))
+                continue
+            # pluggy calls the last-registered (and tryfirst) implementations first: apply the plugins in
+            # the reverse order, each one's registrations in its own order, so the first-called wins a clash
+            owners = list(dict.fromkeys(owner for owner, _, _ in found))
+            for owner in reversed(owners):
+                for _, args, kwargs in (f for f in found if f[0] == owner):
+                    try:
+                        add(owner, *args, **kwargs)
+                    except Exception as exc:
+                        reg.failures.append((owner, f"{hook}: {type(exc).__name__}: {exc}"))
+                        break
+                    if owner in infos:
+                        infos[owner][kind].append(args[0].name if kind == "checks" else args[0])
+            break
 
 
 def _own_version() -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import random
 import re
@@ -25,7 +26,11 @@ from auditkit.models import ModelHandle, load_model, resolve_device, resolve_sou
 from auditkit.results import SCHEMA, write_json_atomic
 from auditkit.suite import CheckSpec, Suite
 
-STATUS_ORDER = {"pass": 0, "warn": 1, "fail": 2, "error": 3}
+#: worst last; ``info`` (no gate decided) ranks below pass so it never hides a verdict, and a run of
+#: info checks alone is info, never pass
+STATUS_ORDER = {"info": -1, "pass": 0, "warn": 1, "fail": 2, "error": 3}
+#: the files a run writes into its output folder; those left from an earlier run are removed first
+REPORT_FILES = ("results.json", "report.html", "junit.xml", "summary.md")
 
 
 class Progress:
@@ -69,6 +74,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def worst_status(statuses) -> str:
+    """The worst of some statuses (error > fail > warn > pass > info); info when there are none."""
+    return max(statuses, key=STATUS_ORDER.__getitem__, default="info")
+
+
 def exit_code_for(results: dict, strict: bool = False) -> int:
     """0 all gates passed (warnings allowed unless strict); 1 a gate failed; 3 a check crashed."""
     checks = results.get("checks", [])
@@ -95,7 +105,15 @@ class Runner:
         self.progress = progress or Progress()
         self.file = str(suite.path)
         self.datasets: dict[tuple, Dataset] = {}
-        self.device = resolve_device(options.device or suite.device)
+        self.warnings: list[str] = []
+        try:
+            self.device = resolve_device(options.device or suite.device)
+        except AuditInputError as exc:
+            if not options.device:  # the suite asked for it: point at its line
+                exc.file, exc.place = self.file, self.where("device")
+                exc.message = "device: cuda was asked for but no CUDA device is available"
+                exc.fix = "use device: auto or device: cpu, or run on a machine with CUDA"
+            raise
 
     def where(self, *path) -> str:
         """The suite line of a key path, e.g. ("checks", 0, "data") -> "line 7 (checks[0].data)"."""
@@ -151,6 +169,21 @@ class Runner:
         handle.batch_size, handle.max_length = m.batch_size, m.max_length
         return handle
 
+    def _check_head(self, handle: ModelHandle, place: str, role: str) -> None:
+        """Loud when weights of the audited model were drawn at load time (a new, untrained head)."""
+        new = list(getattr(handle, "new_weights", None) or [])
+        if not new:
+            return
+        shown = ", ".join(new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
+        what = (f"the {role} {handle.source} has weights newly initialised at load ({shown}): "
+                f"it was not trained for task {handle.task}, so its predictions on that head are random")
+        if not self.suite.model.allow_new_head:
+            raise AuditInputError(what, file=self.file, place=place,
+                                  fix="audit a model trained for this task, add finetune:, or set "
+                                      "model.allow_new_head: true")
+        self.warnings.append(what)
+        self.progress.warn(what)
+
     def _finetune(self, base: ModelHandle) -> tuple[ModelHandle, dict, dict | None]:
         from auditkit import finetune as ft
         cfg = self.suite.finetune
@@ -205,6 +238,15 @@ class Runner:
                             progress=lambda f, cid=spec.id: self.progress.check_update(cid, f),
                             artifacts=artifacts, is_baseline_pass=is_baseline)
 
+    def _gates_for(self, spec: CheckSpec, baseline) -> tuple[list, list[str]]:
+        """The gates to decide: a default gate that compares with a base model applies only when there is one."""
+        if not spec.default_gates or baseline is not None:
+            return spec.gates, []
+        kept = [g for g in spec.gates if not g.needs_baseline]
+        notes = [f"default gate {g.expr!r} not applied: there is no base model to compare with"
+                 for g in spec.gates if g.needs_baseline]
+        return kept, notes
+
     def _run_check(self, spec: CheckSpec, model, baseline, training, artifacts) -> dict:
         entry: dict[str, Any] = {"id": spec.id, "uses": spec.uses, "plugin": self.registry.check_plugin.get(spec.uses),
                                  "params": spec.params, "data": spec.data, "config_hash": _config_hash(spec),
@@ -212,25 +254,27 @@ class Runner:
                                  "evidence": [], "figures": {}, "records": {}, "notes": [], "error": None}
         self.progress.check_start(spec.id)
         t0 = time.perf_counter()
+        gate_specs, gate_notes = self._gates_for(spec, baseline)
+        entry["default_gates"] = spec.default_gates
         try:
             ctx = self._context(spec, model, baseline, training, artifacts, False)
             result = spec.cls().run(ctx)
             if not isinstance(result, CheckResult):
                 raise TypeError(f"check {spec.uses!r} returned {type(result).__name__}, not CheckResult")
             base_metrics = None
-            if spec.needs_baseline and baseline is not None and not spec.cls.uses_baseline:
+            if any(g.needs_baseline for g in gate_specs) and baseline is not None and not spec.cls.uses_baseline:
                 bctx = self._context(spec, baseline, None, training, artifacts, True)
                 base_metrics = {k: m.as_dict() for k, m in spec.cls().run(bctx).metrics.items()}
             entry.update(metrics={k: m.as_dict() for k, m in result.metrics.items()}, evidence=result.evidence,
-                         figures=result.figures, records=result.records, notes=result.notes,
+                         figures=result.figures, records=result.records, notes=list(result.notes) + gate_notes,
                          baseline_metrics=base_metrics)
             if spec.cls.uses_baseline and baseline is not None:
                 entry["baseline_metrics"] = {k[len("baseline."):]: m for k, m in entry["metrics"].items()
                                              if k.startswith("baseline.")} or None
-            gates = [evaluate(g, entry["metrics"], entry["baseline_metrics"]) for g in spec.gates]
+            gates = [evaluate(g, entry["metrics"], entry["baseline_metrics"]) for g in gate_specs]
             entry["gates"] = gates
-            worst = max([STATUS_ORDER[g["status"]] for g in gates] or [0])
-            entry["status"] = [k for k, v in STATUS_ORDER.items() if v == worst][0]
+            # no gate decided: info, never pass
+            entry["status"] = worst_status([g["status"] for g in gates]) if gates else "info"
         except AuditInputError as exc:
             if exc.file is None:  # a check's own parameter or requirement: point at the check in the suite
                 i = self.suite.checks.index(spec)
@@ -242,7 +286,8 @@ class Runner:
             entry["error"] = {"type": type(exc).__name__, "message": str(exc),
                               "traceback": traceback.format_exc()}
             entry["gates"] = [{"expr": g.expr, "severity": g.severity, "status": "error", "observed": None,
-                               "threshold": None, "reason": "the check crashed"} for g in spec.gates]
+                               "threshold": None, "reason": "the check crashed", "default": g.default}
+                              for g in gate_specs]
         duration = time.perf_counter() - t0
         self.progress.check_done(spec.id, entry["status"])
         return entry, duration
@@ -274,7 +319,11 @@ class Runner:
         resolve_source(base_spec, self.registry, file=self.file, place=base_place)
         if baseline_spec and not suite.finetune:
             resolve_source(baseline_spec, self.registry, file=self.file, place=baseline_place)
+        previous = self._previous() if opts.resume else {}
+        self._prepare_out()
         base = self._load(base_spec, base_place)
+        if not suite.finetune:  # a fine-tune trains whatever head the base lacks
+            self._check_head(base, base_place, "model under audit")
         training, canaries = None, None
         train_time = None
         if suite.finetune:
@@ -288,6 +337,8 @@ class Runner:
         else:
             model = base
             baseline = self._load(baseline_spec, baseline_place) if baseline_spec else None
+            if baseline is not None:
+                self._check_head(baseline, baseline_place, "baseline")
         ft = suite.finetune
         artifacts = {
             "canaries": canaries,
@@ -298,7 +349,6 @@ class Runner:
                                                       if ft.data.startswith("builtin:") else None), ft.columns)
             if ft else None,
         }
-        previous = self._previous() if opts.resume else {}
         entries, durations = [], {}
         for spec in checks:
             prev = previous.get(spec.id)
@@ -313,6 +363,27 @@ class Runner:
         results = self._results(suite, model, baseline, training, entries, durations, started, train_time=train_time)
         return self._finish(results, exit_code_for(results, opts.strict))
 
+    def _prepare_out(self) -> None:
+        """Before any model loads: the output folder must be writable, and reports of an earlier run go.
+
+        Removing them first means no file in the folder can say PASS while this run's results.json
+        says otherwise (a reporter that fails, or a run stopped midway, leaves no stale verdict).
+        """
+        import tempfile
+        out = self.opts.out_dir
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".auditkit-probe-", dir=out)
+            os.close(fd)
+            os.unlink(probe)
+            for name in REPORT_FILES:
+                target = out / name
+                if target.is_symlink() or target.exists():
+                    target.unlink()
+        except OSError as exc:
+            raise AuditInputError(f"the output folder {out} is not writable ({exc.strerror or exc})", place="--out",
+                                  fix="give --out a folder you can write to") from None
+
     def _previous(self) -> dict:
         path = self.opts.out_dir / "results.json"
         try:
@@ -326,8 +397,7 @@ class Runner:
         import numpy
         import torch
         import transformers
-        statuses = [e["status"] for e in entries] or ["error"]
-        status = max(statuses, key=lambda s: STATUS_ORDER[s])
+        status = worst_status(e["status"] for e in entries) if entries else "error"
         if error:
             status = "error"
         env = {"auditkit": __version__, "python": platform.python_version(), "torch": torch.__version__,
@@ -346,6 +416,7 @@ class Runner:
             "model": model.describe() if model is not None else None,
             "baseline": baseline.describe() if baseline is not None else None,
             "training": training,
+            "warnings": list(self.warnings),
             "environment": env,
             "checks": entries,
             "run": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

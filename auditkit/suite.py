@@ -12,13 +12,17 @@ from typing import Any
 
 import yaml
 
-from auditkit.api import TASKS, Check
+from auditkit.api import TASKS, Check, find_metric
 from auditkit.errors import AuditInputError
 from auditkit.gates import Gate, GateSyntaxError, parse_gate
 
 SUITE_KEYS = ("name", "description", "seed", "device", "model", "finetune", "checks")
 MODEL_KEYS = ("base", "task", "num_labels", "baseline", "trust_remote_code", "allow_pickle",
-              "max_length", "batch_size")
+              "allow_new_head", "max_length", "batch_size")
+#: a suite file larger than this is refused before it is parsed
+MAX_SUITE_BYTES = 1 << 20
+#: YAML nodes a suite may expand to once its aliases are followed (a "billion laughs" file has ~10^9)
+MAX_SUITE_NODES = 100_000
 CHECK_KEYS = ("uses", "id", "data", "columns", "gates", "description")
 
 
@@ -30,6 +34,8 @@ class ModelSpec:
     baseline: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    #: False: refuse a model whose head would be newly initialised for the audit (exit 2)
+    allow_new_head: bool = True
     max_length: int = 256
     batch_size: int = 32
 
@@ -44,6 +50,8 @@ class CheckSpec:
     columns: dict | None
     gates: list[Gate]
     line: int | None = None
+    #: True when ``gates`` are the check's defaults (the entry had no ``gates:`` key)
+    default_gates: bool = False
 
     @property
     def needs_baseline(self) -> bool:
@@ -78,8 +86,110 @@ _Loader.add_implicit_resolver(
 
 
 def _did_you_mean(word: str, options) -> str:
-    near = get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    return f"did you mean {near[0]!r}?" if near else f"expected one of: {', '.join(map(str, options))}"
+    from auditkit.api import did_you_mean
+    return did_you_mean(word, options)
+
+
+def _expanded_nodes(root, limit: int) -> int:
+    """How many nodes the document has once every alias is followed, stopping past ``limit``.
+
+    An alias makes the composed graph share a node, so a "billion laughs" file is small as a graph;
+    counting each node once per reference with memoized subtree sizes costs one visit per distinct node.
+    """
+    sizes: dict[int, int] = {}
+    order, stack, seen = [], [root], set()
+    while stack:  # post-order without recursion (deep nesting must not hit Python's stack limit)
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        order.append(node)
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(x for kv in node.value for x in kv)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    for node in reversed(order):
+        if isinstance(node, yaml.MappingNode):
+            kids = [x for kv in node.value for x in kv]
+        elif isinstance(node, yaml.SequenceNode):
+            kids = node.value
+        else:
+            kids = []
+        sizes[id(node)] = min(limit + 1, 1 + sum(sizes.get(id(k), 1) for k in kids))
+    return sizes[id(root)]
+
+
+def _duplicate_key(root):
+    """The first key that a mapping repeats, as (key, first line, second line), or None."""
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if k.value in first:
+                        return k.value, first[k.value], k.start_mark.line + 1
+                    first[k.value] = k.start_mark.line + 1
+                stack.extend((k, v))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return None
+
+
+def read_yaml_strict(path: Path, display: str):
+    """Read a YAML file as the suite format wants it: size-limited, UTF-8, no duplicated keys, bounded aliases.
+
+    Returns (composed node, plain data); every problem is an AuditInputError naming the file and the place.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise AuditInputError(f"cannot read the suite file ({exc.strerror})", file=display) from None
+    if path.is_dir():
+        raise AuditInputError("the suite is a directory", file=display, fix="give the path to a .yaml suite file")
+    if size > MAX_SUITE_BYTES:
+        raise AuditInputError(f"the suite file is {size} bytes, over the limit of {MAX_SUITE_BYTES}",
+                              file=display, fix="a suite names its data files; it does not hold data itself")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise AuditInputError(f"the suite is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}",
+                              file=display, place=f"line {line}", fix="save the file as UTF-8") from None
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise AuditInputError(f"malformed YAML: {problem}", file=display,
+                              place=f"line {mark.line + 1}" if mark else None,
+                              fix="check indentation and quoting") from None
+    if node is None:
+        return None, None
+    if _expanded_nodes(node, MAX_SUITE_NODES) > MAX_SUITE_NODES:
+        raise AuditInputError(f"the suite expands to more than {MAX_SUITE_NODES} YAML nodes through its aliases",
+                              file=display, place="line 1", fix="write the suite without deeply nested aliases")
+    dup = _duplicate_key(node)
+    if dup:
+        key, first, second = dup
+        raise AuditInputError(f"key {key!r} appears twice (lines {first} and {second}); YAML would keep only "
+                              f"the second", file=display, place=f"line {second}",
+                              fix="merge the two into one key")
+    loader = _Loader(text)
+    try:
+        raw = loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise AuditInputError(f"malformed YAML: {getattr(exc, 'problem', None) or exc}", file=display,
+                              place=f"line {mark.line + 1}" if mark else None) from None
+    finally:
+        loader.dispose()
+    return node, raw
 
 
 def _line_map(node, path=(), lines=None) -> dict:
@@ -119,6 +229,13 @@ class _Ctx:
             if k not in allowed:
                 raise self.fail(path + (k,), f"unknown key {k!r}", _did_you_mean(k, allowed))
 
+    def positive(self, value, path: tuple, what: str) -> int:
+        """An int >= 1 (batch sizes, lengths, counts)."""
+        self.typed(value, int, path, what)
+        if value < 1:
+            raise self.fail(path, f"{what} must be >= 1, got {value}")
+        return value
+
     def typed(self, value, kind, path: tuple, what: str):
         ok = isinstance(value, kind) and not (kind in (int, float, (int, float)) and isinstance(value, bool))
         if not ok:
@@ -132,16 +249,7 @@ def load_suite(path: str | Path, registry) -> Suite:
     display = str(path)
     if not path.exists():
         raise AuditInputError(f"suite file {display} does not exist", fix="give the path to a .yaml suite")
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text, Loader=_Loader)
-        raw = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise AuditInputError(f"malformed YAML: {problem}", file=display,
-                              place=f"line {mark.line + 1}" if mark else None,
-                              fix="check indentation and quoting") from None
+    node, raw = read_yaml_strict(path, display)
     if not isinstance(raw, dict):
         raise AuditInputError("a suite must be a YAML mapping with model: and checks:", file=display,
                               place="line 1")
@@ -150,6 +258,8 @@ def load_suite(path: str | Path, registry) -> Suite:
     name = raw.get("name") or path.stem
     cx.typed(name, str, ("name",), "name")
     seed = cx.typed(raw.get("seed", 0), int, ("seed",), "seed")
+    if seed < 0:
+        raise cx.fail(("seed",), f"seed must be >= 0, got {seed}")
     device = raw.get("device", "auto")
     if device not in ("auto", "cpu", "cuda"):
         raise cx.fail(("device",), f"device must be auto, cpu or cuda, got {device!r}")
@@ -171,9 +281,16 @@ def load_suite(path: str | Path, registry) -> Suite:
                                    ("model", "trust_remote_code"), "trust_remote_code"),
         allow_pickle=cx.typed(model_raw.get("allow_pickle", False), bool, ("model", "allow_pickle"),
                               "allow_pickle"),
-        max_length=cx.typed(model_raw.get("max_length", 256), int, ("model", "max_length"), "max_length"),
-        batch_size=cx.typed(model_raw.get("batch_size", 32), int, ("model", "batch_size"), "batch_size"),
+        allow_new_head=cx.typed(model_raw.get("allow_new_head", True), bool, ("model", "allow_new_head"),
+                                "allow_new_head"),
+        max_length=cx.positive(model_raw.get("max_length", 256), ("model", "max_length"), "model.max_length"),
+        batch_size=cx.positive(model_raw.get("batch_size", 32), ("model", "batch_size"), "model.batch_size"),
     )
+    if model.num_labels is not None and model.num_labels < 1:
+        raise cx.fail(("model", "num_labels"), f"num_labels must be >= 1, got {model.num_labels}")
+    baseline = model_raw.get("baseline")
+    if baseline is not None:
+        cx.typed(baseline, str, ("model", "baseline"), "model.baseline")
 
     finetune = None
     if raw.get("finetune") is not None:
@@ -237,7 +354,18 @@ def _parse_check(entry, path: tuple, cx: _Ctx, registry, task: str, seen: set) -
     columns = entry.get("columns")
     if columns is not None and not (isinstance(columns, dict) and all(isinstance(v, str) for v in columns.values())):
         raise cx.fail(path + ("columns",), "columns must map our column names to yours, e.g. {text: review}")
-    gates_raw = entry.get("gates") or []
+    defaults = "gates" not in entry
+    if defaults:
+        try:
+            gates = default_gates(cls, task)
+        except (GateSyntaxError, _UnknownMetric) as exc:
+            raise cx.fail(path + ("uses",), f"check {uses!r} declares a bad default gate: {exc}",
+                          "give the check its own gates: and report the plugin's bug") from None
+        return CheckSpec(id=cid, uses=uses, cls=cls, params=params, data=data, columns=columns, gates=gates,
+                         line=cx.line(path), default_gates=True)
+    gates_raw = entry.get("gates")
+    if gates_raw is None:
+        gates_raw = []
     if not isinstance(gates_raw, list):
         raise cx.fail(path + ("gates",), "gates must be a list of 'METRIC OP VALUE' strings")
     gates = []
@@ -252,13 +380,32 @@ def _parse_check(entry, path: tuple, cx: _Ctx, registry, task: str, seen: set) -
         else:
             expr, severity = g, "fail"
         try:
-            gate = parse_gate(expr, severity)
+            gate = _checked_gate(cls, expr, severity, False)
         except GateSyntaxError as exc:
             raise cx.fail(gpath, f"bad gate: {exc}") from None
-        for ref in gate.refs():
-            if ref.metric not in cls.metrics:
-                raise cx.fail(gpath, f"check {uses!r} emits no metric {ref.metric!r}",
-                              _did_you_mean(ref.metric, list(cls.metrics)))
+        except _UnknownMetric as exc:
+            raise cx.fail(gpath, f"check {uses!r} emits no metric {exc.metric!r}",
+                          _did_you_mean(exc.metric, list(cls.metrics))) from None
         gates.append(gate)
     return CheckSpec(id=cid, uses=uses, cls=cls, params=params, data=data, columns=columns, gates=gates,
                      line=cx.line(path))
+
+
+class _UnknownMetric(ValueError):
+    def __init__(self, metric: str):
+        super().__init__(f"no metric {metric!r}")
+        self.metric = metric
+
+
+def _checked_gate(cls: type[Check], expr, severity: str, default: bool) -> Gate:
+    """Parse a gate and check that every metric it names is one ``cls`` declares (patterns included)."""
+    gate = parse_gate(expr, severity, default)
+    for ref in gate.refs():
+        if find_metric(cls.metrics, ref.metric) is None:
+            raise _UnknownMetric(ref.metric)
+    return gate
+
+
+def default_gates(cls: type[Check], task: str) -> list[Gate]:
+    """The check's declared default gates for ``task``, parsed and checked against its metrics."""
+    return [_checked_gate(cls, expr, severity, True) for expr, severity in cls.default_gates_for(task)]

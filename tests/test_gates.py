@@ -82,7 +82,6 @@ def test_severity_warn_and_bad_severity():
     "accuracy >= 0.8 0.9",          # trailing junk
     "accuracy >= 0.8 - 0.1",        # offset on a plain number
     "baseline.accuracy <= 0.9",     # left side must be the audited model
-    "accuracy >= baseline.accuracy * 2",
     "__import__('os').system('x') >= 1",
     "",
     "   ",
