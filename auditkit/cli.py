@@ -15,6 +15,7 @@ from pathlib import Path
 from auditkit.errors import AuditInputError
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_CRASH = 0, 1, 2, 3
+STATUS_STYLE = {"info": "cyan", "pass": "green", "warn": "yellow", "fail": "red", "error": "magenta"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,7 +93,7 @@ def make_progress():
                 self.bars.update(self.tasks[check_id], completed=min(1.0, fraction))
 
         def check_done(self, check_id, status):
-            color = {"pass": "green", "warn": "yellow", "fail": "red", "error": "magenta"}[status]
+            color = STATUS_STYLE.get(status, "white")
             self.bars.update(self.tasks[check_id], completed=1.0, info=f"[{color}]{status.upper()}[/]")
 
         def train_start(self, total_steps):
@@ -141,16 +142,23 @@ def print_result_table(results: dict) -> None:
     table = Table(title=f"auditkit: {results['suite']['name']}", show_lines=False)
     for col in ("check", "status", "gates", "metrics"):
         table.add_column(col, overflow="fold")
-    style = {"pass": "green", "warn": "yellow", "fail": "red", "error": "magenta"}
+    style = STATUS_STYLE
     for c in results.get("checks", []):
-        gates = "\n".join(f"{g['status'].upper()} {gate_line(g)}" for g in c.get("gates", [])) or "-"
+        gates = "\n".join(f"{g['status'].upper()} {gate_line(g)}{' (default)' if g.get('default') else ''}"
+                          for g in c.get("gates", [])) or "no gates: nothing decided"
         mets = ", ".join(f"{k}={fmt(m.get('value'))}" for k, m in list(c.get("metrics", {}).items())[:3])
         if c.get("error"):
             mets = f"{c['error']['type']}: {c['error']['message'][:120]}"
         table.add_row(c["id"], f"[{style[c['status']]}]{c['status'].upper()}[/]", gates, mets or "-")
     console.print(table)
+    for w in results.get("warnings") or []:
+        console.print(f"[yellow]warning:[/] {w}", markup=True, highlight=False)
     s = results["status"]
-    console.print(f"overall: [{style.get(s, 'white')}]{s.upper()}[/]")
+    counts = {}
+    for c in results.get("checks", []):
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    tally = ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: list(STATUS_STYLE).index(kv[0])))
+    console.print(f"overall: [{style.get(s, 'white')}]{s.upper()}[/]" + (f" ({tally})" if tally else ""))
 
 
 def cmd_plugins(args) -> int:
@@ -205,10 +213,33 @@ def cmd_checks(args) -> int:
                 better = "higher" if m.higher_is_better else "lower" if m.higher_is_better is False else "-"
                 mt.add_row(mname, better, m.help)
             console.print(mt)
+            _print_default_gates(console, cls)
         else:
             console.print(f"  params: {', '.join(f'{k}={v.default!r}' for k, v in cls.params.items()) or '-'}")
             console.print(f"  metrics: {', '.join(cls.metrics)}")
+            defaults = sorted({f"{e} ({sev})" for t in cls.tasks for e, sev in cls.default_gates_for(t)})
+            console.print(f"  default gates: {'; '.join(defaults) or 'none (status info without gates:)'}")
     return EXIT_OK
+
+
+def _print_default_gates(console, cls) -> None:
+    """The gates a suite entry without ``gates:`` gets, per task kind."""
+    from rich.table import Table
+    from auditkit.api import TASKS
+    gt = Table(title="default gates (applied when the suite entry has no gates:; gates: [] means none)")
+    for col in ("task", "gate", "severity"):
+        gt.add_column(col, overflow="fold")
+    rows = 0
+    for task in cls.tasks:
+        if task not in TASKS:
+            continue
+        for expr, severity in cls.default_gates_for(task):
+            gt.add_row(task, expr, severity)
+            rows += 1
+    if rows:
+        console.print(gt)
+    else:
+        console.print("default gates: none (without gates: this check reports status info, never pass)")
 
 
 def cmd_report(args) -> int:

@@ -157,12 +157,18 @@ def _collect(pm: pluggy.PluginManager, reg: Registry, infos: dict) -> None:
     def reg_check(owner: str, cls) -> None:
         if not (isinstance(cls, type) and issubclass(cls, Check) and cls.name):
             raise TypeError(f"plugin {owner} registered {cls!r}, which is not a named Check subclass")
+        if cls.name in reg.checks and reg.check_plugin[cls.name] != owner:
+            raise ValueError(f"check {cls.name!r} is already provided by {reg.check_plugin[cls.name]}")
         reg.checks[cls.name] = cls
         reg.check_plugin[cls.name] = owner
 
     def reg_source(kind: str):
         def register(owner: str, src_name: str, fn: Callable, help: str = "") -> None:
-            getattr(reg, kind)[src_name] = Source(src_name, fn, help, owner)
+            have = getattr(reg, kind)
+            if src_name in have and have[src_name].plugin != owner:
+                raise ValueError(f"{kind[:-1].replace('_', ' ')} {src_name!r} is already provided by "
+                                 f"{have[src_name].plugin}")
+            have[src_name] = Source(src_name, fn, help, owner)
         return register
 
     for hook, kind in _HOOKS:
@@ -187,8 +193,9 @@ def _collect(pm: pluggy.PluginManager, reg: Registry, infos: dict) -> None:
                 reg.failures.append((bad, f"{hook}: {type(exc).__name__}: {exc}"))
                 dropped.append(pm.get_plugin(bad))
                 continue
-            # pluggy calls the last-registered (and tryfirst) implementations first: apply the plugins in
-            # the reverse order, each one's registrations in its own order, so the first-called wins a clash
+            # pluggy calls the last-registered implementations first: apply the plugins in registration
+            # order (built-ins first), each one's registrations in its own order; a name another plugin
+            # already provides is refused and reported, so no plugin silently replaces a built-in
             owners = list(dict.fromkeys(owner for owner, _, _ in found))
             for owner in reversed(owners):
                 for _, args, kwargs in (f for f in found if f[0] == owner):
@@ -196,7 +203,7 @@ def _collect(pm: pluggy.PluginManager, reg: Registry, infos: dict) -> None:
                         add(owner, *args, **kwargs)
                     except Exception as exc:
                         reg.failures.append((owner, f"{hook}: {type(exc).__name__}: {exc}"))
-                        break
+                        continue
                     if owner in infos:
                         infos[owner][kind].append(args[0].name if kind == "checks" else args[0])
             break

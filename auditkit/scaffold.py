@@ -32,6 +32,10 @@ PLUGIN = '''"""{name}: an auditkit plugin.
 A check subclasses auditkit.Check, declares its parameters and metrics, and returns a CheckResult.
 It is registered through the ``auditkit_register_checks`` hook, found via the entry point in
 pyproject.toml (group "auditkit").
+
+``default_gates`` apply when a suite lists the check without ``gates:`` (``gates: []`` means none);
+without any gate a check reports status info, never pass. Declare them per task kind with a dict
+``{{"sequence-classification": [...], "causal-lm": [...]}}`` where they differ.
 """
 from __future__ import annotations
 
@@ -44,11 +48,13 @@ from auditkit.stats import mean_ci
 class {cls}(Check):
     name = "{check}"
     description = "Example: share of texts whose predicted class (or mean token log-prob) passes a threshold."
-    params = {{"max_words": Param("int", 64, "texts longer than this many words count as long")}}
+    params = {{"max_words": Param("int", 64, "texts longer than this many words count as long", ge=1)}}
     metrics = {{
         "long_text_rate": MetricSpec("share of texts longer than max_words", higher_is_better=False),
         "mean_score": MetricSpec("mean top-class probability (classifiers) or mean token log-prob (LMs)"),
     }}
+    # what a careful reviewer starts from: fail on a clear excess, warn earlier
+    default_gates = ["long_text_rate.ci_low <= 0.5", {{"when": "long_text_rate <= 0.2", "severity": "warn"}}]
 
     def run(self, ctx: CheckContext) -> CheckResult:
         texts = [row["text"] for row in ctx.data.require("text").rows]
@@ -97,6 +103,23 @@ def test_{module}_runs_from_a_suite(tmp_path):
     check = results["checks"][0]
     assert check["uses"] == "{check}"
     assert check["metrics"]["long_text_rate"]["value"] == 0.0
+
+
+def test_{module}_default_gates_apply_without_gates(tmp_path):
+    data = tmp_path / "texts.jsonl"
+    data.write_text("".join(json.dumps({{"text": " ".join(["word"] * 80), "label": 0}}) + "\\n" for _ in range(8)))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(textwrap.dedent(\'\'\'
+        name: {module}-defaults
+        model: {{base: "builtin:tiny-bert", task: sequence-classification}}
+        checks:
+          - uses: {check}
+            data: texts.jsonl
+    \'\'\'))
+    code = main(["run", str(suite), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    check = json.loads((tmp_path / "out" / "results.json").read_text())["checks"][0]
+    assert code == 1 and check["status"] == "fail"
+    assert all(g["default"] for g in check["gates"])
 '''
 
 README = '''# {dist}

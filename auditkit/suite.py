@@ -55,7 +55,8 @@ class CheckSpec:
 
     @property
     def needs_baseline(self) -> bool:
-        return any(g.needs_baseline for g in self.gates)
+        """A gate the suite wrote compares with the base model (a default one is dropped without a base)."""
+        return any(g.needs_baseline and not g.default for g in self.gates)
 
 
 @dataclass

@@ -17,6 +17,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # every pass is computed by the code under test, never read from an older run's disk cache
 # (the tests of the disk cache itself switch it on, in a temporary folder)
 os.environ.setdefault("AUDITKIT_DISK_CACHE", "0")
+# the suite tests auditkit's own plugins: a third-party `auditkit_*` plugin installed in the environment
+# (a user's, or one `auditkit new-plugin` scaffolded) must not change what the tests see; the tests of
+# entry-point plugins set their own allowlist
+os.environ.setdefault("AUDITKIT_PLUGINS", "")
 
 
 def pytest_configure(config):

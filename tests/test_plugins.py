@@ -215,7 +215,7 @@ def test_scaffolded_plugin_installs_and_runs(run_cli, tmp_path):
 
         own = _sh(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", pkg / "tests", cwd=pkg)
         assert own.returncode == 0, own.stdout + own.stderr
-        assert "1 passed" in own.stdout
+        assert "2 passed" in own.stdout
     finally:
         _sh(sys.executable, "-m", "pip", "uninstall", "-y", "-q", "auditkit-akt-scaffold-probe")
     gone = _sh(sys.executable, "-c", "import importlib.metadata as m; print([e.name for e in m.entry_points(group='auditkit')])")

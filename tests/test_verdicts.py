@@ -1,0 +1,370 @@
+"""Verdicts a release engineer can trust: default gates, the info status, strict suite files, the output
+folder checked before anything loads, and plugins called through pluggy's hook callers."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+
+import pluggy
+import pytest
+
+from auditkit import plugins
+from auditkit.api import Check, CheckResult, MetricSpec, Param
+from auditkit.hookspecs import hookimpl
+from auditkit.plugins import build_registry
+from tests.conftest import write_jsonl, write_suite
+from tests.test_suite_validation import assert_bad_input
+
+ROWS = [{"text": f"review {i}: the service was {'great' if i % 2 else 'awful'}", "label": i % 2} for i in range(12)]
+
+
+class Constant(Check):
+    """A check with declared defaults, per task kind (registered by these tests only)."""
+
+    name = "const"
+    description = "constant metrics"
+    params = {"value": Param("float", 0.9, "the metric's value", ge=0, le=1),
+              "names": Param("list", ["a"], "names", members=("a", "b", "c"))}
+    metrics = {"score": MetricSpec("the value"), "per_group.{group}": MetricSpec("by group")}
+    needs_data = False
+    default_gates = {"sequence-classification": ["score >= 0.5", {"when": "score >= 0.95", "severity": "warn"}],
+                     "causal-lm": ["score >= 0.99"]}
+
+    def run(self, ctx):
+        res = CheckResult()
+        res.add("score", ctx.params["value"])
+        res.add("per_group.sexual-orientation", ctx.params["value"])
+        return res
+
+
+class Versus(Check):
+    """A default gate that compares with the base model."""
+
+    name = "versus"
+    metrics = {"score": MetricSpec("constant")}
+    needs_data = False
+    default_gates = ["score >= baseline.score", "score >= 0.5"]
+
+    def run(self, ctx):
+        res = CheckResult()
+        res.add("score", 0.7)
+        return res
+
+
+@pytest.fixture
+def checks(registry, monkeypatch):
+    for cls in (Constant, Versus):
+        monkeypatch.setitem(registry.checks, cls.name, cls)
+        monkeypatch.setitem(registry.check_plugin, cls.name, "tests")
+
+
+def run(run_cli, tmp_path, checks_yaml: str, *extra):
+    write_jsonl(tmp_path / "data.jsonl", ROWS)
+    suite = write_suite(tmp_path, "name: v\nmodel: {base: 'builtin:tiny-bert', max_length: 32}\nchecks:\n"
+                        + checks_yaml)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("run", suite, "--out", out, "--device", "cpu", *extra)
+    results = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else None
+    return code, stdout, err, results
+
+
+# ---------------------------------------------------------------------- default gates and info
+
+def test_default_gates_apply_without_a_gates_key(run_cli, tmp_path, checks):
+    code, out, err, res = run(run_cli, tmp_path, "  - {uses: const, value: 0.3}\n")
+    check = res["checks"][0]
+    assert code == 1 and check["status"] == "fail" and res["status"] == "fail"
+    assert check["default_gates"] is True
+    assert [(g["expr"], g["severity"], g["status"], g["default"]) for g in check["gates"]] == [
+        ("score >= 0.5", "fail", "fail", True), ("score >= 0.95", "warn", "warn", True)]
+    assert "(default)" in out
+
+
+def test_empty_gates_list_means_none_and_the_status_is_info(run_cli, tmp_path, checks):
+    code, out, err, res = run(run_cli, tmp_path, "  - {uses: const, value: 0.3, gates: []}\n")
+    check = res["checks"][0]
+    assert check["status"] == "info" and check["gates"] == []
+    assert res["status"] == "info"  # never pass: nothing was decided
+    assert code == 0
+    assert "INFO" in out and "PASS" not in out
+
+
+def test_info_never_counts_as_pass_next_to_a_passing_check(run_cli, tmp_path, checks):
+    code, out, err, res = run(run_cli, tmp_path, "  - {uses: const, id: a, gates: []}\n"
+                                                 "  - {uses: const, id: b, value: 0.99}\n")
+    assert [c["status"] for c in res["checks"]] == ["info", "pass"]
+    assert res["status"] == "pass" and code == 0
+    assert "1 info" in out and "1 pass" in out
+
+
+def test_a_suite_gate_list_replaces_the_defaults(run_cli, tmp_path, checks):
+    code, out, err, res = run(run_cli, tmp_path, "  - {uses: const, value: 0.3, gates: ['score >= 0.1']}\n")
+    check = res["checks"][0]
+    assert code == 0 and check["status"] == "pass" and check["default_gates"] is False
+    assert [g["default"] for g in check["gates"]] == [False]
+
+
+def test_default_gates_per_task_kind(registry, checks):
+    assert Constant.default_gates_for("causal-lm") == [("score >= 0.99", "fail")]
+    assert Constant.default_gates_for("sequence-classification")[1] == ("score >= 0.95", "warn")
+
+
+def test_a_default_gate_needing_a_base_model_is_dropped_with_a_note_when_there_is_none(run_cli, tmp_path, checks):
+    code, out, err, res = run(run_cli, tmp_path, "  - {uses: versus}\n")
+    check = res["checks"][0]
+    assert code == 0 and [g["expr"] for g in check["gates"]] == ["score >= 0.5"]
+    assert any("baseline.score" in n and "no base model" in n for n in check["notes"])
+
+
+def test_every_builtin_check_declares_valid_default_gates(registry):
+    from auditkit.suite import default_gates
+    for name, cls in registry.checks.items():
+        if registry.check_plugin[name].startswith("auditkit_plugins"):
+            assert any(cls.default_gates_for(t) for t in cls.tasks), f"{name} declares no default gates"
+            for task in cls.tasks:
+                default_gates(cls, task)  # parses, and names only metrics the check declares
+
+
+def test_checks_name_lists_the_default_gates(run_cli, checks, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out, err = run_cli("checks", "const")
+    assert code == 0 and "default gates" in out and "score >= 0.95" in out and "warn" in out
+    code, out, err = run_cli("checks")
+    assert "default gates: score >= 0.5 (fail)" in out
+
+
+# ---------------------------------------------------------------------- values checked before loading
+
+@pytest.mark.parametrize("entry, place, words", [
+    ("{uses: const, value: 1.5}", r"line 4\b", "must be >= 0 and <= 1"),
+    ("{uses: const, names: [a, d]}", r"line 4\b", "unknown member 'd'"),
+    ("{uses: const, gates: ['per_group.sexual-orientation >= 0.5', 'per_grp.x >= 1']}", r"line 4\b",
+     "no metric 'per_grp.x'"),
+])
+def test_parameter_values_are_checked_before_loading(run_cli, tmp_path, checks, entry, place, words):
+    suite = write_suite(tmp_path, f"name: v\nmodel: {{base: 'builtin:tiny-bert'}}\nchecks:\n  - {entry}\n")
+    line = assert_bad_input(run_cli("run", suite, "--out", tmp_path / "out"), suite, place, tmp_path / "out")
+    assert words in line
+
+
+def test_a_pattern_metric_can_be_gated(run_cli, tmp_path, checks):
+    code, out, err, res = run(run_cli, tmp_path,
+                              "  - {uses: const, gates: ['per_group.sexual-orientation.value >= 0.5']}\n")
+    assert code == 0 and res["checks"][0]["gates"][0]["status"] == "pass"
+
+
+@pytest.mark.parametrize("model, words", [
+    ("{base: builtin:tiny-bert, batch_size: -1}", "model.batch_size must be >= 1"),
+    ("{base: builtin:tiny-bert, max_length: 0}", "model.max_length must be >= 1"),
+    ("{base: builtin:tiny-bert, num_labels: 0}", "num_labels must be >= 1"),
+])
+def test_model_values_are_checked_before_loading(run_cli, tmp_path, model, words):
+    suite = write_suite(tmp_path, f"name: v\nmodel: {model}\nchecks: [overfitting]\n")
+    line = assert_bad_input(run_cli("run", suite), suite, r"line 2\b")
+    assert words in line
+
+
+# ---------------------------------------------------------------------- the suite file is read strictly
+
+def test_a_duplicated_gates_key_is_exit_2_naming_both_lines(run_cli, tmp_path):
+    suite = write_suite(tmp_path, """
+        name: dup
+        model: {base: builtin:tiny-bert}
+        checks:
+          - uses: accuracy
+            data: builtin:reviews#test
+            gates: ["accuracy >= 0.99"]
+            gates: ["accuracy >= 0.0"]
+        """)
+    line = assert_bad_input(run_cli("run", suite, "--out", tmp_path / "out"), suite, r"line 7\b", tmp_path / "out")
+    assert "'gates' appears twice" in line and "lines 6 and 7" in line
+
+
+def test_a_duplicated_checks_key_is_exit_2(run_cli, tmp_path):
+    suite = write_suite(tmp_path, "name: dup\nmodel: {base: builtin:tiny-bert}\n"
+                                  "checks: [{uses: overfitting}]\nchecks: [{uses: calibration, data: x.jsonl}]\n")
+    line = assert_bad_input(run_cli("run", suite), suite, r"line 4\b")
+    assert "'checks' appears twice (lines 3 and 4)" in line
+
+
+def test_billion_laughs_is_refused_fast_and_small(run_cli, tmp_path):
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
+    suite = tmp_path / "laughs.yaml"
+    suite.write_text("\n".join(lines) + "\nname: *a9\nmodel: {base: builtin:tiny-bert}\nchecks: [overfitting]\n")
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    res = run_cli("run", suite)
+    elapsed = time.perf_counter() - t0
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    line = assert_bad_input(res, suite, r"line 1\b")
+    assert "expands to more than" in line
+    assert elapsed < 1.0 and grown_mb < 100
+
+
+def test_a_suite_over_the_size_limit_is_refused(run_cli, tmp_path):
+    from auditkit.suite import MAX_SUITE_BYTES
+    suite = tmp_path / "big.yaml"
+    suite.write_text("name: big\n# " + "x" * MAX_SUITE_BYTES + "\n")
+    line = assert_bad_input(run_cli("run", suite), suite, "")
+    assert "over the limit" in line
+
+
+def test_undecodable_bytes_name_the_file_and_the_byte_offset(run_cli, tmp_path):
+    suite = tmp_path / "latin1.yaml"
+    suite.write_bytes(b"name: caf\xe9\nmodel: {base: builtin:tiny-bert}\nchecks: [overfitting]\n")
+    line = assert_bad_input(run_cli("run", suite), suite, r"line 1\b")
+    assert "not UTF-8" in line and "offset 9" in line and "0xe9" in line
+
+
+def test_a_bom_and_anchors_within_bounds_still_work(run_cli, tmp_path, checks):
+    suite = tmp_path / "bom.yaml"
+    suite.write_text("\ufeffname: bom\nmodel: {base: 'builtin:tiny-bert', max_length: 32}\n"
+                     "checks:\n  - {uses: const, id: a, gates: &g ['score >= 0.5']}\n  - {uses: const, id: b, gates: *g}\n",
+                     encoding="utf-8")
+    code, out, err = run_cli("run", suite, "--out", tmp_path / "out", "--device", "cpu")
+    assert code == 0, err
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [c["status"] for c in res["checks"]] == ["pass", "pass"]
+
+
+# ---------------------------------------------------------------------- the output folder and the device
+
+def test_an_unwritable_out_is_exit_2_before_any_model_loads(run_cli, tmp_path, monkeypatch):
+    import auditkit.runner as runner
+    loaded = []
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: loaded.append(a) or (_ for _ in ()).throw(AssertionError))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    write_jsonl(tmp_path / "data.jsonl", ROWS)
+    suite = write_suite(tmp_path, "name: v\nmodel: {base: builtin:tiny-bert}\n"
+                                  "checks: [{uses: accuracy, data: data.jsonl}]\n")
+    line = assert_bad_input(run_cli("run", suite, "--out", blocker / "out"), "--out", "not writable")
+    assert not loaded and "--out" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_out_is_exit_2(run_cli, tmp_path):  # pragma: no cover - CI runs as root
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    write_jsonl(tmp_path / "data.jsonl", ROWS)
+    suite = write_suite(tmp_path, "name: v\nmodel: {base: builtin:tiny-bert}\n"
+                                  "checks: [{uses: accuracy, data: data.jsonl}]\n")
+    assert_bad_input(run_cli("run", suite, "--out", out), "--out", "not writable")
+
+
+def test_stale_reports_of_an_earlier_run_are_removed_first(run_cli, tmp_path, checks, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("report.html", "summary.md", "junit.xml"):
+        (out / name).write_text("OVERALL: PASS")
+    import auditkit.runner as runner
+
+    def no_reports(results, out_dir, registry, formats, options, progress=None, write_json=True):
+        from auditkit.results import write_json_atomic
+        return [write_json_atomic(out_dir / "results.json", results)]
+    monkeypatch.setattr(runner, "render_reports", no_reports)  # as if every reporter failed
+    code, stdout, err, res = run(run_cli, tmp_path, "  - {uses: const, value: 0.1}\n")
+    assert res["status"] == "fail"
+    assert not any((out / n).exists() for n in ("report.html", "summary.md", "junit.xml"))
+
+
+def test_device_cuda_in_the_suite_names_its_line(run_cli, tmp_path, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    suite = write_suite(tmp_path, "name: v\nseed: 1\ndevice: cuda\nmodel: {base: builtin:tiny-bert}\n"
+                                  "checks: [{uses: accuracy, data: builtin:reviews#test}]\n")
+    line = assert_bad_input(run_cli("run", suite), suite, r"line 3\b")
+    assert "no CUDA device" in line
+
+
+# ---------------------------------------------------------------------- plugins through pluggy
+
+class _Early:
+    """A plugin whose implementation is ordered first by pluggy (tryfirst)."""
+
+    def __init__(self, log):
+        self.log = log
+
+    @hookimpl(tryfirst=True)
+    def auditkit_register_reporters(self, register):
+        self.log.append("early")
+
+
+class _Raiser:
+    @hookimpl
+    def auditkit_register_checks(self, register):
+        register(Constant)  # registered, then the hook raises: nothing of this plugin is kept
+        raise RuntimeError("plugin bug")
+
+
+class _Clasher:
+    @hookimpl
+    def auditkit_register_checks(self, register):
+        register(type("Acc", (Check,), {"name": "accuracy", "needs_data": False}))
+        register(Versus)
+
+
+_INSTANCES: dict = {}
+
+
+def _registry_with(monkeypatch, *extra):
+    """Build the registry with these plugin objects installed as third-party entry points extra0, extra1..."""
+    import importlib.metadata as md
+    eps = []
+    for i, plugin in enumerate(extra):
+        _INSTANCES[f"extra{i}"] = plugin
+        eps.append(md.EntryPoint(f"extra{i}", f"tests.test_verdicts:_INSTANCES.extra{i}", "auditkit"))
+    load = md.EntryPoint.load
+    monkeypatch.setattr(md.EntryPoint, "load", lambda self: _INSTANCES.get(self.name) or load(self))
+    real = md.entry_points
+    monkeypatch.setattr(plugins.md, "entry_points", lambda **kw: eps if kw.get("group") == "auditkit" else real(**kw))
+    monkeypatch.setenv("AUDITKIT_PLUGINS", ",".join(f"extra{i}" for i in range(len(extra))))
+    return build_registry()
+
+
+def test_hooks_go_through_pluggy_callers_with_tryfirst_and_tracing(monkeypatch, capsys):
+    log: list = []
+    seen = []
+    orig = pluggy.HookCaller.__call__
+
+    def spy(self, *a, **k):
+        seen.append(self.name)
+        if self.name == "auditkit_register_reporters":
+            log.append("call")
+        return orig(self, *a, **k)
+    monkeypatch.setattr(pluggy.HookCaller, "__call__", spy)
+    monkeypatch.setenv("AUDITKIT_TRACE_HOOKS", "1")
+    reg = _registry_with(monkeypatch, _Early(log))
+    assert set(seen) >= {"auditkit_register_checks", "auditkit_register_reporters"}
+    assert log == ["call", "early"] and "html" in reg.reporters
+    assert "auditkit_register_checks" in capsys.readouterr().err  # pluggy's tracing writes each call
+
+
+def test_a_plugin_whose_hook_raises_is_isolated(monkeypatch):
+    reg = _registry_with(monkeypatch, _Raiser())
+    failures = dict(reg.failures)
+    assert "extra0" in failures and "plugin bug" in failures["extra0"]
+    assert "const" not in reg.checks  # its partial registration is dropped
+    assert {"accuracy", "overfitting", "memorization"} <= set(reg.checks)  # the others all registered
+
+
+def test_a_plugin_cannot_silently_replace_a_builtin_check(monkeypatch):
+    reg = _registry_with(monkeypatch, _Clasher())
+    assert reg.check_plugin["accuracy"] == "auditkit_plugins.accuracy"
+    assert "already provided by auditkit_plugins.accuracy" in dict(reg.failures)["extra0"]
+    assert reg.check_plugin["versus"] == "extra0"  # its other check still registers
+
+
+def test_an_installed_third_party_auditkit_plugin_does_not_change_what_the_tests_see(monkeypatch):
+    import importlib.metadata as md
+    ep = md.EntryPoint("auditkit_someone_elses", "tests.test_verdicts:_Clasher", "auditkit")
+    real = md.entry_points
+    monkeypatch.setattr(plugins.md, "entry_points", lambda **kw: [ep] if kw.get("group") == "auditkit" else real(**kw))
+    assert os.environ.get("AUDITKIT_PLUGINS") == ""  # conftest's allowlist: no third-party plugin
+    reg = build_registry()
+    assert not reg.failures and "versus" not in reg.checks
