@@ -238,6 +238,9 @@ class ModelHandle:
     _tok_fp: str | None = field(default=None, repr=False)
     stats: dict = field(default_factory=lambda: {"forward_passes": 0, "cache_hits": 0, "disk_hits": 0},
                         repr=False)
+    #: parameters drawn at load time because the checkpoint lacked them and the task's output reads
+    #: them (a new classification head): see :func:`new_head_weights`
+    new_weights: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -565,61 +568,275 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+_PICKLE_GLOBS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_folder(folder: Path, spec: str, *, allow_pickle: bool, file: str | None, place: str,
+                  what: str = "") -> None:
+    """Before from_pretrained: the pickle guard, every safetensors header, and config files that parse.
+
+    ``what`` names the folder's role in messages ("the adapter's base model ..."). A folder holding
+    pickle checkpoints (.bin/.pt/...) and no .safetensors is refused unless ``allow_pickle``: loading a
+    pickle can run code. This covers model folders, PEFT adapter folders (``adapter_model.bin``) and
+    the base model an adapter names. Each ``*.safetensors`` header is read with ``safe_open``, which
+    refuses a truncated file or garbage bytes, so a corrupt checkpoint is named before any load.
+    """
+    label = what or spec
+    if not allow_pickle:
+        # PEFT reads adapter_model.safetensors when there is one and else adapter_model.bin, whatever
+        # other files lie beside them; transformers is told use_safetensors for model folders
+        has_st = (folder / "adapter_model.safetensors").exists() if (folder / "adapter_config.json").exists() \
+            else any(folder.glob("*.safetensors"))
+        pickles = sorted(p.name for g in _PICKLE_GLOBS for p in folder.glob(g))
+        if pickles and not has_st:
+            raise AuditInputError(f"{label} holds only pickle checkpoints ({', '.join(pickles[:3])}), which can "
+                                  "run code on load", file=file, place=place,
+                                  fix="convert it to safetensors, or set model.allow_pickle: true if you trust it")
+    for name in ("config.json", "adapter_config.json"):
+        cfg = folder / name
+        if not cfg.is_file():
+            continue
+        try:
+            obj = json.loads(cfg.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise AuditInputError(f"{cfg} is not UTF-8 (byte offset {exc.start})", file=file, place=place,
+                                  fix="the model folder is damaged: save or copy it again") from None
+        except json.JSONDecodeError as exc:
+            raise AuditInputError(f"{cfg} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+                                  file=file, place=place,
+                                  fix="the model folder is damaged: save or copy it again") from None
+        except OSError as exc:
+            raise AuditInputError(f"cannot read {cfg} ({exc.strerror or exc})", file=file, place=place) from None
+        if not isinstance(obj, dict):
+            raise AuditInputError(f"{cfg} must hold a JSON object, not {type(obj).__name__}", file=file, place=place,
+                                  fix="the model folder is damaged: save or copy it again")
+    from safetensors import safe_open
+    for st in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(st), framework="pt") as fh:
+                fh.keys()
+        except Exception as exc:  # SafetensorError: header too small/large, incomplete metadata, bad JSON
+            raise AuditInputError(f"corrupt safetensors file {st} ({_first_line(exc)})", file=file, place=place,
+                                  fix="the file is truncated or not safetensors: save or copy the model again") \
+                from None
+
+
+def _adapter_supplied(location: Path) -> set[str]:
+    """Names of full weights an adapter file carries (PEFT ``modules_to_save``, e.g. a LoRA classifier head).
+
+    PEFT saves them as ``base_model.model.<name>`` (a LoRA factor is ``...<module>.lora_A.weight``, which
+    names no base parameter), so stripping the prefix gives the base model's parameter name.
+    """
+    names: set[str] = set()
+    st = location / "adapter_model.safetensors"
+    if st.exists():
+        from safetensors import safe_open
+        with safe_open(str(st), framework="pt") as fh:
+            keys = list(fh.keys())
+    else:
+        from peft.utils import load_peft_weights
+        keys = list(load_peft_weights(str(location), device="cpu"))
+    for k in keys:
+        k = k[len("base_model.model."):] if k.startswith("base_model.model.") else k
+        names.add(re.sub(r"\.modules_to_save(\.[^.]+)?(?=\.)", "", k))
+    return names
+
+
+def new_head_weights(model, tokenizer, missing) -> list[str]:
+    """The newly initialised parameters (``missing``) that the task's output depends on, sorted.
+
+    ``missing`` are the checkpoint's missing keys from ``from_pretrained(output_loading_info=True)``:
+    parameters transformers drew at random (a causal LM loaded as a classifier: GPT-2's ``score``; a
+    classifier folder without its head: ``classifier.*``). Which of them matter is decided by autograd,
+    not by name: one backward pass from the logits of a short input to those parameters only; a drawn
+    parameter the output does not reach (no gradient path) is harmless and left out. BERT's pooler is
+    therefore counted exactly when it is used: ``BertForSequenceClassification`` feeds the pooled
+    ``[CLS]`` (pooler dense + tanh) into ``classifier``, so a pooler drawn at load is as random as the
+    head (``builtin:tiny-bert`` ships ``BertForMaskedLM`` weights: no pooler, no classifier, so both are
+    new; all-MiniLM-L6-v2 ships a pooler, so only ``classifier.*`` is). Classifiers that do not read a
+    pooler (RoBERTa, DistilBERT, ELECTRA) never build one. Should the probe itself fail, every missing
+    parameter is reported.
+    """
+    import torch
+    params = dict(model.named_parameters())
+    names = sorted(n for n in set(missing) if n in params)
+    if not names:
+        return []
+    tensors = [params[n] for n in names]
+    before = [t.requires_grad for t in tensors]
+    try:
+        ids = tokenizer("a test", add_special_tokens=True)["input_ids"] or [0]
+        device = next(model.parameters()).device
+        inp = torch.tensor([ids], device=device)
+        for t in tensors:
+            t.requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(input_ids=inp, attention_mask=torch.ones_like(inp)).logits
+            grads = torch.autograd.grad(logits.float().sum(), tensors, allow_unused=True)
+        return [n for n, g in zip(names, grads) if g is not None]
+    except Exception:  # the probe is advisory: keep them all rather than hide a random head
+        return names
+    finally:
+        for t, rg in zip(tensors, before):
+            t.requires_grad_(rg)
+
+
+def _num_labels_in(folder: Path) -> int | None:
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+        return len(cfg["id2label"]) if isinstance(cfg.get("id2label"), dict) else cfg.get("num_labels")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _load_error(exc: Exception, spec: str, task: str, folder: Path | None, num_labels: int | None,
+                file: str | None, place: str, what: str = "model") -> AuditInputError:
+    """An exception from from_pretrained on a given model, as bad input naming what to fix."""
+    import pickle
+    first = _first_line(exc)
+    name = type(exc).__name__
+    if name == "SafetensorError":
+        return AuditInputError(f"could not load {what} {spec!r}: corrupt safetensors file ({first})", file=file,
+                               place=place, fix="save or copy the model again")
+    if isinstance(exc, RuntimeError) and ("mismatch" in first or "ignore_mismatched_sizes" in first):
+        have = _num_labels_in(folder) if folder is not None else None
+        hint = (f"the checkpoint's head has {have} labels but model.num_labels is {num_labels}"
+                if have and num_labels and have != num_labels else "the weights do not fit the model's shapes")
+        return AuditInputError(f"could not load {what} {spec!r} as {task}: {hint}", file=file, place=place,
+                               fix="set model.num_labels to the checkpoint's number of labels, or leave it out")
+    if isinstance(exc, (pickle.UnpicklingError, EOFError)):
+        return AuditInputError(f"could not load {what} {spec!r}: corrupt pickle checkpoint ({name}: {first})",
+                               file=file, place=place, fix="save or copy the model again")
+    if isinstance(exc, ImportError):
+        return AuditInputError(f"could not load {what} {spec!r}: a package it needs is missing ({first})", file=file,
+                               place=place, fix="install it")
+    if isinstance(exc, OSError):
+        return AuditInputError(f"could not load {what} {spec!r}: {first}", file=file, place=place,
+                               fix="check the path or hub id; offline machines need a local dir or builtin:NAME")
+    # ValueError, config validation errors, a config that cannot build the model (AttributeError,
+    # TypeError, a negative dimension...): the folder's content, not auditkit, is at fault
+    return AuditInputError(f"could not load {what} {spec!r} as {task}: {name}: {first}", file=file, place=place,
+                           fix="check model.task and that the folder holds a complete, valid model")
+
+
+@dataclass
+class ModelSource:
+    """Where a model spec points: ``location`` (a folder or hub id); for a PEFT adapter, its base too."""
+
+    location: str
+    adapter: bool
+    base_spec: str
+    base_location: str
+
+
+def check_model_source(spec: str, registry, *, allow_pickle: bool = False, file: str | None = None,
+                       place: str = "model.base") -> ModelSource:
+    """Resolve ``spec`` and check its folder (and an adapter's base folder) without loading any weights.
+
+    Cheap (file headers only), so a runner can call it for every model before the first one loads:
+    a missing folder, a pickle-only checkpoint without ``allow_pickle``, a corrupt safetensors file, a
+    config.json or adapter_config.json that is not a JSON object, or an adapter that names no base,
+    are all :class:`AuditInputError` naming ``file``/``place``.
+    """
+    location = resolve_source(spec, registry, file=file, place=place)
+    local = Path(location)
+    if not local.is_dir():
+        return ModelSource(location, False, spec, location)
+    adapter = (local / "adapter_config.json").exists()
+    _check_folder(local, spec, allow_pickle=allow_pickle, file=file, place=place,
+                  what=f"adapter {spec}" if adapter else "")
+    if not adapter:
+        return ModelSource(location, False, spec, location)
+    cfg = json.loads((local / "adapter_config.json").read_text(encoding="utf-8"))
+    base_spec = cfg.get("base_model_name_or_path")
+    if not isinstance(base_spec, str) or not base_spec.strip():
+        raise AuditInputError(f"the adapter {spec} names no base model (base_model_name_or_path in "
+                              "adapter_config.json)", file=file, place=place,
+                              fix="set base_model_name_or_path to a model folder, hub id or builtin:NAME")
+    if not base_spec.startswith("builtin:"):
+        bp = Path(base_spec).expanduser()
+        if not bp.is_absolute() and not bp.exists() and (local / bp).exists():
+            base_spec = str(local / bp)  # a path relative to the adapter folder
+    try:
+        base_location = resolve_source(base_spec, registry, file=file, place=place)
+    except AuditInputError as exc:
+        exc.message = f"the base model of adapter {spec} ({base_spec}): {exc.message}"
+        raise
+    if Path(base_location).is_dir():
+        if (Path(base_location) / "adapter_config.json").exists():
+            raise AuditInputError(f"the base model of adapter {spec} ({base_spec}) is itself an adapter",
+                                  file=file, place=place, fix="merge the first adapter into its base and save that")
+        _check_folder(Path(base_location), base_spec, allow_pickle=allow_pickle, file=file, place=place,
+                      what=f"the base model {base_spec} of adapter {spec}")
+    return ModelSource(location, True, base_spec, base_location)
+
+
 def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_labels: int | None = None,
                trust_remote_code: bool = False, allow_pickle: bool = False, file: str | None = None,
                place: str = "model.base") -> ModelHandle:
-    """Load a model for ``task`` from ``spec`` (safetensors only unless ``allow_pickle``)."""
+    """Load a model for ``task`` from ``spec`` (safetensors only unless ``allow_pickle``).
+
+    Everything wrong with the given model (a corrupt or pickle-only checkpoint, a config that is not
+    JSON or cannot build the model, a head of another shape, a missing tokenizer) is an
+    :class:`AuditInputError`; only running out of memory escapes as itself. The handle's
+    ``new_weights`` lists the head weights drawn at load (:func:`new_head_weights`); for a PEFT
+    adapter, the base's missing weights less those the adapter carries (``modules_to_save``).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
-    location = resolve_source(spec, registry, file=file, place=place)
-    local = Path(location)
-    adapter = local.is_dir() and (local / "adapter_config.json").exists()
-    if local.is_dir() and not adapter and not allow_pickle:
-        has_st = any(local.glob("*.safetensors"))
-        has_pickle = any(local.glob("*.bin")) or any(local.glob("*.pt"))
-        if has_pickle and not has_st:
-            raise AuditInputError(f"{spec} holds only pickle checkpoints (.bin/.pt), which can run code on load",
-                                  file=file, place=place,
-                                  fix="convert it to safetensors, or set model.allow_pickle: true if you trust it")
+    src = check_model_source(spec, registry, allow_pickle=allow_pickle, file=file, place=place)
+    location, base_location, base_spec = src.location, src.base_location, src.base_spec
+    local, adapter = Path(location), src.adapter
+    is_dir = local.is_dir()
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": dtype}
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": dtype, "output_loading_info": True}
     if not allow_pickle:
         kwargs["use_safetensors"] = True
     auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
-    base_location = location
+    extra = {"num_labels": num_labels} if task != "causal-lm" and num_labels else {}
+    weights_folder = Path(base_location) if Path(base_location).is_dir() else None
     try:
+        model, info = auto.from_pretrained(base_location, **kwargs, **extra)
+        missing = set(info.get("missing_keys") or ())
         if adapter:
             from peft import PeftModel
-            cfg = json.loads((local / "adapter_config.json").read_text())
-            base_location = cfg.get("base_model_name_or_path") or ""
-            if base_location.startswith("builtin:"):
-                base_location = resolve_source(base_location, registry, file=file, place=place)
-            extra = {"num_labels": num_labels} if task != "causal-lm" and num_labels else {}
-            base = auto.from_pretrained(base_location, **kwargs, **extra)
-            model = PeftModel.from_pretrained(base, location).merge_and_unload()
-        elif task == "causal-lm":
-            model = auto.from_pretrained(location, **kwargs)
-        else:
-            extra = {"num_labels": num_labels} if num_labels else {}
-            model = auto.from_pretrained(location, **kwargs, **extra)
-        tok_location = location if (local / "tokenizer_config.json").exists() or not local.is_dir() else base_location
-        tokenizer = AutoTokenizer.from_pretrained(tok_location, trust_remote_code=trust_remote_code)
+            missing -= _adapter_supplied(local)
+            model = PeftModel.from_pretrained(model, location).merge_and_unload()
     except AuditInputError:
         raise
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AuditInputError(f"could not load model {spec!r}: {first}", file=file, place=place,
-                              fix="check the path or hub id; offline machines need a local dir or builtin:NAME")
-    except ValueError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise AuditInputError(f"could not load model {spec!r} as {task}: {first}", file=file, place=place,
-                              fix="check model.task and that the folder holds a complete model")
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:
+        raise _load_error(exc, spec, task, weights_folder, num_labels, file, place) from exc
+    has_tok = (local / "tokenizer_config.json").exists() or (local / "tokenizer.json").exists()
+    tok_location = location if has_tok or not is_dir or not adapter else base_location
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_location, trust_remote_code=trust_remote_code)
+    except (MemoryError, AuditInputError):
+        raise
+    except Exception as exc:  # a tokenizer file that is not JSON, a vocabulary that does not parse...
+        raise AuditInputError(f"could not load the tokenizer of {spec!r} from {tok_location}: "
+                              f"{type(exc).__name__}: {_first_line(exc)}", file=file, place=place,
+                              fix="save the tokenizer into the model folder again (tokenizer.save_pretrained)") \
+            from exc
+    # transformers builds an empty tokenizer from a config alone: a folder without tokenizer files
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    if len(set(tokenizer.get_vocab()) - specials) == 0:
+        raise AuditInputError(f"the model {spec} has no tokenizer (no tokenizer.json, vocab or "
+                              f"tokenizer.model in {tok_location})", file=file, place=place,
+                              fix="save the tokenizer into the model folder (tokenizer.save_pretrained)")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.to(device)
     model.eval()
-    return ModelHandle(model=model, tokenizer=tokenizer, task=task, source=spec, device=device)
+    new = new_head_weights(model, tokenizer, missing) if missing else []
+    return ModelHandle(model=model, tokenizer=tokenizer, task=task, source=spec, device=device, new_weights=new)
