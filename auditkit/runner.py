@@ -22,7 +22,7 @@ from auditkit.api import CheckContext, CheckResult
 from auditkit.data import Dataset, load_dataset
 from auditkit.errors import AuditInputError, TrainingDiverged
 from auditkit.gates import evaluate
-from auditkit.models import ModelHandle, load_model, resolve_device, resolve_source
+from auditkit.models import ModelHandle, check_model_source, load_model, resolve_device
 from auditkit.results import SCHEMA, write_json_atomic
 from auditkit.suite import CheckSpec, Suite
 
@@ -195,7 +195,8 @@ class Runner:
         canaries = ft.make_canaries(cfg.canaries, cfg.seed) if cfg.canaries else None
         if canaries:
             extra = [{"text": c["text"]} for c in canaries["canaries"] for _ in range(c["repeats"])]
-            train_ds = Dataset(train_ds.spec + "+canaries", train_ds.rows + extra, train_ds.file, train_ds.row_offset)
+            train_ds = Dataset(train_ds.spec + "+canaries", train_ds.rows + extra, train_ds.file, train_ds.row_offset,
+                               lines=train_ds.lines)
         base_spec = self.opts.model or self.suite.model.base
         if not base_spec.startswith("builtin:") and Path(base_spec).expanduser().exists():
             base_spec = str(Path(base_spec).expanduser().resolve())
@@ -315,10 +316,12 @@ class Runner:
         base_place = "--model" if opts.model else self.where("model", "base")
         base_spec = opts.model or suite.model.base
         baseline_place = "--baseline" if opts.baseline else self.where("model", "baseline")
-        # a missing or non-model folder is bad input: say so before anything loads
-        resolve_source(base_spec, self.registry, file=self.file, place=base_place)
+        # a missing, pickle-only or corrupt model folder is bad input: say so before anything loads
+        check_model_source(base_spec, self.registry, allow_pickle=suite.model.allow_pickle, file=self.file,
+                           place=base_place)
         if baseline_spec and not suite.finetune:
-            resolve_source(baseline_spec, self.registry, file=self.file, place=baseline_place)
+            check_model_source(baseline_spec, self.registry, allow_pickle=suite.model.allow_pickle, file=self.file,
+                               place=baseline_place)
         previous = self._previous() if opts.resume else {}
         self._prepare_out()
         base = self._load(base_spec, base_place)
