@@ -25,8 +25,8 @@ import numpy as np
 
 from auditkit.errors import AuditInputError
 from auditkit.gates import GateSyntaxError, evaluate, parse_gate
-from auditkit.report.common import fmt, md_cell
-from auditkit.results import load_results, write_json_atomic
+from auditkit.report.common import INFO_TEXT, fmt, md_cell, md_code
+from auditkit.results import load_results, write_json_atomic, write_text_atomic
 from auditkit.stats import mcnemar, paired_bootstrap
 
 ALPHA = 0.05
@@ -245,15 +245,15 @@ def render_markdown(c: dict) -> str:
     icon = {"regression": "🔻", "improvement": "🔺", "changed": "↔", "unchanged": "=", "missing": "?"}
     s = c["summary"]
     lines = [f"# auditkit compare: {md_cell(c['suite'])} — {c['status'].upper()}", "",
-             f"A: `{md_cell(c['a']['path'])}` (model `{md_cell(c['a']['model'])}`, {c['a']['status']})  ",
-             f"B: `{md_cell(c['b']['path'])}` (model `{md_cell(c['b']['model'])}`, {c['b']['status']})", "",
+             f"A: {md_code(c['a']['path'])} (model {md_code(c['a']['model'])}, {_run_status(c['a']['status'])})  ",
+             f"B: {md_code(c['b']['path'])} (model {md_code(c['b']['model'])}, {_run_status(c['b']['status'])})", "",
              f"{s['regression']} regressions ({s['significant_regressions']} significant), {s['improvement']} "
              f"improvements, {s['changed']} changed, {s['unchanged']} unchanged. Deltas are B - A; significance: "
              f"paired test p < {ALPHA}.", ""]
     if c["gates"]:
         lines += ["| comparison gate (fails when true) | delta | status |", "|---|---|---|"]
         for g in c["gates"]:
-            lines.append(f"| {md_cell(g['expr'])} | {fmt(g['observed'])} | {g['status'].upper()}"
+            lines.append(f"| {md_cell(g['expr'])} | {md_cell(fmt(g['observed']))} | {g['status'].upper()}"
                          + (f": {md_cell(g['reason'])}" if g.get("reason") and g["status"] != "pass" else "") + " |")
         lines.append("")
     lines += ["| | check | metric | A | B | delta | delta 95% CI | test | p | significant |",
@@ -262,18 +262,26 @@ def render_markdown(c: dict) -> str:
         ci = f"[{signed(r['ci_low'])}, {signed(r['ci_high'])}]" if r["ci_low"] is not None else ""
         sig = "–" if r["significant"] is None else ("yes" if r["significant"] else "no")
         lines.append(f"| {icon[r['direction']]} {r['direction']} | {md_cell(r['check'])} | {md_cell(r['metric'])} | "
-                     f"{fmt(r['a'], 6)} | {fmt(r['b'], 6)} | {signed(r['delta'])}{_pct(r)} | {ci} | "
-                     f"{md_cell(r['test'] or '–')} | {fmt(r['p_value'])} | {sig} |")
+                     f"{md_cell(fmt(r['a'], 6))} | {md_cell(fmt(r['b'], 6))} | {md_cell(signed(r['delta']) + _pct(r))} | "
+                     f"{md_cell(ci)} | {md_cell(r['test'] or '–')} | {md_cell(fmt(r['p_value']))} | {sig} |")
     changed = [x for x in c["check_status"] if x["a"] != x["b"]]
     if changed:
         lines += ["", "| check | status A | status B |", "|---|---|---|"]
-        lines += [f"| {md_cell(x['check'])} | {x['a'] or '–'} | {x['b'] or '–'} |" for x in changed]
+        lines += [f"| {md_cell(x['check'])} | {md_cell(_run_status(x['a']))} | {md_cell(_run_status(x['b']))} |"
+                  for x in changed]
     for label, key in (("Only in A", "only_in_a"), ("Only in B", "only_in_b")):
         if c[key]:
-            lines += ["", f"**{label}:** " + ", ".join(f"`{md_cell(m)}`" for m in c[key])]
+            lines += ["", f"**{label}:** " + ", ".join(md_code(m) for m in c[key])]
     if c["notes"]:
         lines += [""] + [f"- {md_cell(n)}" for n in c["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _run_status(status) -> str:
+    """A run's or a check's status as text; ``info`` says that nothing was decided (never a pass)."""
+    if not status:
+        return "–"
+    return f"info ({INFO_TEXT})" if status == "info" else str(status)
 
 
 def render_html(c: dict) -> str:
@@ -284,8 +292,8 @@ def render_html(c: dict) -> str:
 def write_outputs(c: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     md, html = out / "comparison.md", out / "comparison.html"
-    md.write_text(render_markdown(c), encoding="utf-8")
-    html.write_text(render_html(c), encoding="utf-8")
+    write_text_atomic(md, render_markdown(c))
+    write_text_atomic(html, render_html(c))
     js = write_json_atomic(out / "comparison.json", c)
     return [html, md, js]
 

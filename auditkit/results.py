@@ -39,21 +39,95 @@ def dumps(results: dict) -> str:
     return json.dumps(_clean(results), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def write_json_atomic(path: Path, results: dict) -> Path:
-    """Write to a temporary file in the same folder, then rename over the target."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, renamed into place.
+
+    ``os.replace`` swaps the directory entry, so a symlink at ``path`` is replaced by the new file and its
+    target is never written through; readers see the old file or the new one, never half of one. The file
+    gets the usual permissions (0666 less the umask), not mkstemp's 0600. Text is UTF-8.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps(results)
-    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=path.parent)
+    # a lone surrogate (text decoded with surrogateescape) cannot be UTF-8: written as \udcxx, not a crash
+    raw = data.encode("utf-8", errors="backslashreplace") if isinstance(data, str) else bytes(data)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def write_json_atomic(path: Path, results: dict) -> Path:
+    """results.json (or any JSON-ready dict), written by :func:`write_text_atomic`."""
+    return write_text_atomic(path, dumps(results))
+
+
+# ---------------------------------------------------------------------- secrets
+
+#: evidence columns (or plain evidence keys) that hold a secret wherever they appear: a canary's secret and
+#: the model's continuation of a canary prefix. A check names any others in its table's ``secret_columns``.
+SECRET_COLUMNS = frozenset({"secret", "secrets", "greedy continuation"})
+REDACTED = "[redacted]"
+REDACTED_NOTE = " (secrets redacted; re-render with --show-secrets to see them)"
+
+
+def redact_secrets(results: dict) -> dict:
+    """A copy of ``results`` whose evidence holds no secret (the input is not changed).
+
+    The convention, in the results structure: an evidence item with ``"secret": true`` is dropped whole
+    (a titled, empty table stays in its place); in a table (``{"title", "rows"}``) the cells of the columns
+    it lists in ``"secret_columns"``, and of the columns named in :data:`SECRET_COLUMNS`, become
+    ``"[redacted]"``; the same keys of a plain evidence row too. Checks already leave secrets out unless the
+    run had ``--show-secrets``; this keeps a report re-rendered without it from showing them.
+    """
+    checks = results.get("checks") or []
+    if not any(c.get("evidence") for c in checks):
+        return results
+    out = dict(results)
+    out["checks"] = [dict(c, evidence=_redact_evidence(c["evidence"])) if c.get("evidence") else c
+                     for c in checks]
+    return out
+
+
+def _redact_evidence(evidence: list) -> list:
+    items = []
+    for item in evidence:
+        if not isinstance(item, dict):
+            items.append(item)
+            continue
+        if item.get("secret") is True:
+            items.append({"title": str(item.get("title") or "Evidence") + REDACTED_NOTE, "rows": []})
+            continue
+        if isinstance(item.get("rows"), list):
+            secret = SECRET_COLUMNS | set(item.get("secret_columns") or ())
+            hit = any(isinstance(r, dict) and secret & set(r) for r in item["rows"])
+            if hit:
+                title = str(item.get("title") or "Evidence")
+                item = dict(item, rows=[_redact_row(r, secret) for r in item["rows"]],
+                            title=title if "redacted" in title else title + REDACTED_NOTE)
+            items.append(item)
+            continue
+        items.append(_redact_row(item, SECRET_COLUMNS | set(item.get("secret_columns") or ())))
+    return items
+
+
+def _redact_row(row, secret: set):
+    if not isinstance(row, dict) or not secret & set(row):
+        return row
+    return {k: (REDACTED if k in secret and v is not None else v) for k, v in row.items()}
 
 
 def load_results(path: str | Path) -> dict:

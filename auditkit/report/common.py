@@ -1,15 +1,22 @@
-"""Helpers the reporters share: counts, number formatting, the gate table rows."""
+"""Helpers the reporters share: counts, number formatting, gate lines, Markdown escaping, secrets."""
 from __future__ import annotations
 
+import re
 from collections import Counter
+
+#: check statuses in the order the summaries list them; ``info`` (no gate decided) is never a pass
+CHECK_STATUSES = ("pass", "info", "warn", "fail", "error")
+GATE_STATUSES = ("pass", "warn", "fail", "error")
+#: what an ``info`` check means, wherever a reporter explains it
+INFO_TEXT = "no gates: nothing decided"
 
 
 def counts(results: dict) -> dict:
-    """Check counts per status, plus gate counts per status."""
+    """Check counts per status (``info`` apart from ``pass``), plus gate counts per status."""
     checks = Counter(c["status"] for c in results.get("checks", []))
     gates = Counter(g["status"] for c in results.get("checks", []) for g in c.get("gates", []))
-    return {"checks": {s: checks.get(s, 0) for s in ("pass", "warn", "fail", "error")},
-            "gates": {s: gates.get(s, 0) for s in ("pass", "warn", "fail", "error")}}
+    return {"checks": {s: checks.get(s, 0) for s in CHECK_STATUSES},
+            "gates": {s: gates.get(s, 0) for s in GATE_STATUSES}}
 
 
 def fmt(x, digits: int = 4) -> str:
@@ -41,6 +48,50 @@ def gate_line(g: dict) -> str:
     return text
 
 
-def md_cell(x) -> str:
-    """Text safe inside a Markdown table cell: no pipe or newline breaks the row, no raw HTML tag."""
-    return str(x).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+def default_mark(g: dict) -> str:
+    """`` (default)`` for a gate that came from the check's declared defaults (the suite gave no ``gates:``)."""
+    return " (default)" if g.get("default") else ""
+
+
+def for_report(results: dict, options: dict | None) -> dict:
+    """The results a reporter may show: secrets redacted unless ``options["show_secrets"]``."""
+    from auditkit.results import redact_secrets
+    return results if (options or {}).get("show_secrets") else redact_secrets(results)
+
+
+def secrets_note(results: dict, options: dict | None) -> str | None:
+    """Why ``--show-secrets`` shows nothing: the run itself was made without it, so no secret was kept."""
+    if (options or {}).get("show_secrets") and not (results.get("run") or {}).get("show_secrets"):
+        return ("--show-secrets: this run was made without --show-secrets, so its results hold no secrets "
+                "to show; re-run the suite with --show-secrets to see them")
+    return None
+
+
+# CommonMark line endings (\r\n, \r, \n) and the other C0 controls, DEL and the C1 controls
+_MD_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def md_cell(x, limit: int | None = None) -> str:
+    """Text safe inside a Markdown table cell (GFM): one line, no cell break, no raw HTML, no code span.
+
+    Line endings and control characters become one space; backslash, ``|`` and backtick are
+    backslash-escaped (GFM splits a row on unescaped pipes before inline parsing, so ``\\|`` stays
+    in its cell, and an escaped backslash keeps a following pipe escaped); ``<``/``>`` become entities.
+    ``limit`` cuts the text before escaping, so no escape is cut in half.
+    """
+    text = _MD_BREAKS.sub(" ", str(x)).strip()
+    if limit is not None and len(text) > limit:
+        text = text[:limit - 1] + "…"
+    return (text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+            .replace("<", "&lt;").replace(">", "&gt;"))
+
+
+def md_code(x) -> str:
+    """An inline code span for text from anywhere (outside tables): a backtick fence longer than any
+    backtick run inside it (CommonMark 6.1), padded when the text starts or ends with a backtick, on
+    one line."""
+    text = _MD_BREAKS.sub(" ", str(x)).strip() or " "
+    runs = [len(m) for m in re.findall(r"`+", text)]
+    fence = "`" * (max(runs, default=0) + 1)
+    pad = " " if text[0] == "`" or text[-1] == "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"

@@ -1,5 +1,9 @@
 """The ``html`` reporter: one self-contained, offline report.html.
 
+Warnings lead the page; status ``info`` (no gate decided) has its own card and badge and is never
+counted as a pass; gates from a check's declared defaults say "(default)"; secrets are redacted
+unless ``options["show_secrets"]`` (:func:`auditkit.results.redact_secrets`).
+
 Jinja2 with autoescape on: everything a model or dataset produced is escaped. Inline CSS, figures
 as ``data:`` SVG images (which cannot run script), a Content-Security-Policy that forbids every
 network request, and no JavaScript.
@@ -12,7 +16,9 @@ from pathlib import Path
 import jinja2
 
 from auditkit.hookspecs import hookimpl
-from auditkit.report.common import ci_text, counts, fmt, gate_line
+from auditkit.report.common import (CHECK_STATUSES, INFO_TEXT, ci_text, counts, fmt, for_report,
+                                    gate_line, secrets_note)
+from auditkit.results import write_text_atomic
 
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("auditkit.report", "templates"),
                           autoescape=True, trim_blocks=True, lstrip_blocks=True,
@@ -58,17 +64,24 @@ def _split_evidence(evidence: list) -> tuple[list, list]:
 
 
 _ENV.filters.update(fmt=fmt, svg_uri=_svg_uri, heat=_heat)
-_ENV.globals.update(ci_text=ci_text, gate_line=gate_line, split_evidence=_split_evidence)
+_ENV.globals.update(ci_text=ci_text, gate_line=gate_line, split_evidence=_split_evidence,
+                    check_statuses=CHECK_STATUSES, info_text=INFO_TEXT)
 
 
-def render_html(results: dict, template: str = "report.html.j2", **extra) -> str:
-    return _ENV.get_template(template).render(r=results, counts=counts(results), **extra)
+def render_html(results: dict, template: str = "report.html.j2", options: dict | None = None, **extra) -> str:
+    """The page for ``results`` (a run's, or a comparison's with ``template``); secrets redacted unless
+    ``options["show_secrets"]``."""
+    if template == "report.html.j2":
+        extra.setdefault("secrets_note", secrets_note(results, options))
+        results = for_report(results, options)
+        extra.setdefault("counts", counts(results))
+        extra.setdefault("any_default", any(g.get("default") for c in results.get("checks") or []
+                                            for g in c.get("gates") or []))
+    return _ENV.get_template(template).render(r=results, **extra)
 
 
 def render(results: dict, out_dir: Path, options: dict) -> Path:
-    path = Path(out_dir) / "report.html"
-    path.write_text(render_html(results), encoding="utf-8")
-    return path
+    return write_text_atomic(Path(out_dir) / "report.html", render_html(results, options=options))
 
 
 @hookimpl

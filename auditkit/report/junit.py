@@ -1,15 +1,50 @@
-"""The ``junit`` reporter: junit.xml with one testcase per gate (a crashed check is one error case)."""
+"""The ``junit`` reporter: junit.xml with one testcase per gate.
+
+A crashed check is one error case; a check that ended with no gate (status ``info``) is one skipped
+case, never a pass. Gates that came from the check's declared defaults carry a ``default`` property
+and say "(default)" in their messages. Every text and attribute is cleaned of what XML 1.0 forbids
+(C0 controls but tab/LF/CR, lone surrogates, U+FFFE/U+FFFF), shown instead as ``\\xNN``/``\\uNNNN``, so
+the file stays well-formed whatever a suite, a model or a dataset contains.
+"""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from auditkit.hookspecs import hookimpl
-from auditkit.report.common import gate_line
+from auditkit.report.common import INFO_TEXT, default_mark, for_report, gate_line
+from auditkit.results import write_text_atomic
+
+#: characters outside XML 1.0's Char production (https://www.w3.org/TR/xml/#charsets)
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
-def render_junit(results: dict) -> bytes:
-    suite_name = results["suite"]["name"]
+def xml_safe(text) -> str:
+    """``text`` with every character XML 1.0 forbids written out as ``\\xNN`` or ``\\uNNNN``."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", str(text))
+
+
+def _clean_tree(root: ET.Element) -> None:
+    for el in root.iter():
+        for k in list(el.attrib):
+            el.attrib[k] = xml_safe(el.attrib[k])
+        if el.text is not None:
+            el.text = xml_safe(el.text)
+        if el.tail is not None:
+            el.tail = xml_safe(el.tail)
+
+
+def _properties(parent: ET.Element, props: dict) -> None:
+    el = ET.SubElement(parent, "properties")
+    for k, v in props.items():
+        ET.SubElement(el, "property", name=k, value=str(v))
+
+
+def render_junit(results: dict, options: dict | None = None) -> bytes:
+    results = for_report(results, options)
+    suite_name = str(results["suite"]["name"])
     root = ET.Element("testsuites", name=f"auditkit.{suite_name}")
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     durations = (results.get("run") or {}).get("check_durations_s", {})
@@ -20,42 +55,51 @@ def render_junit(results: dict) -> bytes:
         totals["tests"] += 1
         totals["errors"] += 1
     for ch in results.get("checks", []):
-        ts = ET.SubElement(root, "testsuite", name=ch["id"])
+        cid = str(ch["id"])
+        ts = ET.SubElement(root, "testsuite", name=cid)
+        _properties(ts, {"uses": ch.get("uses"), "status": ch.get("status"),
+                         "default_gates": str(bool(ch.get("default_gates"))).lower()})
         cases = ch.get("gates") or []
         n = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
         if ch.get("error") or not cases:
-            tc = ET.SubElement(ts, "testcase", classname=f"{suite_name}.{ch['id']}", name=f"{ch['uses']} runs",
+            tc = ET.SubElement(ts, "testcase", classname=f"{suite_name}.{cid}", name=f"{ch['uses']} runs",
                                time=str(durations.get(ch["id"], 0)))
             n["tests"] += 1
             if ch.get("error"):
-                err = ET.SubElement(tc, "error", type=ch["error"]["type"], message=ch["error"]["message"][:500])
-                err.text = ch["error"].get("traceback", "")
+                err = ET.SubElement(tc, "error", type=str(ch["error"]["type"]),
+                                    message=str(ch["error"]["message"])[:500])
+                err.text = str(ch["error"].get("traceback") or "")
                 n["errors"] += 1
+            else:  # status info: nothing was decided, so it is not a pass
+                ET.SubElement(tc, "skipped", message=INFO_TEXT)
+                n["skipped"] += 1
         for g in cases if not ch.get("error") else []:
-            tc = ET.SubElement(ts, "testcase", classname=f"{suite_name}.{ch['id']}", name=g["expr"], time="0")
+            tc = ET.SubElement(ts, "testcase", classname=f"{suite_name}.{cid}", name=str(g["expr"]), time="0")
+            if g.get("default"):
+                _properties(tc, {"default": "true"})
             n["tests"] += 1
+            line = gate_line(g) + default_mark(g)
             if g["status"] == "fail":
-                ET.SubElement(tc, "failure", message=gate_line(g), type="gate")
+                ET.SubElement(tc, "failure", message=line, type="gate")
                 n["failures"] += 1
             elif g["status"] == "error":
-                ET.SubElement(tc, "error", message=gate_line(g), type="gate")
+                ET.SubElement(tc, "error", message=line, type="gate")
                 n["errors"] += 1
             elif g["status"] == "warn":
                 out = ET.SubElement(tc, "system-out")
-                out.text = "WARNING: " + gate_line(g)
+                out.text = "WARNING: " + line
         for k, v in n.items():
             ts.set(k, str(v))
             totals[k] += v
     for k, v in totals.items():
         root.set(k, str(v))
+    _clean_tree(root)
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
 def render(results: dict, out_dir: Path, options: dict) -> Path:
-    path = Path(out_dir) / "junit.xml"
-    path.write_bytes(render_junit(results))
-    return path
+    return write_text_atomic(Path(out_dir) / "junit.xml", render_junit(results, options))
 
 
 @hookimpl
