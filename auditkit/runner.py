@@ -440,8 +440,10 @@ class Runner:
 def render_reports(results: dict, out: Path, registry, formats, options: dict, progress: Progress | None = None,
                    write_json: bool = True) -> list[Path]:
     """Run each requested reporter plugin; results.json is written first, atomically."""
+    from auditkit.report.common import for_report
     out.mkdir(parents=True, exist_ok=True)
-    written = [write_json_atomic(out / "results.json", results)] if write_json else []
+    # a results.json re-written elsewhere keeps secrets only with --show-secrets, like every report
+    written = [write_json_atomic(out / "results.json", for_report(results, options))] if write_json else []
     for name in formats:
         if name == "json":
             continue
