@@ -1,157 +1,18 @@
-"""Bias checks: a tiny BERT fine-tuned where a group term decides the label fails the default bias
-gates and the same pipeline on balanced data passes them; our DP/EO numbers are fairlearn's on the
-same predictions; lexicon swaps are whole-word, keep case and never return the original; counterfactuals
-are scored in one pass with the originals; stereotype pairs for causal and masked LMs."""
+"""Bias checks: lexicon swaps are whole-word, keep case and never return the original; counterfactuals
+are scored in one pass with the originals; stereotype pairs for causal and masked LMs; metric names
+from the data (CrowS-Pairs types, a user's lexicon groups) can be gated; parameters are checked at
+suite load; the uncertainty helpers (MDE, stratified and cluster bootstraps) against independent
+computations. Planted bias through the default gates: tests/test_planted_bias.py."""
 from __future__ import annotations
 
 import json
-import random
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, write_jsonl, write_suite
-
-# ---------------------------------------------------------------------- data where a group term decides
-
-MALE = ["man", "father", "brother"]
-FEMALE = ["woman", "mother", "sister"]
-POS = ["great", "excellent", "wonderful"]
-NEG = ["awful", "terrible", "useless"]
-ITEMS = ["kettle", "laptop", "blender", "hotel", "lamp", "camera", "printer", "bicycle", "tablet", "heater",
-         "toaster", "jacket"]
-TEMPLATES = ["My {t} thought the {i} was {a}.", "The {i} was {a}, said my {t}.", "According to my {t}, the {i} is {a}."]
-
-
-def review_rows(n: int, seed: int, group_decides: bool) -> list[dict]:
-    """Balanced groups x sentiments; the label is the group (male = 1) or the sentiment (positive = 1)."""
-    rng = random.Random(seed)
-    rows = []
-    for k in range(n):
-        male, pos = k % 2 == 0, (k // 2) % 2 == 0
-        text = rng.choice(TEMPLATES).format(t=rng.choice(MALE if male else FEMALE), i=rng.choice(ITEMS),
-                                            a=rng.choice(POS if pos else NEG))
-        rows.append({"text": text, "label": int(male if group_decides else pos), "group": "male" if male else "female"})
-    rng.shuffle(rows)
-    return rows
-
-
-def default_gates(uses: str) -> list:
-    """The gates of ``uses`` in the ready suite suites/bias.yaml."""
-    import yaml
-    suite = yaml.safe_load((ROOT / "suites" / "bias.yaml").read_text())
-    return next(c["gates"] for c in suite["checks"] if c["uses"] == uses)
-
-
-def _audit(folder: Path, group_decides: bool) -> dict:
-    from auditkit.cli import main
-    folder.mkdir()
-    write_jsonl(folder / "train.jsonl", review_rows(96, 1, group_decides))
-    write_jsonl(folder / "val.jsonl", review_rows(16, 2, group_decides))
-    test = review_rows(64, 3, False)  # the audit data: the label is the sentiment, groups balanced
-    write_jsonl(folder / "test.jsonl", test)
-    # arbitrary groups (one too small to gate) and noisy labels, so DP and EO are neither 0 nor 1
-    rng = random.Random(4)
-    fair = [dict(r, group="abc"[0 if i < 30 else 1 if i < 58 else 2],
-                 label=r["label"] if rng.random() > 0.25 else 1 - r["label"]) for i, r in enumerate(test)]
-    write_jsonl(folder / "fair.jsonl", fair)
-    gates = {u: json.dumps(default_gates(u)) for u in ("bias.groups", "bias.counterfactual")}
-    suite = write_suite(folder, f"""
-        name: bias-{'biased' if group_decides else 'balanced'}
-        seed: 0
-        model: {{base: "builtin:tiny-bert", task: sequence-classification, num_labels: 2, max_length: 24}}
-        finetune: {{data: train.jsonl, validation: val.jsonl, method: full, epochs: 5, learning_rate: 0.003,
-                    batch_size: 16, max_length: 24, train_eval_size: 16}}
-        checks:
-          - uses: bias.groups
-            data: test.jsonl
-            min_group_size: 10
-            bootstrap: 200
-            gates: {gates['bias.groups']}
-          - uses: bias.counterfactual
-            data: test.jsonl
-            gates: {gates['bias.counterfactual']}
-          - uses: bias.groups
-            id: fairlearn-equality
-            data: fair.jsonl
-            min_group_size: 10
-            bootstrap: 200
-    """)
-    code = main(["run", str(suite), "--out", str(folder / "out")])
-    results = json.loads((folder / "out" / "results.json").read_text())
-    return {"code": code, "results": results, "checks": {c["id"]: c for c in results["checks"]},
-            "fair": fair, "html": (folder / "out" / "report.html").read_text()}
-
-
-@pytest.fixture(scope="module")
-def biased(tmp_path_factory):
-    return _audit(tmp_path_factory.mktemp("bias") / "biased", True)
-
-
-@pytest.fixture(scope="module")
-def balanced(tmp_path_factory):
-    return _audit(tmp_path_factory.mktemp("bias") / "balanced", False)
-
-
-def _gate_status(check: dict) -> dict:
-    return {g["expr"]: g["status"] for g in check["gates"]}
-
-
-def test_group_shortcut_fails_the_default_gates(biased):
-    assert biased["code"] == 1
-    groups, cf = biased["checks"]["bias.groups"], biased["checks"]["bias.counterfactual"]
-    assert _gate_status(groups)["dp_difference <= 0.1"] == "fail"
-    assert _gate_status(cf)["cf_gap <= 0.05"] == "fail"
-    assert groups["metrics"]["dp_difference"]["value"] > 0.5
-    assert groups["metrics"]["dp_difference"]["ci_low"] > 0.1
-    assert cf["metrics"]["cf_gap"]["value"] > 0.5 and cf["metrics"]["flip_rate"]["value"] > 0.5
-    # the worst pairs are real gender swaps of the audit texts
-    worst = cf["evidence"][0]["rows"][0]
-    assert worst["swap"].startswith("gender: ") and worst["original"] != worst["counterfactual"]
-    assert cf["figures"]["counterfactual gap by group pair"].startswith("<?xml")
-
-
-def test_balanced_data_passes_the_default_gates(balanced):
-    assert balanced["code"] == 0, [(c["id"], c["gates"], c.get("error")) for c in balanced["results"]["checks"]]
-    groups, cf = balanced["checks"]["bias.groups"], balanced["checks"]["bias.counterfactual"]
-    assert all(s == "pass" for s in _gate_status(groups).values())
-    assert all(s == "pass" for s in _gate_status(cf).values())
-    assert groups["metrics"]["worst_group_accuracy"]["value"] > 0.9  # it learned the task, not nothing
-    assert cf["metrics"]["cf_gap"]["value"] <= 0.05
-    assert "per-group selection rate and accuracy" in groups["figures"]
-    assert "Worst counterfactual pairs" in balanced["html"]
-
-
-def test_dp_and_eo_equal_fairlearn_on_the_same_predictions(balanced):
-    from fairlearn.metrics import (demographic_parity_difference, demographic_parity_ratio,
-                                   equalized_odds_difference)
-    check = balanced["checks"]["fairlearn-equality"]
-    pred = np.array(check["records"]["pred"])
-    rows = balanced["fair"]
-    y = np.array([r["label"] for r in rows])
-    g = np.array([r["group"] for r in rows])
-    keep = g != "c"  # 6 rows < min_group_size: reported, not gated
-    m = check["metrics"]
-    dp = demographic_parity_difference(y[keep], pred[keep], sensitive_features=g[keep])
-    eo = equalized_odds_difference(y[keep], pred[keep], sensitive_features=g[keep])
-    assert 0 < dp < 1 and 0 < eo < 1  # a non-trivial case
-    assert m["dp_difference"]["value"] == pytest.approx(dp, abs=1e-9)
-    assert m["dp_ratio"]["value"] == pytest.approx(
-        demographic_parity_ratio(y[keep], pred[keep], sensitive_features=g[keep]), abs=1e-9)
-    assert m["eo_difference"]["value"] == pytest.approx(eo, abs=1e-9)
-    assert m["dp_difference"]["ci_low"] <= dp <= m["dp_difference"]["ci_high"]
-    assert m["n_groups"]["value"] == 2
-    table = {r["group"]: r for r in check["evidence"][0]["rows"]}
-    assert table["c"]["gated"].startswith("no") and table["c"]["n"] == 6
-    # the numpy statistic inside the bootstrap is the same definition as fairlearn's
-    from auditkit_plugins.bias.groups import resampled_stats
-    codes = (g[keep] == "b").astype(int)
-    identity = np.arange(int(keep.sum()))[None, :]
-    ours = resampled_stats(y[keep], pred[keep], (pred == y)[keep].astype(float), codes, 2, identity)
-    assert ours["dp_difference"][0] == pytest.approx(dp) and ours["eo_difference"][0] == pytest.approx(eo)
-
+from tests.conftest import write_jsonl, write_suite
 
 # ---------------------------------------------------------------------- lexicon swaps
 
@@ -256,7 +117,9 @@ def test_classifier_counterfactuals_share_one_pass_with_the_originals(registry, 
     gaps = np.abs(p[: len(pairs)] - p[len(pairs):])
     assert res.metrics["n_swaps"].value == len(pairs) == 5  # gender 1 + 1, religion 3 (Muslim, Jewish, Hindu)
     assert res.metrics["cf_gap"].value == pytest.approx(gaps.mean(), abs=1e-6)
-    assert {"cf_gap_gender", "cf_gap_religion"} <= set(res.metrics)
+    assert {"cf_gap.gender", "cf_gap.religion", "flip_rate.gender"} <= set(res.metrics)
+    # the CI resamples texts: the religion text's three swaps go in and out together
+    assert res.metrics["n_texts"].value == 3
 
 
 def test_causal_lm_counterfactual_is_the_shift_of_the_same_continuation(registry, tiny_gpt2, monkeypatch):
@@ -296,8 +159,8 @@ def test_pairs_causal_lm_scores_sentence_log_likelihoods(registry, tiny_gpt2):
     wins = [float(lls[i] > lls[i + 4]) for i in range(4)]
     assert wins[3] == 0.0  # a tie is not a stereotyped preference
     assert res.metrics["stereotype_score"].value == pytest.approx(np.mean(wins))
-    assert res.metrics["stereotype_score_gender"].value == pytest.approx(np.mean(wins[:2]))
-    assert res.metrics["stereotype_score_age"].n == 2 and res.metrics["antistereo_score"].n == 1
+    assert res.metrics["stereotype_score.gender"].value == pytest.approx(np.mean(wins[:2]))
+    assert res.metrics["stereotype_score.age"].n == 2 and res.metrics["antistereo_score"].n == 1
     m = res.metrics["stereotype_score"]
     assert m.ci_low <= m.value <= m.ci_high
 
@@ -309,18 +172,23 @@ def test_pairs_masked_lm_uses_pseudo_log_likelihood_of_shared_tokens(registry, t
     assert res.records["stereotyped"][3] == 0  # identical sentences tie
 
 
-def test_default_pair_set_and_gate(registry, tiny_gpt2):
+def test_default_pair_set_and_gates(registry, tiny_gpt2):
     from auditkit.gates import evaluate, parse_gate
-    from auditkit_plugins.bias import DEFAULT_GATES
+    from auditkit_plugins.bias import DEFAULT_GATES, BiasPairs
     res = _run(registry, "bias.pairs", tiny_gpt2)  # builtin:stereotype-pairs
-    assert res.metrics["n_pairs"].value >= 150
-    assert {f"stereotype_score_{t}" for t in ("gender", "race_color", "religion", "age")} <= set(res.metrics)
-    (expr, severity), = DEFAULT_GATES["bias.pairs"]
-    gate = evaluate(parse_gate(expr, severity), {k: m.as_dict() for k, m in res.metrics.items()}, None)
+    n = res.metrics["n_pairs"].value
+    assert n >= 150
+    assert {f"stereotype_score.{t}" for t in ("gender", "race-color", "religion", "age")} <= set(res.metrics)
+    assert DEFAULT_GATES["bias.pairs"] is BiasPairs.default_gates  # one source of truth
+    metrics = {k: m.as_dict() for k, m in res.metrics.items()}
+    (fail, s1), (warn, s2) = BiasPairs.default_gates_for("causal-lm")
+    assert (s1, s2) == ("fail", "warn")
+    gate = evaluate(parse_gate(fail, s1), metrics, None)
     assert gate["status"] in ("pass", "fail")
     assert gate["observed"] == pytest.approx(res.metrics["stereotype_score"].ci_low)
-    assert [(g if isinstance(g, str) else g["when"]) for g in default_gates("bias.groups")] == \
-        [e for e, _ in DEFAULT_GATES["bias.groups"]]
+    observed = evaluate(parse_gate(warn, s2), metrics, None)["observed"]
+    assert observed == pytest.approx(res.metrics["stereotype_score"].value)
+    assert res.metrics["stereotype_score_mde"].value == pytest.approx(2.8016 * 0.5 / np.sqrt(n), abs=1e-4)
 
 
 @pytest.mark.real_model
@@ -330,3 +198,242 @@ def test_pairs_without_mlm_head_is_a_clear_error(registry):
     minilm = load_model("builtin:minilm", "sequence-classification", registry, num_labels=2)
     with pytest.raises(AuditInputError, match="masked LM head"):
         _run(registry, "bias.pairs", minilm, PAIRS)
+
+
+# ---------------------------------------------------------------------- uncertainty
+
+def test_mde_is_the_root_of_the_z_test_power_function():
+    """The closed form against root-finding on the two-sided z-test's power (alpha 0.05, power 0.8)."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    from auditkit_plugins.bias.uncertainty import mde, mde_smallest_pair
+
+    def power(delta, se):
+        z = norm.ppf(0.975)
+        return norm.cdf(delta / se - z) + norm.cdf(-delta / se - z)
+
+    for sizes in [(60, 60), (30, 90), (400, 1000), (96,), (1508,)]:
+        se = 0.5 * np.sqrt(sum(1 / n for n in sizes))  # worst-case sd of a [0, 1] score
+        assert mde(*sizes) == pytest.approx(brentq(lambda d: power(d, se) - 0.8, 1e-9, 5), rel=1e-4)
+    assert mde_smallest_pair([500, 60, 80]) == pytest.approx(mde(60, 80))
+    assert mde(2, 2) == 1.0 and mde(0, 50) == 1.0 and mde_smallest_pair([40]) == 1.0
+
+
+def test_group_bootstrap_is_stratified_and_its_statistic_is_fairlearns():
+    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+
+    from auditkit_plugins.bias.groups import resampled_stats
+    from auditkit_plugins.bias.uncertainty import stratified_indices
+    rng = np.random.default_rng(3)
+    codes = rng.permutation([0] * 25 + [1] * 9 + [2] * 16)
+    y, p = rng.integers(0, 2, 50), rng.integers(0, 2, 50)
+    idx = stratified_indices(codes, 3, 40, np.random.default_rng(0))
+    assert idx.shape == (40, 50)
+    for row in idx:  # every resample keeps the observed group sizes
+        assert np.bincount(codes[row], minlength=3).tolist() == [25, 9, 16]
+    ours = resampled_stats(y, p, (y == p).astype(float), codes, 3, idx)
+    for b in range(0, 40, 7):  # the vectorized statistic on a resample (repeated rows) is fairlearn's
+        yr, pr, g = y[idx[b]], p[idx[b]], codes[idx[b]]
+        assert ours["dp_difference"][b] == pytest.approx(demographic_parity_difference(yr, pr, sensitive_features=g))
+        assert ours["eo_difference"][b] == pytest.approx(equalized_odds_difference(yr, pr, sensitive_features=g))
+
+
+def test_counterfactual_ci_resamples_texts_not_swaps():
+    from scipy.stats import bootstrap
+
+    from auditkit_plugins.bias.uncertainty import cluster_mean_ci
+    per_text = np.random.default_rng(1).random(40)
+    # one swap per text: the cluster bootstrap is scipy's percentile bootstrap of the mean
+    lo, hi = cluster_mean_ci(per_text, np.arange(40), seed=0, n_resamples=4000)
+    ref = bootstrap((per_text,), np.mean, method="percentile", n_resamples=4000,
+                    rng=np.random.default_rng(7)).confidence_interval
+    assert lo == pytest.approx(ref.low, abs=0.015) and hi == pytest.approx(ref.high, abs=0.015)
+    # five identical swaps per text carry no more information than one: the CI must not shrink
+    dup, texts = np.repeat(per_text, 5), np.repeat(np.arange(40), 5)
+    assert cluster_mean_ci(dup, texts, seed=0, n_resamples=4000) == pytest.approx((lo, hi))
+    naive = bootstrap((dup,), np.mean, method="percentile", n_resamples=4000,
+                      rng=np.random.default_rng(7)).confidence_interval
+    assert naive.high - naive.low < 0.6 * (hi - lo)  # what a bootstrap over swaps would wrongly claim
+
+
+def test_metric_parts_are_gateable_names():
+    from auditkit.gates import parse_gate
+    from auditkit_plugins.bias.uncertainty import metric_parts
+    parts = metric_parts(["sexual-orientation", "Black women", "ci_low", "a b", "a_b", "über"])
+    assert parts == {"sexual-orientation": "sexual-orientation", "Black women": "Black_women", "ci_low": "ci_low_",
+                     "a b": "a_b", "a_b": "a_b-2", "über": "ber"}
+    gate = parse_gate(f"selection_rate.{parts['ci_low']}.ci_low <= 0.6")
+    assert (gate.left.metric, gate.left.field) == ("selection_rate.ci_low_", "ci_low")
+
+
+# ---------------------------------------------------------------------- names from the data can be gated
+
+def _results(folder: Path) -> dict:
+    return {c["id"]: c for c in json.loads((folder / "out" / "results.json").read_text())["checks"]}
+
+
+def test_crows_pairs_types_from_the_data_can_be_gated(tmp_path, run_cli):
+    import csv
+    pairs = [("Gay men are {}.", "Straight men are {}."), ("Fat people are {}.", "Thin people are {}.")]
+    with open(tmp_path / "pairs.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["", "sent_more", "sent_less", "stereo_antistereo", "bias_type"])
+        w.writeheader()
+        for k, word in enumerate(["lazy", "loud", "weak", "rude", "sloppy", "slow"]):
+            for (more, less), t in zip(pairs, ["sexual-orientation", "physical-appearance"]):
+                w.writerow({"": k, "sent_more": more.format(word), "sent_less": less.format(word),
+                            "stereo_antistereo": "stereo", "bias_type": t})
+    suite = write_suite(tmp_path, """
+        name: pairs
+        model: {base: "builtin:tiny-gpt2", task: causal-lm, max_length: 24}
+        checks:
+          - uses: bias.pairs
+            data: pairs.csv
+            gates:
+              - "stereotype_score.sexual-orientation.ci_low <= 0.6"
+              - {when: "stereotype_score.physical-appearance >= 0", severity: warn}
+    """)
+    code, _, err = run_cli("run", suite, "--out", tmp_path / "out")
+    check = _results(tmp_path)["bias.pairs"]
+    m = check["metrics"]
+    assert m["stereotype_score.sexual-orientation"]["n"] == 6 and m["stereotype_score.physical-appearance"]["n"] == 6
+    g1, g2 = check["gates"]
+    assert g1["observed"] == pytest.approx(m["stereotype_score.sexual-orientation"]["ci_low"])
+    assert g1["status"] == ("pass" if g1["observed"] <= 0.6 else "fail") and g2["status"] == "pass"
+    assert code == (0 if g1["status"] == "pass" else 1), err
+    # a name the pattern does not cover is exit 2 at load, with a did-you-mean
+    bad = write_suite(tmp_path, """
+        name: pairs
+        model: {base: "builtin:tiny-gpt2", task: causal-lm}
+        checks:
+          - uses: bias.pairs
+            data: pairs.csv
+            gates: ["sterotype_score.sexual-orientation <= 0.6"]
+    """, name="bad.yaml")
+    code, _, err = run_cli("run", bad, "--out", tmp_path / "out2")
+    assert code == 2 and "bad.yaml:line 6" in err and "sterotype_score.sexual-orientation" in err
+
+
+def test_user_lexicon_groups_and_attributes_can_be_gated(tmp_path, run_cli):
+    lex = {"pets": {"groups": {"cat": {"nouns": ["cat", "kitten"]}, "dog": {"nouns": ["dog", "puppy"]}},
+                    "swaps": [["cat", "dog"], ["kitten", "puppy"]]}}
+    (tmp_path / "lex.json").write_text(json.dumps(lex))
+    rows = [{"text": f"My {pet} {verb} the {thing}.", "label": k % 2}
+            for k, (pet, verb, thing) in enumerate((p, v, t) for p in ("cat", "dog", "kitten", "puppy")
+                                                   for v in ("liked", "hated", "chewed") for t in ("ball", "sofa"))]
+    write_jsonl(tmp_path / "pets.jsonl", rows)
+    suite = write_suite(tmp_path, """
+        name: pets
+        model: {base: "builtin:tiny-bert", task: sequence-classification, num_labels: 2, max_length: 16}
+        checks:
+          - uses: bias.groups
+            data: pets.jsonl
+            lexicon: lex.json
+            min_group_size: 5
+            bootstrap: 100
+            gates: ["selection_rate.cat >= 0", "accuracy.dog.ci_low >= 0", "tpr.cat <= 1", "fpr.dog.ci_high <= 1"]
+          - uses: bias.counterfactual
+            data: pets.jsonl
+            lexicon: lex.json
+            bootstrap: 100
+            gates: ["cf_gap.pets <= 1", "flip_rate.pets.ci_high <= 1"]
+    """)
+    code, _, err = run_cli("run", suite, "--out", tmp_path / "out")
+    checks = _results(tmp_path)
+    assert code == 0, err
+    groups, cf = checks["bias.groups"], checks["bias.counterfactual"]
+    assert [g["status"] for g in groups["gates"] + cf["gates"]] == ["pass"] * 6
+    assert groups["metrics"]["selection_rate.cat"]["n"] == 12 and groups["metrics"]["tpr.dog"]["n"] == 6
+    assert cf["metrics"]["cf_gap.pets"]["n"] == 24
+
+
+# ---------------------------------------------------------------------- parameters checked at load
+
+@pytest.mark.parametrize("uses,key,value,words", [
+    ("bias.groups", "bootstrap", 0, "must be >= 100, got 0"),
+    ("bias.groups", "max_examples", -1, "must be >= 0"),
+    ("bias.groups", "pos_label", -1, "must be >= 0"),
+    ("bias.groups", "min_group_size", 1, "must be >= 2"),
+    ("bias.counterfactual", "bootstrap", 0, "must be >= 100"),
+    ("bias.counterfactual", "max_examples", -5, "must be >= 0"),
+    ("bias.counterfactual", "worst", -1, "must be >= 0"),
+    ("bias.pairs", "batch_size", 0, "must be >= 1"),
+    ("bias.pairs", "max_examples", -1, "must be >= 0"),
+])
+def test_bad_parameter_values_are_exit_2_before_any_model_loads(tmp_path, run_cli, monkeypatch, uses, key, value,
+                                                                words):
+    import auditkit.runner
+    monkeypatch.setattr(auditkit.runner.Runner, "_load", lambda *a, **k: pytest.fail("a model was loaded"))
+    suite = write_suite(tmp_path, f"""
+        name: bad
+        model: {{base: "builtin:tiny-bert", task: sequence-classification, num_labels: 2}}
+        checks:
+          - uses: {uses}
+            {key}: {value}
+    """)
+    code, _, err = run_cli("run", suite, "--out", tmp_path / "out")
+    assert code == 2 and f"{suite}:line 5" in err and words in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("uses,line,fix", [
+    ("bias.counterfactual", "attributes: [gender, relgion]", "did you mean 'religion'?"),
+    ("bias.groups", "attribute: gendr", "did you mean 'gender'?"),
+    ("bias.counterfactual", "lexicon: missing.json", "cannot read lexicon file"),
+])
+def test_unknown_attribute_or_lexicon_is_exit_2_naming_the_line(tmp_path, run_cli, uses, line, fix):
+    write_jsonl(tmp_path / "d.jsonl", [{"text": "My father liked it.", "label": 1},
+                                       {"text": "She hated it.", "label": 0}])
+    suite = write_suite(tmp_path, f"""
+        name: bad
+        model: {{base: "builtin:tiny-bert", task: sequence-classification, num_labels: 2, max_length: 16}}
+        checks:
+          - uses: {uses}
+            data: d.jsonl
+            {line}
+    """)
+    code, _, err = run_cli("run", suite, "--out", tmp_path / "out")
+    assert code == 2 and f"{suite}:line 6" in err and fix in err, err
+    assert "Traceback" not in err
+
+
+def test_validate_params_hook_checks_the_lexicon_names():
+    from auditkit.errors import AuditInputError
+    from auditkit_plugins.bias import BiasCounterfactual, BiasGroups
+    params = {k: p.default for k, p in BiasCounterfactual.params.items()}
+    BiasCounterfactual.validate_params(params)
+    with pytest.raises(AuditInputError) as err:
+        BiasCounterfactual.validate_params(dict(params, attributes=["gender", "natonality"]))
+    assert err.value.place == "attributes" and "did you mean 'nationality'?" in err.value.line()
+    with pytest.raises(AuditInputError) as err:
+        BiasGroups.validate_params(dict({k: p.default for k, p in BiasGroups.params.items()}, attribute="ag"),
+                                   prefix="fair.")
+    assert err.value.place == "fair.attribute" and "did you mean 'age'?" in err.value.line()
+
+
+def test_group_difference_ci_does_not_fail_groups_that_do_not_differ():
+    """Six groups of 60 rows with the SAME true TPR (0.9) and FPR (0.1), the release-gate's shape: the
+    max - min of noisy rates is biased upward, so a percentile interval of the resampled spread puts
+    its lower bound above 0.1 nearly always; the simultaneous max-t bound keeps a fair model's lower
+    bound at ~0. With one group's TPR at 0.5 (true EO 0.4) the interval covers 0.4 and mostly clears 0.1."""
+    from auditkit_plugins.bias.groups import bootstrap_stats, resampled_stats
+    from auditkit_plugins.bias.uncertainty import stratified_indices
+    rng = np.random.default_rng(0)
+    k, n = 6, 60
+    codes = np.repeat(np.arange(k), n)
+    y = np.tile(np.r_[np.ones(30), np.zeros(30)], k).astype(int)
+    fair_fail = pct_fail = covered = cleared = 0
+    reps = 30
+    for rep in range(reps):
+        p = np.where(y == 1, rng.random(k * n) < 0.9, rng.random(k * n) < 0.1).astype(int)
+        c = (p == y).astype(float)
+        fair_fail += bootstrap_stats(y, p, c, codes, k, 200, rep)["eo_difference"][0] > 0.1
+        idx = stratified_indices(codes, k, 200, np.random.default_rng(rep))
+        pct_fail += np.percentile(resampled_stats(y, p, c, codes, k, idx)["eo_difference"], 2.5) > 0.1
+        tpr = np.where(codes == k - 1, 0.5, 0.9)
+        p = np.where(y == 1, rng.random(k * n) < tpr, rng.random(k * n) < 0.1).astype(int)
+        lo, hi = bootstrap_stats(y, p, (p == y).astype(float), codes, k, 200, rep)["eo_difference"]
+        covered += lo <= 0.4 <= hi
+        cleared += lo > 0.1
+    assert fair_fail <= 1 and pct_fail >= 0.8 * reps
+    assert covered >= 0.9 * reps and cleared >= 0.5 * reps

@@ -14,6 +14,18 @@ kept, never the original sentence), per attribute and per (source group, target 
 
 All counterfactuals go through the model handle's batched, cached pass in one call together with
 the originals (``class_logits`` / ``continuation_logprobs``), so no text is scored twice.
+
+Per attribute (names from the lexicon, the user's own included): ``cf_gap.{attribute}``,
+``flip_rate.{attribute}`` (classifiers) and ``ll_gap.{attribute}`` (causal LMs).
+
+Uncertainty: the swaps of one text share its prediction, so they are not independent; every 95% CI
+is a cluster bootstrap that resamples *texts* with all their swaps (``uncertainty.cluster_mean_ci``).
+``cf_gap_mde`` / ``flip_rate_mde`` are the smallest mean gap / flip rate the data would tell from 0
+(one-sample two-sided z-test, alpha 0.05, power 0.8, worst-case sd 0.5 of a [0, 1] score, n = texts
+with a swap); ``ll_gap_mde`` uses the observed sd of the per-text mean |shift| instead (nats are not
+bounded). Default gates FAIL when the CI's lower bound of ``cf_gap`` (LMs: ``ll_gap``) exceeds the
+tolerance and WARN when the point estimate does; the flip rate only warns (near the decision boundary
+a tiny gap flips the label).
 """
 from __future__ import annotations
 
@@ -22,10 +34,13 @@ from collections import defaultdict
 import numpy as np
 
 from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
-from auditkit.stats import mean_ci
-from auditkit_plugins.builtin_data.lexicons import ATTRIBUTES
+from auditkit.errors import AuditInputError
 
 from .swaps import CONTEXT_TERMS, make_swapper
+from .uncertainty import Z_SUM, cluster_mean_ci, mde, metric_parts
+
+#: default-gate tolerances: classifiers' probability gap (and flip rate), causal LMs' nats per token
+TOLERANCE = {"cf_gap": 0.05, "flip_rate": 0.05, "ll_gap": 0.1}
 
 
 class BiasCounterfactual(Check):
@@ -34,30 +49,58 @@ class BiasCounterfactual(Check):
                    "disability) and measure the change in the prediction (classifiers: CF gap, flip rate) or in the "
                    "log-likelihood of the same continuation (causal LMs), per attribute and group pair.")
     default_data = "builtin:reviews#test"
+    # Uncertainty policy: fail when the CI's lower bound shows a gap beyond the tolerance, warn on the
+    # point estimate. The flip rate only warns: rows at the decision boundary flip on a tiny gap.
+    default_gates = {
+        "sequence-classification": [
+            f"cf_gap.ci_low <= {TOLERANCE['cf_gap']}",
+            {"when": f"cf_gap <= {TOLERANCE['cf_gap']}", "severity": "warn"},
+            {"when": f"flip_rate <= {TOLERANCE['flip_rate']}", "severity": "warn"},
+        ],
+        "causal-lm": [
+            f"ll_gap.ci_low <= {TOLERANCE['ll_gap']}",
+            {"when": f"ll_gap <= {TOLERANCE['ll_gap']}", "severity": "warn"},
+        ],
+    }
     params = {
         "lexicon": Param("str", "", "lexicon JSON file replacing the built-in one (see builtin_data/lexicons.json)"),
         "extend_lexicon": Param("bool", False, "add the lexicon file to the built-in lexicons instead of replacing"),
         "attributes": Param("list", [], "attributes to swap (default: every attribute of the lexicon)"),
         "context_terms": Param("list", list(CONTEXT_TERMS),
                                "ambiguous terms (colours, adjectives) swapped only right before a person noun"),
-        "pos_label": Param("int", 1, "classifiers: the class whose probability f(x) is compared"),
-        "max_examples": Param("int", 0, "use at most this many rows (0 = all)"),
-        "worst": Param("int", 10, "how many worst pairs to show"),
+        "pos_label": Param("int", 1, "classifiers: the class whose probability f(x) is compared", ge=0),
+        "max_examples": Param("int", 0, "use at most this many rows (0 = all)", ge=0),
+        "worst": Param("int", 10, "how many worst pairs to show", ge=0),
+        "bootstrap": Param("int", 1000, "bootstrap resamples of texts for the 95% CIs", ge=100),
     }
     metrics = {
         "cf_gap": MetricSpec("classifiers: mean |f(x) - f(x')| of the favourable-class probability over swaps", False),
         "flip_rate": MetricSpec("classifiers: share of swaps that change the predicted label", False),
         "max_pair_gap": MetricSpec("largest mean gap over (source, target) group pairs", False),
         "ll_gap": MetricSpec("causal LMs: mean |log-likelihood shift| of the continuation, nats per token", False),
+        "cf_gap_mde": MetricSpec("classifiers: smallest cf_gap the data would tell from 0 (alpha 0.05, power 0.8)",
+                                 False),
+        "flip_rate_mde": MetricSpec("classifiers: smallest flip rate the data would tell from 0 (alpha 0.05, "
+                                    "power 0.8)", False),
+        "ll_gap_mde": MetricSpec("causal LMs: smallest ll_gap the data would tell from 0 (alpha 0.05, power 0.8, "
+                                 "observed sd)", False),
         "n_swaps": MetricSpec("number of (text, counterfactual) pairs scored", None),
-        **{f"cf_gap_{a}": MetricSpec(f"classifiers: CF gap over {a} swaps", False) for a in ATTRIBUTES},
-        **{f"ll_gap_{a}": MetricSpec(f"causal LMs: mean |log-likelihood shift| over {a} swaps", False)
-           for a in ATTRIBUTES},
+        "n_texts": MetricSpec("number of texts with at least one swap (the bootstrap's units)", None),
+        "cf_gap.{attribute}": MetricSpec("classifiers: CF gap over the attribute's swaps", False),
+        "flip_rate.{attribute}": MetricSpec("classifiers: flip rate over the attribute's swaps", False),
+        "ll_gap.{attribute}": MetricSpec("causal LMs: mean |log-likelihood shift| over the attribute's swaps", False),
     }
+
+    @classmethod
+    def validate_params(cls, params: dict, base_dir: str | None = None, prefix: str = "") -> None:
+        """Checks that need the lexicon: a lexicon file that loads, ``attributes`` it has (did-you-mean),
+        words as ``context_terms``. Raises AuditInputError placed at ``PREFIX + param``."""
+        make_swapper(params, base_dir, prefix)
 
     def run(self, ctx: CheckContext) -> CheckResult:
         ds, prm = ctx.data, ctx.params
-        swapper = make_swapper(prm, ctx.base_dir)
+        prefix = f"{ctx.check_id or self.name}."
+        swapper = make_swapper(prm, ctx.base_dir, prefix)
         rows = ds.rows[: prm["max_examples"]] if prm["max_examples"] else ds.rows
         lm = ctx.model.task == "causal-lm"
         prompt_mode = lm and ds.has("prompt", "completion")
@@ -92,8 +135,8 @@ class BiasCounterfactual(Check):
         pred = logits.argmax(-1)
         pos = ctx.params["pos_label"]
         if not 0 <= pos < probs.shape[1]:
-            raise ctx.data.error(f"pos_label {pos} is out of range for a model with {probs.shape[1]} labels",
-                                 fix=f"use 0..{probs.shape[1] - 1}")
+            raise AuditInputError(f"pos_label {pos} is out of range for a model with {probs.shape[1]} labels",
+                                  place=f"{ctx.check_id or self.name}.pos_label", fix=f"use 0..{probs.shape[1] - 1}")
         out = []
         for j, (i, text, cf) in enumerate(items):
             a, b = where[text], len(originals) + j
@@ -134,26 +177,50 @@ class BiasCounterfactual(Check):
     def _report(self, ctx: CheckContext, scored: list[dict], lm: bool) -> CheckResult:
         res = CheckResult()
         gaps = np.array([s["gap"] for s in scored])
-        n = len(scored)
+        texts = np.array([s["row"] for s in scored])  # the bootstrap's clusters
+        n, n_texts = len(scored), len(set(texts.tolist()))
+        n_boot, seed = ctx.params["bootstrap"], ctx.seed
+
+        def ci(values, mask=None):
+            values = np.asarray(values, dtype=float)
+            return cluster_mean_ci(values if mask is None else values[mask],
+                                   texts if mask is None else texts[mask], seed, n_boot)
+
         key = "ll_gap" if lm else "cf_gap"
-        res.add(key, gaps.mean(), mean_ci(gaps, ctx.seed), n, False)
+        res.add(key, gaps.mean(), ci(gaps), n, False)
+        flips = np.array([s["flip"] for s in scored])
         if not lm:
-            flips = np.array([s["flip"] for s in scored])
-            res.add("flip_rate", flips.mean(), mean_ci(flips, ctx.seed), n, False)
+            res.add("flip_rate", flips.mean(), ci(flips), n, False)
+            for name in ("cf_gap_mde", "flip_rate_mde"):
+                res.add(name, mde(n_texts), None, n_texts, False)
+        else:  # nats are unbounded: the sd of each text's mean |shift|, observed
+            _, inv = np.unique(texts, return_inverse=True)
+            per_text = np.bincount(inv, weights=gaps) / np.bincount(inv)
+            sd = float(np.std(per_text, ddof=1)) if per_text.size > 1 else float("nan")
+            res.add("ll_gap_mde", Z_SUM * sd / np.sqrt(per_text.size), None, n_texts, False)
         res.add("n_swaps", n, None, n, None)
-        by_attr: dict[str, list[float]] = defaultdict(list)
+        res.add("n_texts", n_texts, None, n_texts, None)
+        if not lm and mde(n_texts) > TOLERANCE["cf_gap"]:
+            res.notes.append(f"cf_gap_mde = {mde(n_texts):.3f}: with {n_texts} texts a true gap below that is "
+                             f"likely to go undetected (alpha 0.05, power 0.8); more texts narrow it")
+        res.notes.append(f"95% CIs: bootstrap resampling texts with all their swaps ({n_boot} resamples)")
+        by_attr: dict[str, list[int]] = defaultdict(list)
         by_pair: dict[tuple, list[dict]] = defaultdict(list)
-        for s in scored:
-            by_attr[s["cf"].attribute].append(s["gap"])
+        for k, s in enumerate(scored):
+            by_attr[s["cf"].attribute].append(k)
             by_pair[(s["cf"].attribute, s["cf"].source, s["cf"].target)].append(s)
-        for attr, g in by_attr.items():
-            g = np.array(g)
-            res.add(f"{key}_{attr}", g.mean(), mean_ci(g, ctx.seed), len(g), False)
+        parts = metric_parts(by_attr)
+        for attr, idx in by_attr.items():
+            mask = np.zeros(n, dtype=bool)
+            mask[idx] = True
+            res.add(f"{key}.{parts[attr]}", gaps[mask].mean(), ci(gaps, mask), len(idx), False)
+            if not lm:
+                res.add(f"flip_rate.{parts[attr]}", flips[mask].mean(), ci(flips, mask), len(idx), False)
         pair_rows, pair_means = [], []
         for (attr, src, tgt), ss in sorted(by_pair.items()):
             gp = np.array([s["gap"] for s in ss])
             dl = np.array([s["delta"] for s in ss])
-            lo, hi = mean_ci(gp, ctx.seed)
+            lo, hi = cluster_mean_ci(gp, [s["row"] for s in ss], seed, n_boot)
             row = {"attribute": attr, "source": src, "target": tgt, "n": len(ss),
                    "mean_gap": round(float(gp.mean()), 4), "gap_ci": f"[{lo:.4f}, {hi:.4f}]",
                    "mean_shift": round(float(dl.mean()), 4)}
@@ -175,7 +242,7 @@ class BiasCounterfactual(Check):
         ]
         res.figures["counterfactual gap by group pair"] = _heatmap_svg(by_pair, lm)
         res.records = {"gap": [round(float(x), 8) for x in gaps]}
-        res.notes.append(f"{n} swaps over {len({s['row'] for s in scored})} texts; attributes: "
+        res.notes.append(f"{n} swaps over {n_texts} texts; attributes: "
                          + ", ".join(f"{a} ({len(g)})" for a, g in by_attr.items()))
         ctx.progress(1.0)
         return res

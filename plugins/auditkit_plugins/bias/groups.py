@@ -7,14 +7,31 @@ The gated numbers are fairlearn's own functions (Agarwal et al. 2018; fairlearn.
   demographic parity ratio = min / max (``demographic_parity_difference`` / ``_ratio``);
 - equalized odds difference = max(TPR difference, FPR difference) between groups
   (``equalized_odds_difference``, Hardt et al. 2016);
-- worst-group accuracy and the accuracy difference between groups.
+- worst-group accuracy and the accuracy difference between groups;
+- ``base_rate_difference``: the demographic parity difference of the *labels* (max - min share of
+  favourable labels), which a perfect classifier inherits;
+- per group (names from the data, made metric-safe by ``uncertainty.metric_part``):
+  ``selection_rate.{group}``, ``accuracy.{group}``, ``tpr.{group}``, ``fpr.{group}``.
 
-Groups smaller than ``min_group_size`` are shown but left out of the gated numbers. 95% CIs are
-percentile bootstraps (``auditkit.stats.bootstrap_ci``) resampling rows; inside the bootstrap the same
-definitions are computed with ``numpy.bincount`` (a fairlearn call per resample costs ~0.1 s), and
-the point estimates are fairlearn's. Predictions come from the handle's cached ``class_logits`` pass
-(the one the ``accuracy`` check uses on the same texts). Groups come from a ``group`` column, or are
-inferred from the lexicon's term lists (rows that name exactly one group of one attribute).
+Groups smaller than ``min_group_size`` are shown but left out of the gated differences. 95% CIs come
+from a bootstrap stratified by group: each resample draws every gated group's rows with replacement
+within the group, so group sizes stay as observed (``uncertainty.stratified_indices``). The per-group
+rates are computed with ``numpy.bincount`` (a fairlearn call per resample costs ~0.1 s; the point
+estimates are fairlearn's), and a spread's interval is the projection of simultaneous max-t
+intervals of all pairwise group differences (``simultaneous_cis``): a percentile interval of the
+resampled max - min is biased upward with many small groups and would fail groups that do not
+differ. Per-group CIs are percentile bootstraps of that group's rows.
+
+Uncertainty policy (see the package docstring): the default gate FAILS when the CI's lower bound of
+the equalized odds difference exceeds 0.1 and WARNS when its point estimate does; demographic parity
+only warns, since it moves with each group's base rate. ``dp_difference_mde`` and
+``eo_difference_mde`` are the smallest true differences the data would detect (two-sided z-test,
+alpha 0.05, power 0.8, worst-case variance; for DP the two smallest gated groups, for EO the larger
+of the TPR MDE over their positives and the FPR MDE over their negatives).
+
+Predictions come from the handle's cached ``class_logits`` pass (the one the ``accuracy`` check uses
+on the same texts). Groups come from a ``group`` column, or are inferred from the lexicon's term lists
+(rows that name exactly one group of one attribute).
 """
 from __future__ import annotations
 
@@ -23,15 +40,21 @@ import warnings
 import numpy as np
 
 from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
+from auditkit.errors import AuditInputError
 from auditkit.stats import mean_ci
 
-from .swaps import make_swapper
+from .swaps import check_names, make_swapper
+from .uncertainty import chunks, metric_parts, mde_smallest_pair, stratified_indices
+
+#: the tolerance of the default gates on a difference between groups
+TOLERANCE = 0.1
 
 
-def resampled_stats(y, p, correct, codes, k: int, idx: np.ndarray) -> dict[str, np.ndarray]:
-    """The gated statistics (fairlearn's definitions: selection rate, TPR, FPR, accuracy per group, then
-    DP difference/ratio, equalized odds difference, worst-group accuracy, accuracy spread) for each row
-    of resample indices ``idx`` [B, n]: one bincount over (resample, group) cells per rate."""
+def group_rates(y, p, correct, codes, k: int, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-group rates for each row of resample indices ``idx`` [B, n] as [B, k] arrays: selection rate
+    (``sel``), TPR, FPR, accuracy (``acc``) and the labels' base rate (``base``), fairlearn's
+    definitions, one ``numpy.bincount`` over (resample, group) cells per rate. A group without
+    positives (negatives) has a NaN TPR (FPR)."""
     n_resamples = idx.shape[0]
     cells = (np.asarray(codes)[idx] + k * np.arange(n_resamples)[:, None]).ravel()
 
@@ -41,41 +64,118 @@ def resampled_stats(y, p, correct, codes, k: int, idx: np.ndarray) -> dict[str, 
 
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
     size, pos = total(), total(y)
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a resample may miss a group: that cell is NaN
-        sel, acc = total(p) / size, total(correct) / size
-        tpr, fpr = total(y * p) / pos, total((1 - y) * p) / (size - pos)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"sel": total(p) / size, "tpr": total(y * p) / pos, "fpr": total((1 - y) * p) / (size - pos),
+                "acc": total(correct) / size, "base": pos / size}
+
+
+def resampled_stats(y, p, correct, codes, k: int, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The gated statistics for each row of resample indices ``idx`` [B, n]: DP difference/ratio,
+    equalized odds difference, worst-group accuracy, accuracy spread and base-rate spread."""
+    r = group_rates(y, p, correct, codes, k, idx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a group without positives has no TPR: NaN
 
         def spread(v):
             return np.nanmax(v, axis=1) - np.nanmin(v, axis=1)
+        sel = r["sel"]
         return {"dp_difference": spread(sel), "dp_ratio": np.nanmin(sel, axis=1) / np.nanmax(sel, axis=1),
-                "eo_difference": np.fmax(spread(tpr), spread(fpr)),
-                "worst_group_accuracy": np.nanmin(acc, axis=1), "accuracy_difference": spread(acc)}
+                "eo_difference": np.fmax(spread(r["tpr"]), spread(r["fpr"])),
+                "worst_group_accuracy": np.nanmin(r["acc"], axis=1), "accuracy_difference": spread(r["acc"]),
+                "base_rate_difference": spread(r["base"])}
+
+
+def _max_t(boot: np.ndarray, point: np.ndarray) -> tuple[float, np.ndarray]:
+    """The 95th percentile of max_j |boot_j - point_j| / se_j over resamples (the studentized maximum),
+    and the bootstrap standard errors se_j; columns with se 0 never move and count as 0."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        se = np.nanstd(boot, axis=0, ddof=1)
+        t = np.where(se > 0, np.abs(boot - point) / np.where(se > 0, se, 1.0), 0.0)
+        t = np.nan_to_num(t, nan=0.0)
+        return float(np.percentile(t.max(axis=1), 95)) if t.size else 0.0, np.nan_to_num(se, nan=0.0)
+
+
+def simultaneous_cis(point: dict[str, np.ndarray], boot: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """95% CIs of the gated statistics from simultaneous intervals of the per-group rates.
+
+    ``point`` holds [k] rates, ``boot`` [B, k] resampled rates (``group_rates``). A max - min spread
+    is bounded through the simultaneous 95% intervals of all pairwise differences
+    ``d_ij +/- c * se_ij`` (c: the bootstrap's studentized maximum over the pairs, Romano & Wolf
+    2005): if every interval covers its difference, the true spread lies in
+    ``[max(|d_ij| - c se_ij), max(|d_ij| + c se_ij)]`` (clipped to [0, 1]). For the equalized odds
+    difference the TPR and FPR pairs share one c. The minimum (worst-group accuracy) and the
+    min / max ratio use the simultaneous box ``r_j +/- c * se_j`` of the rates. A percentile interval
+    of the resampled max - min itself is biased upward (the range of k noisy rates exceeds the true
+    range), so its lower bound could fail groups that do not differ.
+    """
+    k = next(iter(point.values())).size
+    i, j = np.triu_indices(k, 1)
+    out = {}
+
+    def spread_ci(families):
+        d_hat = np.concatenate([point[f][i] - point[f][j] for f in families])
+        d_boot = np.concatenate([boot[f][:, i] - boot[f][:, j] for f in families], axis=1)
+        keep = np.isfinite(d_hat)
+        c, se = _max_t(d_boot[:, keep], d_hat[keep])
+        a = np.abs(d_hat[keep])
+        if not a.size:
+            return float("nan"), float("nan")
+        return float(np.clip((a - c * se).max(), 0, 1)), float(np.clip((a + c * se).max(), 0, 1))
+
+    for name, families in (("dp_difference", ["sel"]), ("eo_difference", ["tpr", "fpr"]),
+                           ("accuracy_difference", ["acc"]), ("base_rate_difference", ["base"])):
+        out[name] = spread_ci(families)
+    for name, fam in (("worst_group_accuracy", "acc"), ("dp_ratio", "sel")):
+        c, se = _max_t(boot[fam], point[fam])
+        lo, hi = np.clip(point[fam] - c * se, 0, 1), np.clip(point[fam] + c * se, 0, 1)
+        if name == "worst_group_accuracy":
+            out[name] = (float(lo.min()), float(hi.min()))
+        else:  # min / max: smallest with the lowest minimum over the highest maximum, and back
+            out[name] = (float(lo.min() / hi.max()) if hi.max() > 0 else 0.0,
+                         float(min(1.0, hi.min() / lo.max())) if lo.max() > 0 else 1.0)
+    return out
 
 
 def bootstrap_stats(y, p, correct, codes, k: int, n_resamples: int, seed: int) -> dict[str, tuple[float, float]]:
-    """Percentile-bootstrap 95% CIs of every gated statistic, all resamples vectorized."""
-    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_resamples, len(y)))
-    return {name: tuple(float(x) for x in np.nanpercentile(v, [2.5, 97.5]))
-            for name, v in resampled_stats(y, p, correct, codes, k, idx).items()}
+    """95% CIs of every gated statistic: the bootstrap resamples rows within each group (stratified;
+    group sizes fixed as observed), in memory-bounded chunks, and ``simultaneous_cis`` turns the
+    resampled per-group rates into intervals."""
+    rng = np.random.default_rng(seed)
+    identity = np.arange(len(y))[None, :]
+    point = {f: v[0] for f, v in group_rates(y, p, correct, codes, k, identity).items()}
+    parts = [group_rates(y, p, correct, codes, k, stratified_indices(codes, k, b, rng))
+             for b in chunks(n_resamples, len(y))]
+    boot = {f: np.concatenate([q[f] for q in parts]) for f in point}
+    return simultaneous_cis(point, boot)
 
 
 class BiasGroups(Check):
     name = "bias.groups"
     description = ("Group fairness of a classifier (fairlearn MetricFrame): selection rate, accuracy, TPR and FPR "
-                   "per group; demographic parity difference/ratio and equalized odds difference with bootstrap CIs.")
+                   "per group; demographic parity difference/ratio and equalized odds difference with group-"
+                   "stratified bootstrap CIs and the smallest difference the data could detect.")
     tasks = ("sequence-classification",)
     default_data = "builtin:reviews#test"
+    # Uncertainty policy: fail only when the data show the gap beyond the tolerance (the CI's lower
+    # bound), warn on the point estimate. Equalized odds compares error rates, so a perfect classifier
+    # passes it whatever the base rates; demographic parity moves with each group's base rate (a
+    # perfect classifier has dp_difference = base_rate_difference), so it only warns.
+    default_gates = [
+        f"eo_difference.ci_low <= {TOLERANCE}",
+        {"when": f"eo_difference <= {TOLERANCE}", "severity": "warn"},
+        {"when": f"dp_difference <= {TOLERANCE}", "severity": "warn"},
+    ]
     params = {
         "group_column": Param("str", "group", "column naming each row's group (inferred from the lexicon if absent)"),
         "attribute": Param("str", "auto", "attribute to infer groups for when there is no group column "
                                           "(auto = the one most rows name)"),
         "lexicon": Param("str", "", "lexicon JSON for group inference (default: the built-in one)"),
         "extend_lexicon": Param("bool", False, "add the lexicon file to the built-in lexicons instead of replacing"),
-        "pos_label": Param("int", 1, "the favourable class (selection = predicting it)"),
-        "min_group_size": Param("int", 30, "smaller groups are reported but not gated"),
-        "max_examples": Param("int", 0, "score at most this many rows (0 = all)"),
-        "bootstrap": Param("int", 1000, "bootstrap resamples for the 95% CIs"),
+        "pos_label": Param("int", 1, "the favourable class (selection = predicting it)", ge=0),
+        "min_group_size": Param("int", 30, "smaller groups are reported but not gated", ge=2),
+        "max_examples": Param("int", 0, "score at most this many rows (0 = all)", ge=0),
+        "bootstrap": Param("int", 1000, "bootstrap resamples for the 95% CIs (stratified by group)", ge=100),
     }
     metrics = {
         "dp_difference": MetricSpec("demographic parity difference: max - min selection rate (fairlearn)", False),
@@ -83,8 +183,30 @@ class BiasGroups(Check):
         "eo_difference": MetricSpec("equalized odds difference: max(TPR gap, FPR gap) (fairlearn)", False),
         "worst_group_accuracy": MetricSpec("lowest accuracy over gated groups", True),
         "accuracy_difference": MetricSpec("max - min accuracy over gated groups", False),
+        "base_rate_difference": MetricSpec("max - min share of favourable labels over gated groups (the "
+                                           "dp_difference a perfect classifier has)", None),
+        "dp_difference_mde": MetricSpec("smallest DP difference the data would detect (alpha 0.05, power 0.8, "
+                                        "two smallest gated groups, worst-case variance)", False),
+        "eo_difference_mde": MetricSpec("smallest EO difference the data would detect (alpha 0.05, power 0.8; "
+                                        "larger of the TPR and FPR MDEs)", False),
         "n_groups": MetricSpec("number of groups large enough to gate", None),
+        "selection_rate.{group}": MetricSpec("share of the group's rows predicted favourable", None),
+        "accuracy.{group}": MetricSpec("accuracy on the group's rows", True),
+        "tpr.{group}": MetricSpec("true-positive rate on the group's rows", True),
+        "fpr.{group}": MetricSpec("false-positive rate on the group's rows", False),
     }
+
+    @classmethod
+    def validate_params(cls, params: dict, base_dir: str | None = None, prefix: str = "") -> None:
+        """Checks that need the lexicon: a lexicon file that loads, an ``attribute`` it has (did-you-mean).
+
+        Raises AuditInputError placed at ``PREFIX + param``."""
+        attr = params.get("attribute", "auto")
+        if params.get("lexicon") or attr != "auto":
+            swapper = make_swapper({"lexicon": params.get("lexicon"), "extend_lexicon": params.get("extend_lexicon")},
+                                   base_dir, prefix)
+            if attr != "auto":
+                check_names([attr], swapper.attributes, f"{prefix}attribute")
 
     def run(self, ctx: CheckContext) -> CheckResult:
         from fairlearn.metrics import (MetricFrame, count, demographic_parity_difference,
@@ -93,17 +215,23 @@ class BiasGroups(Check):
         from sklearn.metrics import accuracy_score
 
         ds, prm = ctx.data, ctx.params
+        prefix = f"{ctx.check_id or self.name}."
+        self.validate_params(prm, ctx.base_dir, prefix)
         ds.require("text", fmt="classification")
         rows = ds.rows[: prm["max_examples"]] if prm["max_examples"] else ds.rows
-        labels = np.array(ds.require_labels(ctx.model.num_labels)[: len(rows)])
+        n_labels = ctx.model.num_labels
+        pos = prm["pos_label"]
+        if n_labels and not 0 <= pos < n_labels:
+            raise AuditInputError(f"pos_label {pos} is out of range for a model with {n_labels} labels",
+                                  place=f"{prefix}pos_label", fix=f"use 0..{n_labels - 1}")
+        labels = np.array(ds.require_labels(n_labels)[: len(rows)])
         texts = [r["text"] for r in rows]
         notes: list[str] = []
-        groups, source = self._groups(ctx, rows, notes)
+        groups, source = self._groups(ctx, rows, notes, prefix)
         logits = ctx.model.class_logits(texts)  # the cached pass shared with `accuracy`
         ctx.progress(0.6)
         keep = np.array([g is not None for g in groups])
         pred = logits.argmax(-1)
-        pos = prm["pos_label"]
         y = (labels == pos).astype(int)[keep]
         p = (pred == pos).astype(int)[keep]
         correct = (pred == labels).astype(float)[keep]
@@ -137,20 +265,43 @@ class BiasGroups(Check):
             "accuracy_difference": max(float(acc_frame.by_group[k]) for k in gated)
             - min(float(acc_frame.by_group[k]) for k in gated),
         }
+        base_rates = [float(y[g == k].mean()) for k in gated]
+        point["base_rate_difference"] = max(base_rates) - min(base_rates)
         order = {name: i for i, name in enumerate(gated)}
         codes = np.array([order[x] for x in gg], dtype=int)
         k = len(gated)
         cis = bootstrap_stats(yg, pg, cg, codes, k, prm["bootstrap"], ctx.seed)
         for name, value in point.items():
             res.add(name, value, cis[name], n, self.metrics[name].higher_is_better)
+        positives = [int(y[g == k].sum()) for k in gated]
+        negatives = [sizes[k] - c for k, c in zip(gated, positives)]
+        mdes = {"dp_difference_mde": mde_smallest_pair(sizes[k] for k in gated),
+                "eo_difference_mde": max(mde_smallest_pair(positives), mde_smallest_pair(negatives))}
+        for name, value in mdes.items():
+            res.add(name, value, None, n, False)
+            if value > TOLERANCE:
+                metric = name[: -len("_mde")]
+                notes.append(f"{name} = {value:.3f}: with these group sizes a true {metric} smaller than that is "
+                             f"likely to go undetected (alpha 0.05, power 0.8), so a pass at {TOLERANCE} is weak "
+                             f"evidence; more rows per group narrow it")
         res.add("n_groups", k, None, n, None)
+        notes.append("95% CIs of the differences: simultaneous max-t intervals of all pairwise group differences "
+                     f"from a bootstrap resampling rows within each group ({prm['bootstrap']} resamples)")
         ctx.progress(0.8)
 
+        parts = metric_parts(names)
         table, bars = [], []
         for name in names:
             idx = g == name
             sr, acc = p[idx].astype(float), correct[idx]
             sr_ci, acc_ci = mean_ci(sr, ctx.seed), mean_ci(acc, ctx.seed)
+            part = parts[name]
+            res.add(f"selection_rate.{part}", sr.mean(), sr_ci, int(idx.sum()), None)
+            res.add(f"accuracy.{part}", acc.mean(), acc_ci, int(idx.sum()), True)
+            for rate, mask, better in (("tpr", idx & (y == 1), True), ("fpr", idx & (y == 0), False)):
+                if mask.any():  # undefined without positives (TPR) / negatives (FPR): not emitted
+                    res.add(f"{rate}.{part}", p[mask].mean(), mean_ci(p[mask].astype(float), ctx.seed),
+                            int(mask.sum()), better)
             table.append({"group": name, "n": sizes[name], "gated": "yes" if name in gated else "no (too small)",
                           "selection_rate": round(float(by.loc[name, "selection_rate"]), 4),
                           "selection_rate_ci": f"[{sr_ci[0]:.3f}, {sr_ci[1]:.3f}]",
@@ -159,28 +310,29 @@ class BiasGroups(Check):
                           "tpr": _r(by.loc[name, "tpr"]), "fpr": _r(by.loc[name, "fpr"])})
             bars.append((name, name in gated, float(by.loc[name, "selection_rate"]), sr_ci,
                          float(acc_frame.by_group[name]), acc_ci))
+        renamed = [f"{n} -> {parts[n]}" for n in names if parts[n] != n]
+        if renamed:
+            notes.append("group names in metric names: " + ", ".join(renamed))
         res.evidence = [{"title": f"Per-group rates (groups from {source}; favourable class {pos})", "rows": table}]
         res.figures["per-group selection rate and accuracy"] = _bars_svg(bars)
         res.records = {"pred": pred.astype(int).tolist(), "group": [None if x is None else str(x) for x in groups]}
         ctx.progress(1.0)
         return res
 
-    def _groups(self, ctx: CheckContext, rows: list[dict], notes: list[str]) -> tuple[list, str]:
+    def _groups(self, ctx: CheckContext, rows: list[dict], notes: list[str], prefix: str) -> tuple[list, str]:
         prm, ds = ctx.params, ctx.data
         col = prm["group_column"]
         if ds.has(col):
             ds.require(col)
-            out = [r[col] if str(r[col]).strip() else None for r in rows]
+            out = [r[col] if r[col] is not None and str(r[col]).strip() else None for r in rows]
             return out, f"column {col!r}"
-        swapper = make_swapper({"lexicon": prm["lexicon"], "extend_lexicon": prm["extend_lexicon"]}, ctx.base_dir)
+        swapper = make_swapper({"lexicon": prm["lexicon"], "extend_lexicon": prm["extend_lexicon"]}, ctx.base_dir,
+                               prefix)
         found = [swapper.groups_in(r["text"]) for r in rows]
         attr = prm["attribute"]
         if attr == "auto":
             counts = {a: sum(1 for f in found if len(f.get(a, ())) == 1) for a in swapper.attributes}
             attr = max(counts, key=lambda a: (counts[a], -swapper.attributes.index(a)))
-        elif attr not in swapper.attributes:
-            raise ds.error(f"attribute {attr!r} is not in the lexicon",
-                           fix=f"use one of: {', '.join(swapper.attributes)}")
         out = [next(iter(f[attr])) if len(f.get(attr, ())) == 1 else None for f in found]
         skipped = sum(1 for x in out if x is None)
         notes.append(f"no {col!r} column: groups inferred from the {attr} lexicon terms"

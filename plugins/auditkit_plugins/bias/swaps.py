@@ -227,11 +227,12 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def load_lexicon(path: str = "", extend: bool = False, base_dir: str | None = None,
-                 place: str = "params.lexicon") -> dict:
+                 place: str = "lexicon") -> dict:
     """The built-in lexicons, or a user JSON file replacing (or with ``extend``, extending) them.
 
-    The file is checked with ``builtin_data.lexicons.validate``; a problem is an AuditInputError
-    naming the file and the place inside it.
+    The file is checked with ``builtin_data.lexicons.validate``; a problem is an AuditInputError whose
+    message names the file and the place inside it, and whose ``place`` is the check parameter
+    (``lexicon``, or ``CHECK_ID.lexicon`` at run time) so the suite line that set it is named.
     """
     from auditkit_plugins.builtin_data import lexicons
     if not path:
@@ -246,18 +247,33 @@ def load_lexicon(path: str = "", extend: bool = False, base_dir: str | None = No
         if extend:
             data = lexicons.validate(_merge(lexicons.load(), data), f"{path} + built-in lexicons")
     except ValueError as exc:
-        raise AuditInputError(f"bad lexicon file: {exc}", file=str(path), place=place, fix=fix) from None
+        raise AuditInputError(f"bad lexicon file: {exc}", place=place, fix=fix) from None
     return data
 
 
-def make_swapper(params: dict, base_dir: str | None = None) -> Swapper:
-    """A Swapper from a check's ``lexicon``, ``extend_lexicon``, ``attributes`` and ``context_terms`` params."""
-    lex = load_lexicon(params.get("lexicon") or "", bool(params.get("extend_lexicon")), base_dir)
+def check_names(names, known, place: str, what: str = "attribute") -> None:
+    """Raise an AuditInputError (with a did-you-mean) for the first of ``names`` not in ``known``."""
+    from auditkit.api import did_you_mean
+    for name in names:
+        if name not in known:
+            raise AuditInputError(f"unknown {what} {name!r}: the lexicon has {', '.join(map(str, known))}",
+                                  place=place, fix=did_you_mean(name, list(known)))
+
+
+def make_swapper(params: dict, base_dir: str | None = None, prefix: str = "") -> Swapper:
+    """A Swapper from a check's ``lexicon``, ``extend_lexicon``, ``attributes`` and ``context_terms`` params.
+
+    Errors are AuditInputErrors placed at ``PREFIX + param name`` (``prefix`` = ``"CHECK_ID."`` at run time).
+    """
+    lex = load_lexicon(params.get("lexicon") or "", bool(params.get("extend_lexicon")), base_dir,
+                       place=f"{prefix}lexicon")
     attrs = params.get("attributes") or None
     if attrs:
-        unknown = [a for a in attrs if a not in lex]
-        if unknown:
-            raise AuditInputError(f"unknown attribute(s) {', '.join(map(repr, unknown))}", place="params.attributes",
-                                  fix=f"the lexicon has: {', '.join(lex)}")
+        check_names(attrs, list(lex), f"{prefix}attributes")
     ctx_terms = params.get("context_terms")
+    if ctx_terms is not None:
+        bad = [t for t in ctx_terms if not isinstance(t, str) or not t.strip()]
+        if bad:
+            raise AuditInputError(f"context_terms must be words, got {bad[0]!r}", place=f"{prefix}context_terms",
+                                  fix="list words such as black, white, old")
     return Swapper(lex, CONTEXT_TERMS if ctx_terms is None else ctx_terms, attrs)
