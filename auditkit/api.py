@@ -205,6 +205,14 @@ class Check:
     default_gates: ClassVar[Sequence | Mapping[str, Sequence]] = ()
 
     @classmethod
+    def validate_params(cls, params: dict, base_dir: str | None = None, prefix: str = "") -> None:
+        """Check parameter values beyond their declared ranges (a file that must load, a name it must hold).
+
+        Called when the suite loads, before any model: raise ``AuditInputError(message, place=PREFIX + PARAM,
+        fix=...)``; the suite then names the parameter's line. ``base_dir`` is the suite's folder.
+        """
+
+    @classmethod
     def default_gates_for(cls, task: str) -> list[tuple[str, str]]:
         """The default gates for ``task`` as ``(expression, severity)`` pairs."""
         decl = cls.default_gates

@@ -347,6 +347,11 @@ def _parse_check(entry, path: tuple, cx: _Ctx, registry, task: str, seen: set) -
             raise cx.fail(path, f"check {uses!r} needs the parameter {pname!r}", p.help or None)
         else:
             params[pname] = p.default
+    try:
+        cls.validate_params(params, str(Path(cx.file).parent))
+    except AuditInputError as exc:
+        where = path + ((exc.place,) if exc.place in params else ())
+        raise cx.fail(where, exc.message, exc.fix) from None
     data = entry.get("data", cls.default_data)
     if cls.needs_data and not data:
         raise cx.fail(path, f"check {uses!r} needs data: (builtin:NAME or a file path)")
