@@ -31,6 +31,11 @@ def test_classification_matches_sklearn(tiny_bert, registry):
     assert acc.ci_low <= acc.value <= acc.ci_high and f1.ci_low <= f1.value <= f1.ci_high
     assert acc.ci_high - acc.ci_low > 0
     assert res.records["pred"] == pred.tolist()
+    # chance = the majority-class rate, i.e. sklearn's most-frequent dummy classifier
+    from sklearn.dummy import DummyClassifier
+    dummy = DummyClassifier(strategy="most_frequent").fit(np.zeros((30, 1)), y)
+    assert res.metrics["chance"].value == pytest.approx(dummy.score(np.zeros((30, 1)), y))
+    assert res.metrics["chance"].higher_is_better is None
     assert "confusion matrix" in res.figures and res.figures["confusion matrix"].lstrip().startswith("<?xml")
     mistakes = res.evidence[0]["rows"]
     assert len(mistakes) == min(10, int((pred != np.array(y)).sum()))
@@ -81,10 +86,10 @@ metric_list:
     suite = write_suite(tmp, f"""
         name: mc
         model: {{base: "builtin:tiny-gpt2", task: causal-lm, max_length: 64}}
-        checks:
-          - {{uses: accuracy, id: ours, data: mc.jsonl}}
+        checks:  # a random model: no gates (the default ones would fail it for guessing)
+          - {{uses: accuracy, id: ours, data: mc.jsonl, gates: []}}
           - {{uses: lm_eval, id: theirs, task: task.yaml, limit: {len(rows)}}}
-          - {{uses: accuracy, id: ours-builtin, data: "builtin:mc-general", max_examples: 8}}
+          - {{uses: accuracy, id: ours-builtin, data: "builtin:mc-general", max_examples: 8, gates: []}}
           - {{uses: lm_eval, id: theirs-builtin, task: "builtin:mc-general", limit: 8}}
         """)
     code = main(["run", str(suite), "--out", str(tmp / "out"), "--device", "cpu"])
@@ -102,6 +107,26 @@ def test_native_acc_equals_lm_eval_on_a_task_yaml(mc_run):
     assert ours["records"]["correct"] == theirs["records"]["correct"]  # per item, not just on average
     stderr = theirs["metrics"]["acc"]
     assert ours["metrics"]["acc_stderr"]["value"] == pytest.approx((stderr["ci_high"] - stderr["ci_low"]) / 3.92)
+
+
+def test_chance_and_lm_eval_metric_names(mc_run, registry):
+    from auditkit.api import find_metric
+    from auditkit.data import load_dataset
+    checks, _ = mc_run
+    # chance of multiple choice: the mean over items of 1 / number of choices
+    rows = load_dataset("builtin:mc-general", registry).rows[:8]
+    want = sum(1 / len(r["choices"]) for r in rows) / len(rows)
+    assert checks["ours-builtin"]["metrics"]["chance"]["value"] == pytest.approx(want)
+    theirs = checks["theirs"]
+    # lm-eval's bookkeeping is not a metric; every metric it reports can be gated
+    assert "sample_len" not in theirs["metrics"] and "alias" not in theirs["metrics"]
+    spec = registry.checks["lm_eval"].metrics
+    assert all(find_metric(spec, name) is not None for name in theirs["metrics"])
+    assert theirs["metrics"]["acc"]["higher_is_better"] is True
+    assert theirs["metrics"]["score"]["value"] == theirs["metrics"]["acc"]["value"]  # the first metric it reports
+    # its default gate compares with a base model: none here, so it is dropped and the check is info
+    assert theirs["gates"] == [] and theirs["status"] == "info"
+    assert any("not applied" in note for note in theirs["notes"])
 
 
 def test_native_acc_equals_lm_eval_on_builtin_data(mc_run):

@@ -89,6 +89,8 @@ def test_shortcut_token_is_found_and_explanations_are_faithful(shortcut_run):
         # keeping the planted token alone is (nearly) sufficient, a random rationale is not
         assert m[f"{meth}.sufficiency"] < m["random.sufficiency"] - 0.05
     assert m["comprehensiveness"] == m["ig.comprehensiveness"]  # primary defaults to ig
+    # the default gate's metric: the primary method's paired difference with the random rationale
+    assert c["metrics"]["comprehensiveness_vs_random"] == c["metrics"]["ig.comprehensiveness_vs_random"]
     assert m["ig_delta_relative"] < 0.05
     assert -1 <= m["spearman.rollout.ig"] <= 1 and 0 <= m["topk_overlap.grad_rollout.ig"] <= 1
     assert 0 < m["attention_entropy"] <= 1
@@ -206,6 +208,19 @@ def test_causal_lm_next_token_and_multiple_choice(tiny_gpt2, registry):
     maps = [e for e in res.evidence if e.get("kind") == "tokens"]
     assert maps and all("answer" in e["caption"] for e in maps)
     assert "grad_rollout.comprehensiveness" not in res.metrics and "spearman.rollout.ig" in res.metrics
+
+
+def test_without_ig_the_primary_method_is_the_first_listed(tiny_bert, registry):
+    """The default gate reads the unprefixed metrics, so they exist whatever methods lists."""
+    from auditkit.suite import default_gates
+    rows = [{"text": t, "label": i % 2} for i, t in enumerate(["a fine day out", "the soup was cold and bland"])]
+    res = _run(tiny_bert, rows, registry, methods=["rollout"], heatmaps=0)
+    m = res.metrics
+    assert "ig.comprehensiveness" not in m and "ig_delta" not in m
+    assert m["comprehensiveness"].value == m["rollout.comprehensiveness"].value
+    assert m["comprehensiveness_vs_random"].value == m["rollout.comprehensiveness_vs_random"].value
+    for gate in default_gates(registry.checks["explainability"], "sequence-classification"):
+        assert all(ref.metric in m for ref in gate.refs())
 
 
 def test_bad_parameters_are_input_errors(tiny_bert, registry):

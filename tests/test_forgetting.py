@@ -1,21 +1,19 @@
 """The forgetting check (issue 4) and the on-disk cache of model passes it relies on.
 
-Shows: KL of a model against itself is 0 and CKA is 1; KL matches a direct computation; a LoRA
-fine-tune with a small learning rate passes the default forgetting gates while a full fine-tune with a
-large learning rate and many epochs fails them (tiny-bert and tiny-gpt2 suites); base-model passes are
-read back from disk by a second audit of another candidate.
+Shows: KL of a model against itself is 0 and CKA is 1; KL matches a direct computation; base-model
+passes are read back from disk by a second audit of another candidate. (A gentle fine-tune passing the
+default gates and a destructive one failing them: tests/test_planted_faults.py.)
 """
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pytest
 
 from auditkit.api import CheckContext
 from auditkit.errors import AuditInputError
-from tests.conftest import write_jsonl, write_suite
+from tests.conftest import write_suite
 
 
 @pytest.fixture(autouse=True)
@@ -152,62 +150,8 @@ def test_check_level_data_replaces_the_retention_set_of_its_kind(registry, check
 
 
 # ---------------------------------------------------------------------- fine-tunes against their base
-
-def _suite(tmp_path, name, model, method, lr, epochs, gates, task):
-    rows = [json.loads(line) for line in _REVIEWS.splitlines() if line.strip()]
-    if task == "causal-lm":
-        rows = [{"text": r["text"]} for r in rows]
-    write_jsonl(tmp_path / "train.jsonl", rows[:24])
-    write_jsonl(tmp_path / "val.jsonl", rows[24:])
-    extra = "num_labels: 2" if task != "causal-lm" else ""
-    return write_suite(tmp_path, f"""
-        name: {name}
-        model: {{base: {model}, task: {task}, {extra}}}
-        finetune: {{data: train.jsonl, validation: val.jsonl, method: {method}, learning_rate: {lr},
-                    epochs: {epochs}, batch_size: 8, max_length: 32}}
-        checks:
-          - uses: forgetting
-            max_examples: 40
-            bootstrap: 100
-            gates: {json.dumps(gates)}
-        """, name=f"{name}.yaml")
-
-
-_REVIEWS = "\n".join(json.dumps({"text": t, "label": lab}) for t, lab in [
-    (f"The {thing} was {word}.", lab) for thing in ("coffee", "hotel room", "delivery", "service", "pizza", "phone",
-                                                      "cinema seat", "haircut")
-    for word, lab in (("wonderful and friendly", 1), ("slow and rude", 0), ("excellent value", 1), ("awful", 0))])
-
-
-@pytest.mark.parametrize("model, task", [("builtin:tiny-bert", "sequence-classification"),
-                                         ("builtin:tiny-gpt2", "causal-lm")])
-def test_lora_small_lr_passes_and_full_large_lr_fails_default_gates(tmp_path, run_cli, model, task):
-    from auditkit_plugins.forgetting import DEFAULT_GATES
-    gates = DEFAULT_GATES[task]
-    (tmp_path / "lora").mkdir()
-    (tmp_path / "full").mkdir()
-    lora = _suite(tmp_path / "lora", "lora", model, "lora", 1e-3, 1, gates, task)
-    full = _suite(tmp_path / "full", "full", model, "full", 1e-2, 6, gates, task)
-
-    code, _, err = run_cli("run", lora, "--out", tmp_path / "lora" / "out")
-    res = json.loads((tmp_path / "lora" / "out" / "results.json").read_text())
-    forgetting = res["checks"][0]
-    assert code == 0, (err, forgetting["gates"])
-    assert [g["status"] for g in forgetting["gates"]] == ["pass"] * len(gates)
-
-    code, _, err = run_cli("run", full, "--out", tmp_path / "full" / "out")
-    res_full = json.loads((tmp_path / "full" / "out" / "results.json").read_text())
-    forgetting_full = res_full["checks"][0]
-    assert code == 1, (err, forgetting_full["gates"])
-    failed = {g["expr"] for g in forgetting_full["gates"] if g["status"] == "fail"}
-    m_lora, m_full = forgetting["metrics"], forgetting_full["metrics"]
-    if task == "causal-lm":
-        assert {"ppl_ratio <= 1.1", "kl_neutral <= 0.1"} <= failed
-        assert m_full["kl_neutral"]["value"] > 10 * m_lora["kl_neutral"]["value"]
-    else:
-        assert {"retention >= 0.9", "cka_min >= 0.8"} <= failed
-        assert m_full["cka_min"]["value"] < m_lora["cka_min"]["value"]
-    assert forgetting_full["figures"] and forgetting_full["evidence"]
+# A gentle and a destructive full fine-tune of tiny-bert and tiny-gpt2 through the default gates (no
+# gates: key): tests/test_planted_faults.py.
 
 
 # ---------------------------------------------------------------------- lm-eval tasks as retention data

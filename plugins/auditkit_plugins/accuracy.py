@@ -4,6 +4,15 @@
 - Causal LMs on multiple choice ``{"question","choices","label"}``: lm-eval's ``acc`` (argmax of the
   summed log-likelihood of ``" " + choice`` given the question) and ``acc_norm`` (the same divided by
   the choice length in characters), with stderr = sample sd / sqrt(n) as lm-eval reports it.
+- ``chance``: what a model without skill scores on the same rows: the majority-class rate for
+  classifiers (the "ZeroR" baseline: always predict the most frequent label), the mean of
+  1 / number of choices for multiple choice (a uniform guess).
+
+Default gates (applied when the suite entry has no ``gates:``): the model must beat chance with its
+whole 95% CI (``accuracy.ci_low > chance``: a release must show skill, so the burden of proof is on the
+candidate); against a base model it must not be clearly worse (fail when even the upper CI bound is below
+the base's value) and warns on a point-estimate drop of more than one point. The two baseline gates are
+dropped, with a note, when the run has no base model.
 """
 from __future__ import annotations
 
@@ -37,13 +46,19 @@ def multiple_choice_scores(model, rows: list[dict], delimiter: str = " ") -> tup
     return np.array(acc), np.array(acc_norm), lls
 
 
+def majority_rate(labels) -> float:
+    """Accuracy of always predicting the most frequent label (the ZeroR baseline)."""
+    labels = np.asarray(labels)
+    return float(np.bincount(labels).max() / labels.size) if labels.size else float("nan")
+
+
 class Accuracy(Check):
     name = "accuracy"
     description = ("Task accuracy: accuracy and macro-F1 with bootstrap CIs for classifiers; lm-eval's acc and "
                    "acc_norm on multiple-choice data for causal LMs.")
     params = {
-        "max_examples": Param("int", 0, "score at most this many rows (0 = all)"),
-        "bootstrap": Param("int", 1000, "bootstrap resamples for the 95% CIs"),
+        "max_examples": Param("int", 0, "score at most this many rows (0 = all)", ge=0),
+        "bootstrap": Param("int", 1000, "bootstrap resamples for the macro-F1 95% CI", ge=1),
         "delimiter": Param("str", " ", "text between question and choice (lm-eval's target_delimiter)"),
     }
     metrics = {
@@ -53,6 +68,21 @@ class Accuracy(Check):
         "acc_norm": MetricSpec("lm-eval acc_norm: log-likelihood / choice length in characters"),
         "acc_stderr": MetricSpec("sample sd / sqrt(n) of acc", None),
         "acc_norm_stderr": MetricSpec("sample sd / sqrt(n) of acc_norm", None),
+        "chance": MetricSpec("accuracy without skill: the majority-class rate (classifiers) or the mean "
+                             "1 / number of choices (multiple choice)", None),
+    }
+    # see the module docstring: beat chance with the whole CI; no clear regression against the base
+    default_gates = {
+        "sequence-classification": [
+            "accuracy.ci_low > chance",
+            "accuracy.ci_high >= baseline.accuracy",
+            {"when": "accuracy >= baseline.accuracy - 0.01", "severity": "warn"},
+        ],
+        "causal-lm": [
+            "acc.ci_low > chance",
+            "acc.ci_high >= baseline.acc",
+            {"when": "acc >= baseline.acc - 0.01", "severity": "warn"},
+        ],
     }
 
     def run(self, ctx: CheckContext) -> CheckResult:
@@ -75,6 +105,7 @@ class Accuracy(Check):
         n, b = len(rows), ctx.params["bootstrap"]
         res = CheckResult()
         res.add("accuracy", correct.mean(), mean_ci(correct, ctx.seed), n)
+        res.add("chance", majority_rate(labels), None, n, None)
         classes = list(range(max(ctx.model.num_labels, int(labels.max()) + 1)))
         # sklearn's macro-F1 for the value; the 1000 bootstrap resamples vectorized in numpy
         f1 = f1_score(labels, pred, average="macro", labels=classes, zero_division=0)
@@ -99,6 +130,7 @@ class Accuracy(Check):
         res.add("acc_norm", acc_norm.mean(), mean_ci(acc_norm, ctx.seed), n)
         res.add("acc_stderr", mean_stderr(acc), None, n, None)
         res.add("acc_norm_stderr", mean_stderr(acc_norm), None, n, None)
+        res.add("chance", float(np.mean([1.0 / len(r["choices"]) for r in rows])), None, n, None)
         res.records = {"correct": acc.astype(int).tolist(), "correct_norm": acc_norm.astype(int).tolist()}
         wrong = [i for i in range(n) if acc[i] == 0][:10]
         res.evidence = [{"title": "Wrong answers (first 10)", "rows": [

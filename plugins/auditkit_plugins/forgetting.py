@@ -51,10 +51,25 @@ DEFAULT_RETENTION = {
                   {"mc": "builtin:mc-general"}],
     "sequence-classification": [{"text": "builtin:general-text"}, {"pairs": "builtin:sentence-pairs"}],
 }
-#: gates a release suite can start from (``gates:`` of a ``uses: forgetting`` entry)
+#: the check's default gates (``Forgetting.default_gates``), applied when a ``uses: forgetting`` entry has no
+#: ``gates:``. Where a metric has a bootstrap CI, the failing gate reads the bound on the good side (fail only
+#: when the data show the threshold crossed) and a warning reads the point estimate, so that sampling noise
+#: on a few hundred retention texts warns but does not fail a release. Thresholds: perplexity on general text
+#: up by more than 10%, a mean KL above 0.1 nats per token on neutral prompts, or general multiple-choice
+#: accuracy down by more than 2 points; for encoders, similarity retention (Spearman) below 0.8 and a layer
+#: whose representations are no longer linearly similar to the base's (CKA below 0.5; CKA has no CI, see
+#: ``_cka``), with a warning when the mean CKA is below 0.8. A fine-tune that memorised noise or used a
+#: destructive learning rate lands far beyond these (issue 13: retention 0.16, CKA min 0.13).
 DEFAULT_GATES = {
-    "causal-lm": ["ppl_ratio <= 1.1", "kl_neutral <= 0.1", "bwt.ci_low >= -0.02"],
-    "sequence-classification": ["retention >= 0.9", "cka_min >= 0.8"],
+    "causal-lm": [
+        "ppl_ratio.ci_low <= 1.1", {"when": "ppl_ratio <= 1.1", "severity": "warn"},
+        "kl_neutral.ci_low <= 0.1", {"when": "kl_neutral <= 0.1", "severity": "warn"},
+        "bwt.ci_high >= -0.02", {"when": "bwt >= -0.02", "severity": "warn"},
+    ],
+    "sequence-classification": [
+        "retention.ci_high >= 0.8", {"when": "retention >= 0.8", "severity": "warn"},
+        "cka_min >= 0.5", {"when": "cka_mean >= 0.8", "severity": "warn"},
+    ],
 }
 KINDS = ("text", "prompts", "mc", "pairs", "lm_eval")
 LM_EVAL_KEYS = ("lm_eval", "limit", "num_fewshot", "batch_size")
@@ -149,10 +164,7 @@ def _spearman(a, b) -> float:
 
 
 def _boot(stat, *arrays, seed: int, n: int) -> tuple[float, float]:
-    """bootstrap_ci, or the point value as a zero-width interval when resampling is turned off."""
-    if n <= 0:
-        value = stat(*arrays)
-        return value, value
+    """Percentile-bootstrap 95% CI with ``n`` resamples (the ``bootstrap`` param, at least 1)."""
     return bootstrap_ci(stat, *arrays, seed=seed, n_resamples=n)
 
 
@@ -205,8 +217,8 @@ class Forgetting(Check):
     params = {
         "retention": Param("list", None, "retention data: 'default' (built-in sets), {text|prompts|mc|pairs: "
                                          "SPEC}, {lm_eval: TASK, limit: N}; none = the built-in sets"),
-        "max_examples": Param("int", 0, "use at most this many rows of each retention set (0 = all)"),
-        "bootstrap": Param("int", 1000, "bootstrap resamples for the 95% CIs"),
+        "max_examples": Param("int", 0, "use at most this many rows of each retention set (0 = all)", ge=0),
+        "bootstrap": Param("int", 1000, "bootstrap resamples for the 95% CIs", ge=1),
         "layer": Param("int", -1, "hidden layer whose mean-pooled states give sentence similarities"),
     }
     metrics = {
@@ -231,6 +243,7 @@ class Forgetting(Check):
     needs_data = False
     uses_baseline = True
     requires_baseline = True
+    default_gates = DEFAULT_GATES
 
     def run(self, ctx: CheckContext) -> CheckResult:
         if ctx.baseline is None:
@@ -393,7 +406,7 @@ class Forgetting(Check):
         ci_b, ci_a = mean_ci(before, ctx.seed), mean_ci(after, ctx.seed)
         res.add(f"{prefix}acc_before", before.mean(), ci_b, n)
         res.add(f"{prefix}acc_after", after.mean(), ci_a, n)
-        pb = paired_bootstrap(before, after, seed=ctx.seed, n_resamples=max(ctx.params["bootstrap"], 1))
+        pb = paired_bootstrap(before, after, seed=ctx.seed, n_resamples=ctx.params["bootstrap"])
         res.add(f"{prefix}bwt", pb["delta"], (pb["ci_low"], pb["ci_high"]), n)
         res.add(f"{prefix}mcnemar_p", mcnemar(before, after)["p_value"], None, n, None)
         bars.append((label, (before.mean(), *ci_b), (after.mean(), *ci_a)))

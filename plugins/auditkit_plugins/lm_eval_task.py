@@ -2,6 +2,18 @@
 already in memory (``HFLM(pretrained=<loaded model>)``), its metrics and stderr mapped into our schema
 (95% CI = value ± 1.96 stderr). ``task`` is a task name, a path to a task YAML (relative to the suite),
 or ``builtin:NAME`` for a built-in multiple-choice dataset wrapped as an lm-eval task.
+
+Metric names come from the task (``acc``, ``exact_match_strict-match`` for a filtered metric, ...), so they
+are declared as a pattern and any of them can be gated; their direction is the one lm-eval's task declares
+(``higher_is_better``). lm-eval's bookkeeping (``sample_len``, ``alias``, ``name``) is not a metric and is
+not reported as one. ``score`` is the task's main metric (param ``metric``; by default the first one the
+task reports), oriented so that higher is better: a lower-is-better metric such as perplexity enters
+negated, so one default gate fits every task.
+
+Default gate: against a base model, the candidate must not be clearly worse on the task: fail when even the
+upper end of the score's 95% CI (value + 1.96 stderr) is below the base's score. Without a base model it is
+dropped (with a note) and the check ends ``info``: no fixed threshold suits every task, so an absolute one
+is the suite author's to write.
 """
 from __future__ import annotations
 
@@ -17,6 +29,8 @@ from auditkit.hookspecs import hookimpl
 COMMON_METRICS = ("acc", "acc_norm", "acc_mutual_info", "exact_match", "f1", "mcc", "bleu", "rouge1", "rougeL",
                   "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "likelihood")
 LOWER_IS_BETTER = {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"}
+#: lm-eval's per-task bookkeeping in ``results[task]``: never a metric
+BOOKKEEPING = {"alias", "name", "sample_len", "samples"}
 
 MC_TASK_YAML = """task: {name}
 dataset_path: json
@@ -54,13 +68,21 @@ class LmEvalTask(Check):
     description = "Run an lm-evaluation-harness task through lm-eval on the loaded model; metrics with stderr CIs."
     params = {
         "task": Param("str", None, "lm-eval task name, path to a task YAML, or builtin:NAME", required=True),
-        "num_fewshot": Param("int", 0, "few-shot examples"),
-        "limit": Param("int", 0, "evaluate at most this many documents (0 = all)"),
-        "batch_size": Param("int", 16, "lm-eval batch size"),
+        "num_fewshot": Param("int", 0, "few-shot examples", ge=0),
+        "limit": Param("int", 0, "evaluate at most this many documents (0 = all)", ge=0),
+        "batch_size": Param("int", 16, "lm-eval batch size", ge=1),
+        "metric": Param("str", "", "the task's main metric, reported as score (default: the first it reports)"),
     }
-    metrics = {m: MetricSpec(f"lm-eval {m}", m not in LOWER_IS_BETTER) for m in COMMON_METRICS}
+    metrics = {
+        **{m: MetricSpec(f"lm-eval {m}", m not in LOWER_IS_BETTER) for m in COMMON_METRICS},
+        "score": MetricSpec("the task's main metric (param metric), negated when lower is better"),
+        # any metric the task defines, as ``METRIC`` or ``METRIC_FILTER``; direction as the task declares
+        "{metric}": MetricSpec("a metric of the lm-eval task (direction as the task declares it)", None),
+    }
     tasks = ("causal-lm",)
     needs_data = False
+    # see the module docstring: no clear regression against the base (dropped without one)
+    default_gates = ["score.ci_high >= baseline.score"]
 
     def run(self, ctx: CheckContext) -> CheckResult:
         import lm_eval
@@ -104,16 +126,30 @@ class LmEvalTask(Check):
         res = CheckResult()
         scores = out["results"].get(task) or next(iter(out["results"].values()))
         n = (out.get("n-samples", {}).get(task) or {}).get("effective")
+        directions = (out.get("higher_is_better") or {}).get(task) or {}
         for key, value in scores.items():
-            if "_stderr" in key or key == "alias" or not isinstance(value, (int, float)):
-                continue
             metric, _, filt = key.partition(",")
+            if ("_stderr" in metric or metric in BOOKKEEPING or isinstance(value, bool)
+                    or not isinstance(value, (int, float))):
+                continue
             name = metric if filt in ("", "none") else f"{metric}_{filt}"
             stderr = scores.get(f"{metric}_stderr,{filt}" if filt else f"{metric}_stderr")
             ci = None
             if isinstance(stderr, (int, float)) and math.isfinite(stderr):
                 ci = (value - 1.96 * stderr, value + 1.96 * stderr)
-            res.add(name, value, ci, n, name not in LOWER_IS_BETTER)
+            better = directions.get(metric)
+            res.add(name, value, ci, n, (metric not in LOWER_IS_BETTER) if better is None else bool(better))
+        main = ctx.params.get("metric") or next((k for k in res.metrics), None)
+        if main not in res.metrics:
+            what = f"no metric {main!r}" if main else "no metric"
+            raise AuditInputError(f"lm-eval task {task!r} reports {what}",
+                                  place=f"{ctx.check_id or self.name}.metric",
+                                  fix=f"the task reports: {', '.join(res.metrics) or 'nothing'}")
+        m = res.metrics[main]
+        sign = -1.0 if m.higher_is_better is False else 1.0
+        ci = None if m.ci_low is None else tuple(sorted((sign * m.ci_low, sign * m.ci_high)))
+        res.add("score", sign * m.value, ci, m.n, True)
+        res.notes.append(f"score = {'-' if sign < 0 else ''}{main}")
         samples = (out.get("samples") or {}).get(task) or []
         if samples and "acc" in samples[0]:
             ordered = sorted(samples, key=lambda s: s["doc_id"])

@@ -6,6 +6,19 @@
 - Prechelt's generalisation loss GL(t) = 100 * (E_va(t) / E_opt(t) - 1), E_opt the lowest validation
   loss up to t (Prechelt 1998, "Early stopping - but when?");
 - whether the validation loss rose for k consecutive evaluations at the end of training.
+
+Default gates: fail when the final validation loss is more than 0.5 nats per example above the train loss
+(classifiers), or more than 1 nat per token (causal LMs: validation perplexity above e = 2.7x the train
+perplexity). A classifier that memorised its training set without learning anything that generalises has a
+train loss near 0 and a validation loss of at least a guess (ln 2 = 0.69 for two classes), usually far more
+since it is confidently wrong (issue 13: gap 1.89; tests/test_planted_faults.py: 2.4), while a fine-tune
+that learns the task keeps the two losses close. A causal LM that memorises its text drives the train loss
+towards 0 while the validation loss stays at several nats per token; the wider LM threshold leaves room
+for the difference between train and validation text that small LM fine-tunes show anyway.
+GL and a rising validation loss only warn: Prechelt's GL is relative, so it explodes when the validation
+loss approaches 0 on an easy task (0.001 -> 0.002 is GL 100), and the validation loss of a classifier often
+rises in the last epochs while its accuracy still improves (it grows more confident); both say "an earlier
+checkpoint was better", which early stopping answers.
 """
 from __future__ import annotations
 
@@ -36,7 +49,8 @@ def rising_streak(values: list[float]) -> int:
 class Overfitting(Check):
     name = "overfitting"
     description = "Train/validation loss gap, accuracy gap, Prechelt's GL and rising validation loss from the training curves."
-    params = {"k": Param("int", 2, "validation loss rising for k consecutive evaluations counts as rising")}
+    params = {"k": Param("int", 2, "validation loss rising for k consecutive evaluations counts as rising",
+                         ge=1)}
     metrics = {
         "final_train_loss": MetricSpec("train loss (eval mode, fixed subset) at the last evaluation", False),
         "final_val_loss": MetricSpec("validation loss at the last evaluation", False),
@@ -50,6 +64,13 @@ class Overfitting(Check):
     }
     needs_data = False
     needs_training = True
+    # see the module docstring
+    default_gates = {
+        "sequence-classification": ["loss_gap <= 0.5", {"when": "gl <= 20", "severity": "warn"},
+                                    {"when": "val_rising == 0", "severity": "warn"}],
+        "causal-lm": ["loss_gap <= 1.0", {"when": "gl <= 20", "severity": "warn"},
+                      {"when": "val_rising == 0", "severity": "warn"}],
+    }
 
     def run(self, ctx: CheckContext) -> CheckResult:
         rec = ctx.training or {}

@@ -30,6 +30,8 @@ def _metric_specs() -> dict[str, MetricSpec]:
     specs = {
         "comprehensiveness": MetricSpec("AOPC comprehensiveness of the primary method (param primary)"),
         "sufficiency": MetricSpec("AOPC sufficiency of the primary method (lower = more sufficient)", False),
+        "comprehensiveness_vs_random": MetricSpec("the primary method's comprehensiveness minus the random "
+                                                  "rationale's (paired bootstrap CI)"),
     }
     for m in METHODS:
         specs[f"{m}.comprehensiveness"] = MetricSpec(f"{TITLES[m]}: ERASER comprehensiveness, AOPC over sizes")
@@ -57,28 +59,38 @@ class Explainability(Check):
                    "Integrated Gradients), their ERASER faithfulness against a random rationale, agreement "
                    "between methods and attention-head statistics.")
     params = {
-        "max_examples": Param("int", 32, "explain at most this many rows (the first ones; 0 = all)"),
-        "methods": Param("list", list(METHODS), f"methods to run, among {', '.join(METHODS)}"),
-        "primary": Param("str", "ig", "the method the unprefixed comprehensiveness/sufficiency report",
-                         choices=METHODS),
-        "ig_steps": Param("int", 32, "Integrated Gradients interpolation steps (captum n_steps)"),
-        "ig_batch_size": Param("int", 256, "IG rows (example x step) per forward (captum internal_batch_size)"),
-        "rationale_sizes": Param("list", [0.1, 0.2, 0.5], "rationale sizes (share of tokens) for ERASER AOPC"),
-        "topk": Param("int", 3, "k of the top-k overlap between methods"),
+        "max_examples": Param("int", 32, "explain at most this many rows (the first ones; 0 = all)", ge=0),
+        "methods": Param("list", list(METHODS), f"methods to run, among {', '.join(METHODS)}", members=METHODS),
+        "primary": Param("str", None, "the method the unprefixed comprehensiveness/sufficiency report "
+                                      "(default: ig when it runs, else the first of methods)", choices=METHODS),
+        "ig_steps": Param("int", 32, "Integrated Gradients interpolation steps (captum n_steps)", ge=2),
+        "ig_batch_size": Param("int", 256, "IG rows (example x step) per forward (captum internal_batch_size)",
+                               ge=1),
+        "rationale_sizes": Param("list", [0.1, 0.2, 0.5], "rationale sizes (share of tokens) for ERASER AOPC",
+                                 gt=0, le=1),
+        "topk": Param("int", 3, "k of the top-k overlap between methods", ge=1),
         "target_tokens": Param("list", [], "words (whole tokens of the tokenizer) a method should rank first "
                                                 "(top1_hit), e.g. a planted shortcut"),
-        "examples": Param("list", [], "row indices to show as heat maps (besides the most/least confident)"),
-        "heatmaps": Param("int", 2, "how many most and least confident examples to show as heat maps"),
-        "special_threshold": Param("float", 0.5, "a head 'mostly attends to special tokens' above this mass"),
+        "examples": Param("list", [], "row indices to show as heat maps (besides the most/least confident)", ge=0),
+        "heatmaps": Param("int", 2, "how many most and least confident examples to show as heat maps", ge=0),
+        "special_threshold": Param("float", 0.5, "a head 'mostly attends to special tokens' above this mass",
+                                   ge=0, le=1),
         "delimiter": Param("str", " ", "text between question and answer for multiple choice (as lm-eval)"),
     }
     metrics = _metric_specs()
     tasks = ("sequence-classification", "causal-lm")
+    # The explanations must be more faithful than a random rationale of the same size: the primary method's
+    # comprehensiveness (ERASER AOPC, DeYoung et al. 2020) minus the random rationale's on the same examples,
+    # whose whole paired-bootstrap 95% CI must lie above 0. The unprefixed metric is the primary method's,
+    # which the check always computes (primary defaults to ig when ig runs, else the first method listed),
+    # so the gate holds whatever ``methods:`` lists. IG's convergence delta has no default gate: it exists
+    # only when ig runs, and a default gate on a metric the run does not emit would be ERROR.
+    default_gates = ["comprehensiveness_vs_random.ci_low > 0"]
     needs_data = True
     default_data = "builtin:reviews#test"
 
     # ------------------------------------------------------------------ params
-    def _validate(self, ctx: CheckContext) -> tuple[list[str], list[float], list[int]]:
+    def _validate(self, ctx: CheckContext) -> tuple[list[str], list[float], list[int], str]:
         p, ds = ctx.params, ctx.data
         where = f"checks: {ctx.check_id}"
         bad = [m for m in p["methods"] if m not in METHODS]
@@ -87,8 +99,9 @@ class Explainability(Check):
             raise AuditInputError(f"explainability: unknown method {bad[0]!r}" if bad else
                                   "explainability: methods is empty", place=where,
                                   fix=f"methods: a list among {', '.join(METHODS)}")
-        if p["primary"] not in methods:
-            raise AuditInputError(f"explainability: primary method {p['primary']!r} is not in methods",
+        primary = p["primary"] or ("ig" if "ig" in methods else methods[0])
+        if primary not in methods:
+            raise AuditInputError(f"explainability: primary method {primary!r} is not in methods",
                                   place=where, fix=f"add it to methods or set primary to one of {', '.join(methods)}")
         sizes = p["rationale_sizes"]
         if not sizes or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1
@@ -103,12 +116,12 @@ class Explainability(Check):
                                       fix="list 0-based row indices of the check's data")
         if p["ig_steps"] < 2:
             raise AuditInputError("explainability: ig_steps must be at least 2", place=where)
-        return methods, [float(s) for s in sizes], list(dict.fromkeys(named))
+        return methods, [float(s) for s in sizes], list(dict.fromkeys(named)), primary
 
     # ------------------------------------------------------------------ run
     def run(self, ctx: CheckContext) -> CheckResult:
         p, handle, ds = ctx.params, ctx.model, ctx.data
-        methods, sizes, named = self._validate(ctx)
+        methods, sizes, named, prim = self._validate(ctx)
         all_texts, kind = context_texts(ds, handle.task)
         limit = p["max_examples"] if p["max_examples"] > 0 else len(ds)
         rows = list(range(min(limit, len(ds))))
@@ -145,7 +158,6 @@ class Explainability(Check):
             for key, better in (("comprehensiveness", True), ("sufficiency", False)):
                 v = faith[m][f"{key}_aopc"]
                 res.add(f"{m}.{key}", v.mean(), mean_ci(v, ctx.seed), n, None if m == "random" else better)
-        prim = p["primary"]
         for key, better in (("comprehensiveness", True), ("sufficiency", False)):
             v = faith[prim][f"{key}_aopc"]
             res.add(key, v.mean(), mean_ci(v, ctx.seed), n, better)
@@ -153,6 +165,8 @@ class Explainability(Check):
             pb = paired_bootstrap(faith["random"]["comprehensiveness_aopc"], faith[m]["comprehensiveness_aopc"],
                                   seed=ctx.seed)
             res.add(f"{m}.comprehensiveness_vs_random", pb["delta"], (pb["ci_low"], pb["ci_high"]), n)
+            if m == prim:
+                res.add("comprehensiveness_vs_random", pb["delta"], (pb["ci_low"], pb["ci_high"]), n)
 
         hits = self._top1_hits(handle, examples, rankings, methods, p["target_tokens"])
         for m, h in hits.items():
@@ -173,6 +187,8 @@ class Explainability(Check):
             res.add("special_token_heads", special.mean(), None, special.size, None)
 
         self._report(ctx, res, examples, scores, faith, sizes, agree, stats, hits, methods, kind, named)
+        res.notes.append(f"primary method (the unprefixed comprehensiveness, sufficiency and "
+                         f"comprehensiveness_vs_random): {TITLES[prim]}")
         ctx.progress(1.0)
         return res
 
