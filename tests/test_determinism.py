@@ -67,7 +67,7 @@ def test_same_seed_gives_byte_identical_results(tmp_path, kind):
     texts = []
     for out in ("first", "second"):
         code = main(["run", str(suite), "--out", str(tmp_path / out), "--device", "cpu"])
-        assert code == 0
+        assert code in (0, 1)  # the causal suite runs the default gates, which a random model may fail
         texts.append((tmp_path / out / "results.json").read_text(encoding="utf-8"))
     a, b = (json.loads(t) for t in texts)
     assert a["training"]["reused"] is False and b["training"]["reused"] is False  # both really trained
@@ -75,6 +75,7 @@ def test_same_seed_gives_byte_identical_results(tmp_path, kind):
     assert list(a)[-1] == "run"  # the run block comes last, so everything before it must match byte for byte
     head = [t[: t.index('\n  "run": ')] for t in texts]
     assert head[0] == head[1]
+    assert a["status"] == b["status"] and a["status"] != "error"
     a.pop("run"), b.pop("run")
     assert dumps(a) == dumps(b)
     assert a["model"]["fingerprint"] != a["baseline"]["fingerprint"]
