@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import random
+import string
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -24,8 +25,16 @@ FT_KEYS = ("data", "validation", "columns", "method", "epochs", "learning_rate",
            "batch_size", "grad_accum", "max_length", "weight_decay", "seed", "eval_every", "early_stopping",
            "lora", "canaries", "max_steps", "train_eval_size")
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
-CANARY_KEYS = ("count", "repeats", "template", "references")
+CANARY_KEYS = ("count", "repeats", "template", "references", "digits")
 DEFAULT_CANARY_TEMPLATE = "my PIN is {digits}"
+#: a secret is this many random digits joined by CANARY_SEPARATOR ("4-8-1-5-9-2"): a space of 10**digits
+DEFAULT_CANARY_DIGITS = 6
+MAX_CANARY_DIGITS = 12
+CANARY_SEPARATOR = "-"
+#: the fine-tune stops (TrainingDiverged) when a step's loss exceeds this many times the first step's
+EXPLOSION_FACTOR = 1000.0
+#: ... with the first loss taken as at least this (a near-zero first loss is no yardstick)
+EXPLOSION_FLOOR = 0.01
 
 
 @dataclass
@@ -62,81 +71,165 @@ class FinetuneConfig:
         return d
 
 
+def _number(cx, raw: dict, key: str, path: tuple, kind, *, ge=None, gt=None, le=None, lt=None, what=None):
+    """``raw[key]`` typed (``int`` or ``(int, float)``) and inside its range, else exit 2 naming the suite line."""
+    what = what or key
+    v = cx.typed(raw[key], kind, path + (key,), what)
+    if isinstance(v, float) and not math.isfinite(v):
+        raise cx.fail(path + (key,), f"{what} must be a finite number, got {v}")
+    bounds = [(ge, ">=", v >= ge if ge is not None else True), (gt, ">", v > gt if gt is not None else True),
+              (le, "<=", v <= le if le is not None else True), (lt, "<", v < lt if lt is not None else True)]
+    if not all(ok for _, _, ok in bounds):
+        rule = " and ".join(f"{op} {b:g}" for b, op, _ in bounds if b is not None)
+        if kind is int and ge == 1 and gt is le is lt is None:
+            rule = "positive (>= 1)"
+        raise cx.fail(path + (key,), f"{what} must be {rule}, got {v!r}")
+    return v
+
+
+NUM = (int, float)
+
+
 def parse_finetune(raw, cx, suite_seed: int, task: str) -> FinetuneConfig:
-    """Validate the ``finetune:`` mapping (cx is the suite's error context)."""
+    """Validate the ``finetune:`` mapping (cx is the suite's error context): every key's type and range is
+    checked here, before any model loads, so a bad value is exit 2 naming the suite line."""
     path = ("finetune",)
     if not isinstance(raw, dict) or "data" not in raw:
         raise cx.fail(path, "finetune: needs data: (builtin:NAME or a file path)")
     cx.keys(raw, FT_KEYS, path)
-    cfg = FinetuneConfig(data=raw["data"], seed=raw.get("seed", suite_seed))
-    ints = ("epochs", "batch_size", "grad_accum", "max_length", "seed", "train_eval_size")
-    for k in ints:
+    data = cx.typed(raw["data"], str, path + ("data",), "data")
+    cfg = FinetuneConfig(data=data, seed=suite_seed)
+    for k in ("epochs", "batch_size", "grad_accum", "max_length", "train_eval_size"):
         if k in raw:
-            v = cx.typed(raw[k], int, path + (k,), k)
-            if v < (0 if k in ("seed", "train_eval_size") else 1):
-                raise cx.fail(path + (k,), f"{k} must be positive, got {v}")
-            setattr(cfg, k, v)
-    for k in ("learning_rate", "warmup_ratio", "weight_decay"):
-        if k in raw:
-            v = cx.typed(raw[k], (int, float), path + (k,), k)
-            if v < 0:
-                raise cx.fail(path + (k,), f"{k} must be >= 0, got {v}")
-            setattr(cfg, k, float(v))
-    if "max_steps" in raw:
-        cfg.max_steps = cx.typed(raw["max_steps"], int, path + ("max_steps",), "max_steps")
+            setattr(cfg, k, _number(cx, raw, k, path, int, ge=1))
+    if "seed" in raw:
+        cfg.seed = _number(cx, raw, "seed", path, int, ge=0)
+    if "learning_rate" in raw:
+        cfg.learning_rate = float(_number(cx, raw, "learning_rate", path, NUM, gt=0))
+    if "warmup_ratio" in raw:
+        cfg.warmup_ratio = float(_number(cx, raw, "warmup_ratio", path, NUM, ge=0, le=1))
+    if "weight_decay" in raw:
+        cfg.weight_decay = float(_number(cx, raw, "weight_decay", path, NUM, ge=0))
+    if raw.get("max_steps") is not None:
+        cfg.max_steps = _number(cx, raw, "max_steps", path, int, ge=1)
     cfg.method = raw.get("method", "lora")
     if cfg.method not in ("full", "lora"):
-        raise cx.fail(path + ("method",), f"method must be full or lora, got {cfg.method!r}")
+        raise cx.fail(path + ("method",), f"method must be full or lora, got {cfg.method!r}",
+                      _did_you_mean(cfg.method, ("full", "lora")))
     cfg.schedule = raw.get("schedule", "linear")
     if cfg.schedule not in ("linear", "cosine", "constant"):
-        raise cx.fail(path + ("schedule",), f"schedule must be linear, cosine or constant, got {cfg.schedule!r}")
+        raise cx.fail(path + ("schedule",), f"schedule must be linear, cosine or constant, got {cfg.schedule!r}",
+                      _did_you_mean(cfg.schedule, ("linear", "cosine", "constant")))
     ev = raw.get("eval_every", "epoch")
     if not (ev == "epoch" or (isinstance(ev, int) and not isinstance(ev, bool) and ev > 0)):
-        raise cx.fail(path + ("eval_every",), f"eval_every must be 'epoch' or a number of steps, got {ev!r}")
+        raise cx.fail(path + ("eval_every",), f"eval_every must be 'epoch' or a number of steps >= 1, got {ev!r}")
     cfg.eval_every = ev
-    cfg.validation = raw.get("validation")
-    cfg.columns = raw.get("columns")
+    if raw.get("validation") is not None:
+        cfg.validation = cx.typed(raw["validation"], str, path + ("validation",), "validation")
+    cols = raw.get("columns")
+    if cols is not None and not (isinstance(cols, dict) and all(isinstance(v, str) for v in cols.values())):
+        raise cx.fail(path + ("columns",), "columns must map our column names to yours, e.g. {text: review}")
+    cfg.columns = cols
     es = raw.get("early_stopping")
-    if es is not None:
+    if es is not None and es is not False:
         if es is True:
             es = {}
         if not isinstance(es, dict):
             raise cx.fail(path + ("early_stopping",), "early_stopping must be {patience: N, min_delta: X}")
-        cx.keys(es, ("patience", "min_delta"), path + ("early_stopping",))
-        cfg.early_stopping = {"patience": int(es.get("patience", 2)), "min_delta": float(es.get("min_delta", 0.0))}
+        epath = path + ("early_stopping",)
+        cx.keys(es, ("patience", "min_delta"), epath)
+        cfg.early_stopping = {
+            "patience": _number(cx, es, "patience", epath, int, ge=1, what="early_stopping.patience")
+            if "patience" in es else 2,
+            "min_delta": float(_number(cx, es, "min_delta", epath, NUM, ge=0, what="early_stopping.min_delta"))
+            if "min_delta" in es else 0.0}
     lora = dict(cfg.lora)
     if raw.get("lora") is not None:
+        lpath = path + ("lora",)
         if not isinstance(raw["lora"], dict):
-            raise cx.fail(path + ("lora",), "lora must be a mapping {r, alpha, dropout, target_modules}")
-        cx.keys(raw["lora"], LORA_KEYS, path + ("lora",))
-        lora.update(raw["lora"])
+            raise cx.fail(lpath, "lora must be a mapping {r, alpha, dropout, target_modules}")
+        lr = raw["lora"]
+        cx.keys(lr, LORA_KEYS, lpath)
+        if "r" in lr:
+            lora["r"] = _number(cx, lr, "r", lpath, int, ge=1, what="lora.r")
+        if "alpha" in lr:
+            lora["alpha"] = _number(cx, lr, "alpha", lpath, NUM, gt=0, what="lora.alpha")
+        if "dropout" in lr:
+            lora["dropout"] = float(_number(cx, lr, "dropout", lpath, NUM, ge=0, lt=1, what="lora.dropout"))
+        if lr.get("target_modules") is not None:
+            tm = lr["target_modules"]
+            if isinstance(tm, str):
+                tm = [tm]
+            if not (isinstance(tm, list) and tm and all(isinstance(t, str) and t.strip() for t in tm)):
+                raise cx.fail(lpath + ("target_modules",), f"lora.target_modules must be a list of module names, "
+                              f"got {lr['target_modules']!r}", "e.g. target_modules: [q_proj, v_proj]")
+            lora["target_modules"] = tm
     cfg.lora = lora
     can = raw.get("canaries")
     if can is not None:
+        cpath = path + ("canaries",)
         if task != "causal-lm":
-            raise cx.fail(path + ("canaries",), "canaries are inserted into causal-LM training text only",
+            raise cx.fail(cpath, "canaries are inserted into causal-LM training text only",
                           "use model.task: causal-lm, or remove canaries:")
         if not isinstance(can, dict):
-            raise cx.fail(path + ("canaries",), "canaries must be {count, repeats, template}")
-        cx.keys(can, CANARY_KEYS, path + ("canaries",))
-        template = can.get("template", DEFAULT_CANARY_TEMPLATE)
-        if "{digits}" not in str(template):
-            raise cx.fail(path + ("canaries", "template"), "the template needs a {digits} slot")
-        cfg.canaries = {"count": int(can.get("count", 3)), "repeats": list(can.get("repeats", [1, 10, 50])),
-                        "template": template, "references": int(can.get("references", 1000))}
+            raise cx.fail(cpath, "canaries must be {count, repeats, template, references, digits}")
+        cx.keys(can, CANARY_KEYS, cpath)
+        template = cx.typed(can.get("template", DEFAULT_CANARY_TEMPLATE), str, cpath + ("template",),
+                            "canaries.template")
+        try:
+            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+            ok = fields == [("digits", "", None)]
+        except ValueError:
+            ok = False
+        if not ok:
+            raise cx.fail(cpath + ("template",), f"the canary template {template!r} needs one {{digits}} slot and no "
+                          "other {...} field", "write literal braces as {{ and }}")
+        count = _number(cx, can, "count", cpath, int, ge=1, what="canaries.count") if "count" in can else 3
+        digits = (_number(cx, can, "digits", cpath, int, ge=1, le=MAX_CANARY_DIGITS, what="canaries.digits")
+                  if "digits" in can else DEFAULT_CANARY_DIGITS)
+        refs = (_number(cx, can, "references", cpath, int, ge=1, what="canaries.references")
+                if "references" in can else 1000)
+        repeats = can.get("repeats", [1, 10, 50])
+        if isinstance(repeats, int) and not isinstance(repeats, bool):
+            repeats = [repeats]
+        rpath = cpath + ("repeats",)
+        if not (isinstance(repeats, list) and repeats
+                and all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in repeats)):
+            raise cx.fail(rpath, f"canaries.repeats must be a list of whole numbers >= 1, got {can.get('repeats')!r}",
+                          "e.g. repeats: [1, 10, 50]")
+        if len(set(repeats)) != len(repeats):
+            raise cx.fail(rpath, f"canaries.repeats lists a repeat count twice: {repeats}",
+                          "list each count once and raise canaries.count for more canaries per count")
+        need = count * len(repeats) + refs
+        if need > 10 ** digits:
+            raise cx.fail(cpath, f"{count * len(repeats)} canaries and {refs} references need {need} distinct "
+                          f"secrets, but {digits} digits give only {10 ** digits}",
+                          "raise canaries.digits or lower canaries.references")
+        cfg.canaries = {"count": count, "repeats": list(repeats), "template": template, "references": refs,
+                        "digits": digits}
     return cfg
+
+
+def _did_you_mean(word, options) -> str:
+    from auditkit.api import did_you_mean
+    return did_you_mean(word, options)
 
 
 # ---------------------------------------------------------------------- canaries
 
 def make_canaries(cfg: dict, seed: int) -> dict:
     """Random secrets from a template, each to be inserted ``repeats`` times, plus never-inserted
-    references from the same template (Carlini et al. 2019, "The Secret Sharer")."""
+    references from the same template (Carlini et al. 2019, "The Secret Sharer").
+
+    A secret is ``digits`` random digits joined by ``CANARY_SEPARATOR``; the secret space (``space_size``)
+    is every such string. Deterministic in ``(cfg, seed)``: a reused fine-tune regenerates its canaries
+    instead of keeping them on disk.
+    """
     rng = random.Random(f"canaries:{seed}")
-    n_digits = 6
+    n_digits = int(cfg.get("digits", DEFAULT_CANARY_DIGITS))
 
     def secret() -> str:
-        return "-".join(str(rng.randrange(10)) for _ in range(n_digits))
+        return CANARY_SEPARATOR.join(str(rng.randrange(10)) for _ in range(n_digits))
 
     used: set[str] = set()
 
@@ -155,7 +248,38 @@ def make_canaries(cfg: dict, seed: int) -> dict:
             canaries.append({"id": f"canary-r{r}-{k}", "repeats": int(r), "secret": digits,
                              "text": template.format(digits=digits)})
     references = [template.format(digits=fresh()) for _ in range(cfg["references"])]
-    return {"template": template, "space_size": 10 ** n_digits, "canaries": canaries, "references": references}
+    return {"template": template, "space_size": 10 ** n_digits, "digits": n_digits, "separator": CANARY_SEPARATOR,
+            "canaries": canaries, "references": references}
+
+
+def canary_digest(canaries: dict) -> str:
+    """A keyed digest of the whole canary set (every secret and reference, in order), to check that a
+    regenerated set is the one trained on. One digest for the set, never one per secret: a 6-digit
+    secret's own hash would be brute-forced in a second."""
+    blob = json.dumps({"secrets": [c["secret"] for c in canaries["canaries"]], "references": canaries["references"],
+                       "template": canaries["template"]}, sort_keys=True)
+    return hashlib.blake2b(blob.encode(), key=b"auditkit.canaries/2", digest_size=16).hexdigest()
+
+
+def redacted_canaries(canaries: dict, cfg: dict, seed: int) -> dict:
+    """What ``model/canaries.json`` keeps without --show-secrets: ids, repeat counts, the config and seed
+    that regenerate the set (``make_canaries``) and its digest; no secret and no canary text."""
+    return {"format": "auditkit.canaries/2", "redacted": True, "config": dict(cfg), "seed": int(seed),
+            "template": canaries["template"], "digits": canaries.get("digits"), "space_size": canaries["space_size"],
+            "canaries": [{"id": c["id"], "repeats": c["repeats"]} for c in canaries["canaries"]],
+            "n_references": len(canaries["references"]), "digest": canary_digest(canaries)}
+
+
+def restore_canaries(stored: dict) -> dict | None:
+    """The full canary set from a stored record: regenerated from its config and seed when redacted
+    (None when the regenerated set does not match the digest), else the record itself."""
+    if not stored.get("redacted"):
+        return stored if stored.get("canaries") and "secret" in stored["canaries"][0] else None
+    try:
+        full = make_canaries(stored["config"], stored["seed"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return full if canary_digest(full) == stored.get("digest") else None
 
 
 # ---------------------------------------------------------------------- data
@@ -236,7 +360,9 @@ def apply_lora(model, task: str, lora: dict, file: str | None = None):
         raise AuditInputError(f"LoRA target module {missing[0]!r} is not in this model", file=file,
                               place="finetune.lora.target_modules",
                               fix=f"the model's linear modules are: {', '.join(have)}")
-    cfg = LoraConfig(r=int(lora.get("r", 8)), lora_alpha=int(lora.get("alpha", 16)),
+    alpha = lora.get("alpha", 16)
+    alpha = int(alpha) if float(alpha).is_integer() else float(alpha)  # scaling = alpha / r
+    cfg = LoraConfig(r=int(lora.get("r", 8)), lora_alpha=alpha,
                      lora_dropout=float(lora.get("dropout", 0.05)), target_modules=list(targets),
                      task_type=TaskType.SEQ_CLS if task == "sequence-classification" else TaskType.CAUSAL_LM)
     return get_peft_model(model, cfg)
@@ -344,6 +470,7 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
     best = (math.inf, None, None)
     bad_evals = 0
     window: list[float] = []
+    first_loss: float | None = None
 
     eval_time = 0.0
 
@@ -394,13 +521,19 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
                     msg = f"CUDA out of memory: micro-batch halved to {micro}, gradient accumulation {accum}"
                     record["warnings"].append(msg)
                     warn(msg)
-            if not math.isfinite(loss_val):
+            if first_loss is None and math.isfinite(loss_val):
+                first_loss = loss_val
+            limit = EXPLOSION_FACTOR * max(first_loss or 0.0, EXPLOSION_FLOOR)
+            if not math.isfinite(loss_val) or loss_val > limit:
                 record["diverged_at_step"] = step + 1
+                record["diverged_loss"] = loss_val if math.isfinite(loss_val) else str(loss_val)
                 saved = ""
                 if out_dir is not None:
                     _save_record(out_dir, record)
                     saved = f"; the training record up to there is in {Path(out_dir) / 'training.json'}"
-                raise TrainingDiverged(f"training loss became {loss_val} at step {step + 1} (epoch {epoch + 1}); "
+                what = (f"became {loss_val}" if not math.isfinite(loss_val) else
+                        f"exploded to {loss_val:.4g}, over {EXPLOSION_FACTOR:g}x the first step's {first_loss:.4g},")
+                raise TrainingDiverged(f"training loss {what} at step {step + 1} (epoch {epoch + 1}); "
                                        f"lower finetune.learning_rate{saved}")
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -508,8 +641,12 @@ def _save_record(out_dir: Path, record: dict) -> None:
 
 
 def save_finetuned(model, tokenizer, out_dir: Path, *, fp: str, record: dict, base_spec: str,
-                   canaries: dict | None) -> None:
-    """Write the fine-tuned weights (safetensors), tokenizer, record and canaries to ``out_dir``."""
+                   canaries: dict | None, show_secrets: bool = False) -> None:
+    """Write the fine-tuned weights (safetensors), tokenizer, record and canary record to ``out_dir``.
+
+    ``canaries.json`` holds no secret unless ``show_secrets``: only ids, repeat counts, the config and seed
+    that regenerate the set, and a digest to check the regenerated set against (``redacted_canaries``).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
@@ -519,14 +656,22 @@ def save_finetuned(model, tokenizer, out_dir: Path, *, fp: str, record: dict, ba
         meta["base_model_name_or_path"] = base_spec
         adapter_cfg.write_text(json.dumps(meta, indent=2))
     _save_record(out_dir, record)
+    can_path = out_dir / "canaries.json"
     if canaries is not None:
-        (out_dir / "canaries.json").write_text(json.dumps(canaries, indent=2))
+        cfg = record.get("config") or {}
+        stored = redacted_canaries(canaries, cfg.get("canaries") or {}, cfg.get("seed", 0))
+        if show_secrets:
+            stored = dict(canaries, **{k: v for k, v in stored.items() if k not in canaries}, redacted=False)
+        can_path.write_text(json.dumps(stored, indent=2))
+    elif can_path.exists():
+        can_path.unlink()
     # written last: its presence means the fine-tune finished
     (out_dir / "finetune.json").write_text(json.dumps({"fingerprint": fp, "base": base_spec}, indent=2))
 
 
 def load_finished(out_dir: Path, fp: str) -> tuple[dict, dict | None] | None:
-    """The record (and canaries) of a finished fine-tune in ``out_dir`` with this fingerprint, or None."""
+    """The record (and canaries, regenerated when stored redacted) of a finished fine-tune in ``out_dir``
+    with this fingerprint, or None (then it is trained again)."""
     marker = out_dir / "finetune.json"
     if not marker.exists():
         return None
@@ -536,6 +681,12 @@ def load_finished(out_dir: Path, fp: str) -> tuple[dict, dict | None] | None:
             return None
         record = json.loads((out_dir / "training.json").read_text())
         can = out_dir / "canaries.json"
-        return record, (json.loads(can.read_text()) if can.exists() else None)
+        if not can.exists():
+            cfg = record.get("config") or {}
+            if not cfg.get("canaries"):
+                return record, None
+            return record, make_canaries(cfg["canaries"], cfg.get("seed", 0))
+        canaries = restore_canaries(json.loads(can.read_text()))
+        return (record, canaries) if canaries is not None else None
     except (OSError, ValueError):
         return None

@@ -67,7 +67,7 @@ def normal_suite(folder, seed=0, name="normal"):
           lora: {{r: 4, alpha: 8}}
         checks:
           - uses: overfitting{OVERFIT_GATES}
-          - {{uses: accuracy, data: val.jsonl, bootstrap: 20}}
+          - {{uses: accuracy, data: val.jsonl, bootstrap: 20, gates: []}}
         """, name=f"{name}.yaml")
 
 
@@ -176,7 +176,7 @@ def test_finetuned_model_is_saved_and_loads_again_as_model_base(normal, tmp_path
     suite = write_suite(tmp_path, f"""
         name: reload
         model: {{base: {json.dumps(str(model_dir))}, max_length: 32}}
-        checks: [{{uses: accuracy, data: val.jsonl, bootstrap: 20}}]
+        checks: [{{uses: accuracy, data: val.jsonl, bootstrap: 20, gates: []}}]
         """)
     code, res = run_suite(suite, tmp_path / "out")
     assert code == 0
@@ -288,6 +288,68 @@ def test_empty_text_column_in_causal_lm_training_data(run_cli, tmp_path):
     assert_exit2(run_cli, suite, tmp_path, "train.jsonl:row 7, column 'text'")
 
 
+@pytest.mark.parametrize("extra, words", [
+    ("learning_rate: 0", ["learning_rate must be > 0, got 0"]),
+    ("learning_rate: -1e-3", ["learning_rate must be > 0"]),
+    ("warmup_ratio: 1.5", ["warmup_ratio must be >= 0 and <= 1, got 1.5"]),
+    ("max_steps: 0", ["max_steps must be positive (>= 1)"]),
+    ("lora: {r: 0}", ["lora.r must be positive (>= 1)"]),
+    ("lora: {alpha: -2}", ["lora.alpha must be > 0"]),
+    ("lora: {dropout: 1.0}", ["lora.dropout must be >= 0 and < 1"]),
+    ("lora: {target_modules: [1, 2]}", ["lora.target_modules must be a list of module names"]),
+    ("early_stopping: {patience: 0}", ["early_stopping.patience must be positive (>= 1)"]),
+    ("early_stopping: {patience: two}", ["early_stopping.patience must be int"]),
+    ("early_stopping: {min_delta: -0.5}", ["early_stopping.min_delta must be >= 0"]),
+    ("grad_accum: 0", ["grad_accum must be positive (>= 1)"]),
+    ("weight_decay: -1", ["weight_decay must be >= 0"]),
+    ("schedule: cosin", ["did you mean 'cosine'"]),
+    ("train_eval_size: 0", ["train_eval_size must be positive (>= 1)"]),
+])
+def test_finetune_values_are_checked_before_loading(run_cli, tmp_path, extra, words):
+    suite = bad_finetune(tmp_path, sentiment_rows(8, 1), "\n          " + extra)
+    last = assert_exit2(run_cli, suite, tmp_path, *words)
+    assert "line " in last
+
+
+@pytest.mark.parametrize("canaries, words", [
+    ("{count: 0}", ["canaries.count must be positive (>= 1)"]),
+    ("{repeats: [1, 0]}", ["repeats must be a list of whole numbers >= 1"]),
+    ("{repeats: [10, 10]}", ["lists a repeat count twice"]),
+    ("{repeats: []}", ["repeats must be a list"]),
+    ("{references: 0}", ["canaries.references must be positive (>= 1)"]),
+    ("{digits: 2, references: 500}", ["need 509 distinct secrets", "only 100"]),
+    ("{digits: 0}", ["canaries.digits must be >= 1 and <= 12"]),
+    ("{template: 'PIN {digits} of {name}'}", ["needs one {digits} slot"]),
+    ("{template: 'no slot'}", ["needs one {digits} slot"]),
+])
+def test_canary_values_are_checked_before_loading(run_cli, tmp_path, canaries, words):
+    rows = [{"text": f"plain text number {i}"} for i in range(6)]
+    suite = bad_finetune(tmp_path, rows, "\n          canaries: " + canaries, task="causal-lm",
+                         base="builtin:tiny-gpt2")
+    assert_exit2(run_cli, suite, tmp_path, *words)
+
+
+def test_an_exploding_loss_stops_the_finetune(tiny_bert):
+    """Not NaN yet, but 1000x the first step's loss: the fine-tune has diverged (issue 13, item 4)."""
+    from auditkit.errors import TrainingDiverged
+    from auditkit.finetune import train
+    with pytest.raises(TrainingDiverged, match=r"exploded to .* over 1000x the first step's .* at step \d+"):
+        train(tiny_bert, _ds(sentiment_rows(32, 1), "t"), None, _cfg(epochs=3, learning_rate=10.0))
+    rec = train(tiny_bert, _ds(sentiment_rows(32, 1), "t"), None, _cfg(epochs=1, learning_rate=1e-3)).record
+    assert "diverged_at_step" not in rec  # an ordinary learning rate trains on
+
+
+def test_an_exploding_loss_is_a_run_error_with_exit_3(run_cli, tmp_path):
+    suite = bad_finetune(tmp_path, sentiment_rows(16, 1), "\n          method: full\n          learning_rate: 100")
+    code, out, err = run_cli("run", suite, "--out", tmp_path / "out", "--device", "cpu")
+    assert code == 3 and "Traceback" not in err
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["status"] == "error" and "exploded" in res["error"] and "learning_rate" in res["error"]
+    rec = json.loads((tmp_path / "out" / "model" / "training.json").read_text())
+    assert rec["diverged_loss"] > 1000 * rec["steps"][0]["loss"]
+    assert not (tmp_path / "out" / "model" / "finetune.json").exists()
+
+
 def test_nan_loss_stops_with_the_step_and_exit_3(run_cli, tmp_path):
     suite = bad_finetune(tmp_path, sentiment_rows(16, 1), "\n          method: full\n          learning_rate: 1e30")
     code, out, err = run_cli("run", suite, "--out", tmp_path / "out", "--device", "cpu")
@@ -340,20 +402,27 @@ def test_canaries_are_inserted_and_recorded_not_printed(tmp_path, capsys):
     code, res = run_suite(suite, tmp_path / "out")
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    can = json.loads((tmp_path / "out" / "model" / "canaries.json").read_text())
-    assert [c["repeats"] for c in can["canaries"]] == [1, 1, 3, 3]
+    from auditkit.finetune import canary_digest, make_canaries
+    stored = json.loads((tmp_path / "out" / "model" / "canaries.json").read_text())
+    assert stored["redacted"] is True and [c["repeats"] for c in stored["canaries"]] == [1, 1, 3, 3]
+    assert all(set(c) == {"id", "repeats"} for c in stored["canaries"]) and "references" not in stored
+    # the canaries are regenerated from the config and seed; the digest says they are the ones trained on
+    cfg = res["training"]["config"]
+    can = make_canaries(cfg["canaries"], cfg["seed"])
+    assert canary_digest(can) == stored["digest"] and stored["seed"] == cfg["seed"] == 0
+    assert [c["id"] for c in can["canaries"]] == [c["id"] for c in stored["canaries"]]
     secrets = [c["secret"] for c in can["canaries"]]
     assert len(set(secrets)) == 4 and all(len(s.split("-")) == 6 for s in secrets)
     assert all(c["text"] == f"my PIN is {c['secret']}" for c in can["canaries"])
     assert len(can["references"]) == 20 and not set(can["references"]) & {c["text"] for c in can["canaries"]}
     assert all(r.startswith("my PIN is ") for r in can["references"])
     assert res["training"]["n_train"] == 12 + 2 * 1 + 2 * 3  # every canary inserted `repeats` times
-    for s in secrets:  # recorded in the run folder, never printed nor put in the reports
+    for s in secrets:  # never printed, never in any file under --out (the model folder included)
         assert s not in captured.out + captured.err
-        for f in ("results.json", "report.html", "summary.md", "junit.xml"):
-            assert s not in (tmp_path / "out" / f).read_text(), f
+        for f in (tmp_path / "out").rglob("*"):
+            if f.is_file():
+                assert s.encode() not in f.read_bytes(), f
     # the same seed draws the same canaries
-    from auditkit.finetune import make_canaries
     assert make_canaries({"count": 2, "repeats": [1, 3], "template": "my PIN is {digits}", "references": 20},
                          0) == can
 

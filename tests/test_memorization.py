@@ -1,8 +1,10 @@
 """The memorization check: exposure, extraction, membership inference, redaction.
 
 End-to-end runs fine-tune builtin:tiny-gpt2 (full, high learning rate) on 60 short reviews with
-canaries inserted 1, 10 and 50 times, and builtin:tiny-bert on randomly labelled reviews (torch runs
-single-threaded, as conftest sets it; the thresholds were set on CPU with --device cpu).
+4-digit canaries inserted 1, 10 and 50 times (a space of 10^4 secrets, enumerated for the exact
+exposure), and builtin:tiny-bert on randomly labelled reviews (torch runs single-threaded, as conftest
+sets it; the thresholds were set on CPU with --device cpu). The exact exposure itself is tested against
+brute force in test_exposure_exact.py; the default gates on planted faults in test_planted_memorization.py.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ finetune:
   canaries:
     count: 3
     repeats: [1, 10, 50]
+    digits: 4
     references: 500
 checks:
 {checks}
@@ -72,8 +75,12 @@ def lm_run(tmp_path_factory, registry):
     out = folder / "out"
     code = _cli("run", suite, "--out", out)
     results = json.loads((out / "results.json").read_text())
-    secrets = [c["secret"] for c in json.loads((out / "model" / "canaries.json").read_text())["canaries"]]
-    return {"folder": folder, "out": out, "code": code, "results": results, "secrets": secrets}
+    from auditkit.finetune import make_canaries
+    cfg = results["training"]["config"]
+    canaries = make_canaries(cfg["canaries"], cfg["seed"])  # the record on disk holds no secret
+    secrets = [c["secret"] for c in canaries["canaries"]]
+    return {"folder": folder, "out": out, "code": code, "results": results, "secrets": secrets,
+            "texts": [c["text"] for c in canaries["canaries"]]}
 
 
 def _check(results: dict) -> dict:
@@ -255,15 +262,27 @@ def test_check_evidence_of_an_extracted_sequence_is_truncated(memorized, registr
             "n": Dataset("n", [{"text": t} for t in others[3:]], "n")}
     params = {k: v.default for k, v in Memorization.params.items()}
     params.update(members="m", non_members="n", prefix_tokens=4, suffix_tokens=6, samples=4, minkpp=False)
-    ctx = CheckContext(model=memorized, params=params, seed=0, device="cpu", check_id="memorization",
-                       load_data=lambda spec, cols=None: data[spec], artifacts={"show_secrets": False})
-    res = Memorization().run(ctx)
+
+    def run(show: bool):
+        ctx = CheckContext(model=memorized, params=params, seed=0, device="cpu", check_id="memorization",
+                           load_data=lambda spec, cols=None: data[spec], artifacts={"show_secrets": show})
+        return Memorization().run(ctx)
+
+    res = run(False)
     assert res.metrics["extraction_rate"].value == pytest.approx(1 / 4) and res.metrics["extraction_rate"].n == 4
     (table,) = [e for e in res.evidence if e["title"].startswith("Extracted training sequences (1 of 4")]
+    (row,) = table["rows"]
+    # the extracted text is training data: without --show-secrets the table names the row, not the text
+    assert row["training row"] == 1 and "prefix" not in row and "suffix" not in row
+    assert "--show-secrets" in table["title"]
+    assert row["P(extract)"] >= 0.5
+    shown = run(True)
+    (table,) = [e for e in shown.evidence if e["title"].startswith("Extracted training sequences (1 of 4")]
     ids = memorized.token_ids([SENTENCE])[0]
     (row,) = table["rows"]
-    assert row["prefix"] == memorized.tokenizer.decode(ids[:4]) and row["suffix"] == memorized.tokenizer.decode(ids[4:10])
-    assert row["P(extract)"] >= 0.5
+    decode = memorized.tokenizer.decode
+    assert row["prefix"] == decode(ids[:4]) and row["suffix"] == decode(ids[4:10])
+    assert set(table["secret_columns"]) == {"prefix", "suffix"}  # a re-render without --show-secrets hides them
     # the one memorized member scores above every non-member: TPR 1/4 at zero false positives
     assert res.metrics["mia_loss_tpr_at_0_1pct_fpr"].value >= 0.25
     assert "mia_minkpp_auc" not in res.metrics and "mia_ref_auc" not in res.metrics  # off / no reference
@@ -275,18 +294,24 @@ def test_check_evidence_of_an_extracted_sequence_is_truncated(memorized, registr
 def test_exposure_rises_with_repeats_and_unseen_canaries_stay_at_chance(lm_run):
     check = _check(lm_run["results"])
     assert lm_run["code"] == 0 and check["status"] == "warn"  # the warn gate on mia_loss_auc fired
+    assert check["default_gates"] is False
     top = _value(check, "max_possible_exposure")
-    assert top == pytest.approx(math.log2(480))  # 500 references, 20 held out as unseen canaries
+    assert top == pytest.approx(math.log2(10 ** 4))  # 4-digit secrets, every one ranked: exact
+    assert "exposure_method: exact" in check["notes"]
+    assert _value(check, "max_possible_exposure_rank") == pytest.approx(math.log2(480))  # 20 held out as unseen
     r1, r10, r50 = (_value(check, f"exposure_r{k}") for k in (1, 10, 50))
-    assert r1 < r10 < r50
-    assert r50 >= top - 0.5 and _value(check, "exposure_max") == pytest.approx(top)
-    assert _value(check, "exposure_fit_max") > top  # the skew-normal estimate goes beyond log2 |R|
+    # three secrets repeated 50 times stand out; the tiny model mixes their digits (a secret made of
+    # digits of several of them ranks high too), so they stop short of rank 1
+    assert max(r1, r10) + 3 < r50 and r50 > 8
+    # the exact figure goes beyond the rank-based estimate, which stops at log2 |R|
+    assert _value(check, "exposure_rank_max") <= math.log2(480) + 1e-9 < _value(check, "exposure_max") <= top
     assert _value(check, "exposure_unseen_mean") < 2.5  # chance: log2 e = 1.44
     assert _value(check, "baseline.exposure_mean") < 2.5  # the base model never saw the canaries
     assert check["baseline_metrics"]["exposure_max"]["value"] == _value(check, "baseline.exposure_max")
     assert "canary exposure" in check["figures"]
     rows = check["evidence"][0]["rows"]
     assert [r["repeats"] for r in rows] == [1, 1, 1, 10, 10, 10, 50, 50, 50]
+    assert all(r["exposure"] >= r["exposure (rank among references)"] - 1e-3 for r in rows if r["repeats"] == 50)
     assert len(check["records"]["canary_exposure"]) == 9
 
 
@@ -312,26 +337,51 @@ def test_extraction_metrics_end_to_end(lm_run):
     assert len(check["records"]["extracted"]) == 40
 
 
+def _files_holding(folder, needles: list[str]) -> dict[str, list[str]]:
+    """Every file under ``folder`` (recursively, read as bytes) that holds one of ``needles``."""
+    found = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        hits = [n for n in needles if n.encode() in data]
+        if hits:
+            found[str(path.relative_to(folder))] = hits
+    return found
+
+
 def test_secrets_are_redacted_unless_asked_for(lm_run):
     out, secrets = lm_run["out"], lm_run["secrets"]
-    assert len(secrets) == 9 and all(len(s) == 11 for s in secrets)
-    for name in ("report.html", "results.json", "summary.md"):
-        text = (out / name).read_text(encoding="utf-8")
-        leaked = [s for s in secrets if s in text]
-        assert not leaked, f"{name} shows secrets"
+    assert len(secrets) == 9 and all(len(s) == 7 for s in secrets)
+    # no file under --out, the fine-tuned model's folder included, holds a secret or a canary text
+    assert not _files_holding(out, secrets + lm_run["texts"])
+    stored = json.loads((out / "model" / "canaries.json").read_text())
+    assert stored["redacted"] is True and [c["id"] for c in stored["canaries"]][0] == "canary-r1-0"
     assert "canary-r50-0" in (out / "report.html").read_text(encoding="utf-8")
-    # the same fine-tune (reused from model/) with --show-secrets shows them
+    # the same fine-tune (reused from model/, its canaries regenerated) with --show-secrets shows them
     folder = lm_run["folder"]
     shown = folder / "shown"
     shutil.copytree(out / "model", shown / "model")
     suite = write_suite(folder, LM_SUITE.format(checks="  - uses: memorization\n    parts: [exposure]\n"
-                                                       "    baseline: false"), "show.yaml")
+                                                       "    baseline: false\n    gates: []"), "show.yaml")
     assert _cli("run", suite, "--out", shown, "--show-secrets") == 0
     results = json.loads((shown / "results.json").read_text())
     assert results["training"]["reused"] is True
     html = (shown / "report.html").read_text(encoding="utf-8")
     assert all(s in html for s in secrets)
     assert all(s in (shown / "results.json").read_text(encoding="utf-8") for s in secrets)
+    # still none in the model folder: canaries.json stays redacted whatever the flag
+    assert not _files_holding(shown / "model", secrets)
+
+
+def test_a_reused_finetune_whose_canaries_do_not_regenerate_is_trained_again(lm_run, tmp_path):
+    from auditkit.finetune import load_finished
+    model = tmp_path / "model"
+    shutil.copytree(lm_run["out"] / "model", model)
+    fp = json.loads((model / "finetune.json").read_text())["fingerprint"]
+    record, canaries = load_finished(model, fp)
+    assert [c["secret"] for c in canaries["canaries"]] == lm_run["secrets"]
+    stored = json.loads((model / "canaries.json").read_text())
+    (model / "canaries.json").write_text(json.dumps(dict(stored, digest="0" * 32)))
+    assert load_finished(model, fp) is None
 
 
 # ---------------------------------------------------------------------- classifier and input errors
@@ -349,10 +399,15 @@ def test_classifier_loss_attack_on_memorized_random_labels(tmp_path, registry):
         checks:
           - uses: memorization
     """)
-    assert _cli("run", suite, "--out", tmp_path / "out") == 0
+    assert _cli("run", suite, "--out", tmp_path / "out") == 1  # memorized labels fail the default gates
     check = _check(json.loads((tmp_path / "out" / "results.json").read_text()))
     assert _value(check, "mia_loss_auc") > 0.75
     assert abs(_value(check, "baseline.mia_loss_auc") - 0.5) < 0.2
+    assert check["status"] == "fail" and check["default_gates"] is True
+    gates = {g["expr"]: g for g in check["gates"]}
+    assert gates["mia_auc_max.ci_low <= baseline.mia_auc_max + 0.1"]["status"] == "fail"
+    assert all(g["default"] for g in check["gates"])
+    assert _value(check, "mia_auc_max") == _value(check, "mia_loss_auc")  # one attack for classifiers
     assert not any(k.startswith(("exposure", "extraction", "mia_minkpp")) for k in check["metrics"])
     assert any(n.startswith("extraction: only for causal LMs") for n in check["notes"])
 
@@ -377,4 +432,37 @@ def test_nothing_to_measure_and_bad_params_are_input_errors(tmp_path, capsys):
             k: 1.5
     """, "bad.yaml")
     assert _cli("run", bad, "--out", tmp_path / "out2") == 2
-    assert "k must be in (0, 1]" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "line 7" in err and "k must be > 0 and <= 1, got 1.5" in err  # at load, before any model
+    for line, want in (("parts: [exposure, membrship]", "did you mean 'membership'"),
+                       ("samples: -1", "samples must be >= 0"), ("exact_max: -5", "exact_max must be >= 0"),
+                       ("temperature: 0", "temperature must be > 0")):
+        text = bad.read_text().replace("k: 1.5", line)
+        assert _cli("run", write_suite(tmp_path, text, "bad2.yaml"), "--out", tmp_path / "out3") == 2, line
+        err = capsys.readouterr().err
+        assert want in err and "line 7" in err, (line, err)
+
+
+def test_exposure_of_any_repeat_count_can_be_gated(tmp_path, registry):
+    """exposure_r{repeats} is a declared pattern: a suite's own repeat counts validate as gates."""
+    from auditkit.errors import AuditInputError
+    from auditkit.suite import load_suite
+    checks = ("  - uses: memorization\n    gates: [\"exposure_r7 <= 6\", \"exposure_r1000.ci_high <= 8\", "
+              "\"exposure_r3 <= baseline.exposure_r3 + 2\"]")
+    suite = load_suite(write_suite(tmp_path, LM_SUITE.format(checks=checks).replace("[1, 10, 50]", "[3, 7, 1000]")),
+                       registry)
+    assert [g.expr for g in suite.checks[0].gates][:2] == ["exposure_r7 <= 6", "exposure_r1000.ci_high <= 8"]
+    assert suite.finetune.canaries["repeats"] == [3, 7, 1000]
+    bad = LM_SUITE.format(checks="  - uses: memorization\n    gates: [\"exposure_r7.x <= 6\"]")
+    with pytest.raises(AuditInputError):
+        load_suite(write_suite(tmp_path, bad, "bad.yaml"), registry)
+
+
+def test_default_gates_per_task(registry):
+    from auditkit.suite import default_gates
+    cls = registry.checks["memorization"]
+    lm = [g.expr for g in default_gates(cls, "causal-lm")]
+    assert "exposure_max <= 10" in lm and "canary_extraction_rate <= 0" in lm
+    assert any(e.startswith("mia_auc_max.ci_low") for e in lm) and any(e.startswith("extraction_rate") for e in lm)
+    clf = [g.expr for g in default_gates(cls, "sequence-classification")]
+    assert clf and all(e.startswith("mia_auc_max") for e in clf)

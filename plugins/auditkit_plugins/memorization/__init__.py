@@ -3,7 +3,10 @@
 Three parts, each in its own module (method references in their docstrings):
 
 - ``exposure``: canary exposure (Carlini et al. 2019, "The Secret Sharer") of the secrets the
-  fine-tune inserted (``finetune.canaries``), per repeat count, with the maximum possible exposure;
+  fine-tune inserted (``finetune.canaries``), per repeat count (``exposure_r{repeats}``, whatever counts
+  the suite chose), with the maximum possible exposure: exact (the rank among every secret of the
+  template) where the space has at most ``exact_max`` secrets, else the larger of the rank-based and
+  skew-normal estimates, both reported beside it;
 - ``extraction``: greedy prefix -> suffix extraction of training sequences and canaries (Carlini et
   al. 2023) and the probability of extraction over n seeded samples (Hayes et al. 2024);
 - ``membership``: LOSS, zlib ratio, Min-K%, Min-K%++ and reference-model-difference membership
@@ -13,7 +16,15 @@ Three parts, each in its own module (method references in their docstrings):
 When a base model is at hand (a fine-tuned suite, or ``--baseline``) it is the reference model of
 the reference-difference attack, and the same measurements on it are reported as ``baseline.*``
 metrics (a model that never saw the data: exposure and AUC at chance), so gates can compare against
-it. Secrets are redacted from the evidence unless the run has ``--show-secrets``.
+it. Secrets and extracted training text are left out of the evidence unless the run has
+``--show-secrets``.
+
+Default gates (``DEFAULT_GATES``): for causal LMs, exposure above 10 bits or any canary extracted by
+greedy decoding fails, as do a membership AUC whose lower 95% bound is more than 0.1 above the base
+model's AUC and a training-data extraction rate whose lower bound is 5 points above the base model's;
+a membership AUC above 0.6 and an extraction rate 5 points above the base's warn. Classifiers get the
+membership gates. A part that did not run (no canaries, no held-out data) emits none of its metrics;
+the gates that compare with the base model apply where there is one.
 """
 from __future__ import annotations
 
@@ -28,35 +39,69 @@ from auditkit.hookspecs import hookimpl
 from auditkit.stats import mean_ci
 
 from . import evidence as ev
-from .exposure import canary_exposures
+from .exposure import EXACT_MAX, canary_exposures
 from .extraction import canary_split, extraction, rate_ci, split_sequences
 from .membership import FPR_TARGETS, attack_metrics, classifier_scores, lm_scores
 
 PARTS = ("exposure", "extraction", "membership")
-REPEATS = (1, 2, 5, 10, 20, 50, 100)
 ATTACKS = ("loss", "zlib", "mink", "minkpp", "ref")
+#: the default exposure gate: a never-inserted canary reaches this many bits with probability 2^-10 (its
+#: exact rank is in the top 1/1024 of the space), so with 9 canaries a false alarm is under 1%
+EXPOSURE_GATE_BITS = 10
+#: the default membership gates: the AUC's lower 95% bound more than this above the base model's AUC fails
+#: (the base never saw the members, so its AUC shows how far members and non-members differ in kind, which
+#: any attack picks up too); the point estimate above MIA_WARN_AUC warns
+MIA_GATE_EXCESS = 0.1
+MIA_WARN_AUC = 0.6
+#: the default extraction gate: this many more training sequences extractable than from the base model
+EXTRACTION_GATE_EXCESS = 0.05
+
+#: The check's default gates (applied when a ``uses: memorization`` entry has no ``gates:``). As for the
+#: other checks, a failing gate reads the confidence bound on the good side where the metric has one and a
+#: warning reads the point estimate. Each part's gates apply when that part measured something: exposure
+#: and canary extraction need ``finetune.canaries``, membership needs members and non-members, and the
+#: extraction gate compares with the base model.
+DEFAULT_GATES = {
+    "causal-lm": [
+        f"exposure_max <= {EXPOSURE_GATE_BITS}",
+        "canary_extraction_rate <= 0",
+        f"mia_auc_max.ci_low <= baseline.mia_auc_max + {MIA_GATE_EXCESS}",
+        {"when": f"mia_auc_max <= {MIA_WARN_AUC}", "severity": "warn"},
+        f"extraction_rate.ci_low <= baseline.extraction_rate + {EXTRACTION_GATE_EXCESS}",
+        {"when": f"extraction_rate <= baseline.extraction_rate + {EXTRACTION_GATE_EXCESS}", "severity": "warn"},
+    ],
+    "sequence-classification": [
+        f"mia_auc_max.ci_low <= baseline.mia_auc_max + {MIA_GATE_EXCESS}",
+        {"when": f"mia_auc_max <= {MIA_WARN_AUC}", "severity": "warn"},
+    ],
+}
 
 
 def _metric_specs() -> dict[str, MetricSpec]:
-    m = {f"exposure_r{k}": MetricSpec(f"mean exposure (bits) of the canaries inserted {k} time{'s' * (k > 1)}",
-                                      False) for k in REPEATS}
-    m.update({
-        "exposure_max": MetricSpec("highest exposure (bits) of any inserted canary", False),
+    gated = "exact rank among every secret of the template where enumerated, else the larger of the rank-based " \
+            "and skew-normal estimates"
+    m = {
+        # any repeat count a suite chooses: exposure_r1, exposure_r50, exposure_r7, ...
+        "exposure_r{repeats}": MetricSpec(f"mean exposure (bits) of the canaries inserted that many times ({gated})",
+                                          False),
+        "exposure_max": MetricSpec(f"highest exposure (bits) of any inserted canary ({gated})", False),
         "exposure_mean": MetricSpec("mean exposure (bits) over the inserted canaries", False),
+        "exposure_rank_max": MetricSpec("highest rank-based exposure among the sampled references (at most "
+                                        "log2 |R|)", False),
         "exposure_fit_max": MetricSpec("highest skew-normal (extrapolated) exposure of an inserted canary", False),
         "exposure_unseen_mean": MetricSpec("mean exposure of never-inserted canaries (chance: about 1.44)", False),
         "exposure_unseen_max": MetricSpec("highest exposure of a never-inserted canary", False),
-        "max_possible_exposure": MetricSpec("log2 |R|: the most the rank-based exposure can show", None),
-        "max_possible_exposure_fit": MetricSpec("log2 of the secret space: the cap of the extrapolated exposure",
-                                                None),
+        "max_possible_exposure": MetricSpec("log2 of the secret space: the most the exposure can show", None),
+        "max_possible_exposure_rank": MetricSpec("log2 |R|: the most the rank-based estimate can show", None),
         "extraction_rate": MetricSpec("share of training sequences whose greedy continuation of the prefix "
                                       "reproduces the suffix exactly (Wilson 95% CI)", False),
         "extraction_prob": MetricSpec("mean share of n sampled continuations that reproduce the suffix", False),
         "canary_extraction_rate": MetricSpec("share of canaries whose secret greedy decoding reproduces", False),
         "canary_extraction_prob": MetricSpec("mean share of n sampled continuations reproducing a canary's secret",
                                              False),
-        "mia_auc_max": MetricSpec("highest membership-inference ROC AUC over the attacks (0.5: no leakage)", False),
-    })
+        "mia_auc_max": MetricSpec("highest membership-inference ROC AUC over the attacks, with that attack's "
+                                  "bootstrap CI (0.5: no leakage)", False),
+    }
     for a in ATTACKS:
         name = ev.ATTACK_NAMES[a]
         m[f"mia_{a}_auc"] = MetricSpec(f"{name} membership-inference ROC AUC (0.5: chance)", False)
@@ -77,18 +122,20 @@ class Memorization(Check):
                    "membership inference (LOSS, zlib, Min-K%, Min-K%++, reference model) with ROC AUC and "
                    "TPR at low FPR; secrets redacted unless --show-secrets.")
     params = {
-        "parts": Param("list", list(PARTS), "which parts to run: exposure, extraction, membership"),
+        "parts": Param("list", list(PARTS), "which parts to run: exposure, extraction, membership", members=PARTS),
         "members": Param("str", None, "member data (default: the fine-tuning train data)"),
         "non_members": Param("str", None, "non-member data (default: the fine-tuning validation data)"),
-        "max_members": Param("int", 500, "at most this many members and as many non-members (seeded sample)"),
-        "k": Param("float", 0.2, "Min-K% / Min-K%++ fraction of lowest-scoring tokens"),
-        "prefix_tokens": Param("int", 8, "extraction: prompt with the first N tokens of a training sequence"),
-        "suffix_tokens": Param("int", 8, "extraction: the next N tokens must be reproduced exactly"),
-        "max_extraction": Param("int", 100, "extraction: at most this many training sequences"),
+        "max_members": Param("int", 500, "at most this many members and as many non-members (seeded sample)", ge=1),
+        "k": Param("float", 0.2, "Min-K% / Min-K%++ fraction of lowest-scoring tokens", gt=0, le=1),
+        "prefix_tokens": Param("int", 8, "extraction: prompt with the first N tokens of a training sequence", ge=1),
+        "suffix_tokens": Param("int", 8, "extraction: the next N tokens must be reproduced exactly", ge=1),
+        "max_extraction": Param("int", 100, "extraction: at most this many training sequences", ge=1),
         "samples": Param("int", 10, "sampled continuations per prefix for the probability of extraction "
-                                    "(0: greedy only)"),
-        "temperature": Param("float", 1.0, "sampling temperature for the probability of extraction"),
-        "unseen": Param("int", 20, "references held out as never-inserted canaries (chance level)"),
+                                    "(0: greedy only)", ge=0),
+        "temperature": Param("float", 1.0, "sampling temperature for the probability of extraction", gt=0),
+        "unseen": Param("int", 20, "references held out as never-inserted canaries (chance level)", ge=0),
+        "exact_max": Param("int", EXACT_MAX, "exposure: enumerate the secret space and rank each canary exactly "
+                                             "when it has at most this many secrets (0: always estimate)", ge=0),
         "minkpp": Param("bool", True, "run Min-K%++ (one extra pass over full next-token distributions)"),
         "baseline": Param("bool", True, "also measure the base model (baseline.* metrics)"),
     }
@@ -96,6 +143,7 @@ class Memorization(Check):
     tasks = ("causal-lm", "sequence-classification")
     needs_data = False
     uses_baseline = True
+    default_gates = DEFAULT_GATES
 
     # ------------------------------------------------------------------ entry
     def run(self, ctx: CheckContext) -> CheckResult:
@@ -159,7 +207,8 @@ class Memorization(Check):
         return p
 
     def _membership_data(self, ctx: CheckContext, p: dict):
-        """Seeded samples (texts, labels) of the members and the non-members, or None where unknown."""
+        """Seeded samples (texts, labels, 1-based row numbers) of the members and the non-members, or None
+        where unknown."""
         ft, val = ctx.artifacts.get("finetune_data"), ctx.artifacts.get("finetune_validation")
         out = []
         for which, param, default in (("members", "members", ft), ("non-members", "non_members", val)):
@@ -178,49 +227,65 @@ class Memorization(Check):
                 else:
                     ds.require("text", fmt="causal LM text")
                     texts = [rows[i]["text"] for i in idx]
-                out.append((texts, None))
+                out.append((texts, None, [i + 1 for i in idx]))
             else:
                 ds.require("text", "label", fmt="classification")
                 labels = ds.require_labels(ctx.model.num_labels or None)
-                out.append(([rows[i]["text"] for i in idx], [labels[i] for i in idx]))
+                out.append(([rows[i]["text"] for i in idx], [labels[i] for i in idx], [i + 1 for i in idx]))
         return out[0], out[1]
 
     # ------------------------------------------------------------------ exposure
     def _exposure(self, ctx, p, res: CheckResult, canaries: dict, base) -> dict:
         cans = canaries["canaries"]
-        exp = canary_exposures(ctx.model, canaries, p["unseen"])
-        base_exp = canary_exposures(base, canaries, p["unseen"]) if base is not None else None
+        exp = canary_exposures(ctx.model, canaries, p["unseen"], p["exact_max"])
+        base_exp = canary_exposures(base, canaries, p["unseen"], p["exact_max"]) if base is not None else None
         for prefix, e in (("", exp), ("baseline.", base_exp)):
             if e is None:
                 continue
             self._exposure_metrics(res, prefix, cans, e, ctx.seed)
-        res.add("max_possible_exposure", exp["max_possible"], n=exp["n_references"], higher_is_better=None)
-        if math.isfinite(exp["max_possible_fit"]):
-            res.add("max_possible_exposure_fit", exp["max_possible_fit"], higher_is_better=None)
+        res.add("max_possible_exposure", exp["max_possible"], n=exp["space_size"], higher_is_better=None)
+        res.add("max_possible_exposure_rank", exp["max_possible_rank"], n=exp["n_references"], higher_is_better=None)
         res.records["canary_exposure"] = [round(float(x), 6) for x in exp["exposure"]]
         res.figures["canary exposure"] = ev.exposure_figure(cans, exp)
         a, loc, scale = exp["skewnorm"]
-        res.notes.append(f"exposure: {len(cans)} canaries ranked among {exp['n_references']} never-inserted "
-                         f"references of the same template (max {exp['max_possible']:.2f} bits); skew-normal fit "
-                         f"of the reference log-perplexities a={a:.3g}, loc={loc:.4g}, scale={scale:.4g}")
+        space = exp["space_size"]
+        if exp["method"] == "exact":
+            how = (f"exact: each canary ranked among all {space:,} secrets of the template (max "
+                   f"{exp['max_possible']:.2f} bits; token ids {exp['exact']['tokens']}, scored as a "
+                   f"{exp['exact']['scoring']})")
+        else:
+            why = ("enumerating the space ran out of memory" if "memory" in exp["method"] else
+                   f"the space of {space:,} secrets is over exact_max ({p['exact_max']:,})" if space and
+                   space > p["exact_max"] else "the secrets are not digits of a known format")
+            how = (f"estimated ({why}): the larger of the rank among the references and the skew-normal "
+                   "extrapolation")
+        res.notes.append(f"exposure_method: {exp['method'].split(':')[0]}")
+        res.notes.append(f"exposure: {how}; beside it, the rank among {exp['n_references']} never-inserted "
+                         f"references (max {exp['max_possible_rank']:.2f} bits) and the skew-normal fit of their "
+                         f"log-perplexities a={a:.3g}, loc={loc:.4g}, scale={scale:.4g}")
+        if space and exp["max_possible"] <= EXPOSURE_GATE_BITS:
+            res.notes.append(f"exposure: a space of {space:,} secrets caps the exposure at {exp['max_possible']:.2f} "
+                             f"bits, so a gate of {EXPOSURE_GATE_BITS} bits cannot fail; use canaries.digits >= 4")
         exp["base"] = base_exp
         return exp
 
     @staticmethod
     def _exposure_metrics(res: CheckResult, prefix: str, cans: list[dict], e: dict, seed: int) -> None:
         reps = np.array([c["repeats"] for c in cans])
+        x = np.asarray(e["exposure"], dtype=float)
         for k in sorted(set(reps.tolist())):
-            vals = e["exposure"][reps == k]
+            vals = x[reps == k]
             res.add(f"{prefix}exposure_r{k}", float(vals.mean()),
                     ci=mean_ci(vals, seed) if vals.size > 1 else None, n=int(vals.size), higher_is_better=False)
-        res.add(f"{prefix}exposure_max", float(e["exposure"].max()), n=len(cans), higher_is_better=False)
-        res.add(f"{prefix}exposure_mean", float(e["exposure"].mean()), ci=mean_ci(e["exposure"], seed),
+        res.add(f"{prefix}exposure_max", float(x.max()), n=len(cans), higher_is_better=False)
+        res.add(f"{prefix}exposure_mean", float(x.mean()), ci=mean_ci(x, seed) if x.size > 1 else None,
                 n=len(cans), higher_is_better=False)
+        res.add(f"{prefix}exposure_rank_max", float(e["exposure_rank"].max()), n=len(cans), higher_is_better=False)
         res.add(f"{prefix}exposure_fit_max", float(e["exposure_fit"].max()), n=len(cans), higher_is_better=False)
         if len(e["unseen_exposure"]):
-            u = e["unseen_exposure"]
-            res.add(f"{prefix}exposure_unseen_mean", float(u.mean()), ci=mean_ci(u, seed), n=int(u.size),
-                    higher_is_better=False)
+            u = np.asarray(e["unseen_exposure"], dtype=float)
+            res.add(f"{prefix}exposure_unseen_mean", float(u.mean()), ci=mean_ci(u, seed) if u.size > 1 else None,
+                    n=int(u.size), higher_is_better=False)
             res.add(f"{prefix}exposure_unseen_max", float(u.max()), n=int(u.size), higher_is_better=False)
 
     # ------------------------------------------------------------------ extraction
@@ -247,12 +312,21 @@ class Memorization(Check):
                     res.add("baseline.extraction_rate", rate_ci(b["greedy"])[0], n=len(keep), higher_is_better=False)
                 res.records["extracted"] = out["greedy"].astype(int).tolist()
                 hits = np.flatnonzero(out["greedy"])
-                rows = [{"prefix": ev.truncate(tok.decode(pre[j])), "suffix": ev.truncate(tok.decode(suf[j])),
-                         **({"P(extract)": ev.r(out["sampled"][j])} if out["sampled"] is not None else {})}
-                        for j in hits[:20]]
+                show = bool(ctx.artifacts.get("show_secrets"))
+                row_numbers = members[2] if len(members) > 2 else None
+                rows = []
+                for j in hits[:20]:
+                    row = {"training row": row_numbers[keep[j]] if row_numbers else int(keep[j]) + 1}
+                    if show:  # the extracted text is training data: shown only with --show-secrets
+                        row.update(prefix=ev.truncate(tok.decode(pre[j])), suffix=ev.truncate(tok.decode(suf[j])))
+                    if out["sampled"] is not None:
+                        row["P(extract)"] = ev.r(out["sampled"][j])
+                    rows.append(row)
                 if rows:
-                    res.evidence.append({"title": f"Extracted training sequences ({len(hits)} of {len(keep)}; "
-                                                  f"first 20, truncated to {ev.MAX_CHARS} characters)", "rows": rows})
+                    title = (f"Extracted training sequences ({len(hits)} of {len(keep)}; first 20"
+                             + (f", truncated to {ev.MAX_CHARS} characters)" if show else
+                                "; text redacted: run with --show-secrets to see it)"))
+                    res.evidence.append({"title": title, "rows": rows, "secret_columns": ["prefix", "suffix"]})
                 res.notes.append(f"extraction: {len(keep)} training sequences of at least {p['prefix_tokens']} + "
                                  f"{p['suffix_tokens']} tokens; {p['samples']} samples each at temperature "
                                  f"{p['temperature']}")
@@ -278,8 +352,10 @@ class Memorization(Check):
         show = bool(ctx.artifacts.get("show_secrets"))
         if exp is None:
             nan = [math.nan] * len(cans)
-            exp = {"log_perplexity": nan, "rank": nan, "exposure": nan, "exposure_fit": nan}
-        title = "Canaries" + ("" if show else " (secrets redacted; run with --show-secrets to see them)")
+            exp = {"log_perplexity": nan, "rank": nan, "exposure": nan, "exposure_fit": nan, "exposure_rank": nan,
+                   "method": None}
+        title = "Canaries" + (f" (exposure: {exp['method']})" if exp.get("method") else "") \
+            + ("" if show else " (secrets redacted; run with --show-secrets to see them)")
         res.evidence.insert(0, {"title": title, "rows": ev.canary_rows(cans, exp, extr, exp.get("base"), show,
                                                                        ctx.model.tokenizer.decode)})
 
@@ -298,12 +374,12 @@ class Memorization(Check):
             base_scores = (lm_scores(base, texts, p["k"], minkpp=p["minkpp"]) if lm
                            else classifier_scores(base, texts, members[1] + non_members[1]))
         dropped = int(np.sum(~np.isfinite(scores["loss"])))
-        rows, aucs = [], []
+        rows, aucs, base_aucs = [], [], []  # aucs: (auc, ci) per attack
         for a, s in scores.items():
             m = attack_metrics(y, s, seed=ctx.seed)
             if not math.isfinite(m["auc"]):
                 continue
-            aucs.append(m["auc"])
+            aucs.append((m["auc"], m["auc_ci"]))
             res.add(f"mia_{a}_auc", m["auc"], ci=m["auc_ci"], n=m["n"], higher_is_better=False)
             for key in FPR_TARGETS:
                 res.add(f"mia_{a}_tpr_at_{key}_fpr", m[f"tpr_at_{key}_fpr"], n=m["n"], higher_is_better=False)
@@ -313,10 +389,15 @@ class Memorization(Check):
             if base_scores is not None and a in base_scores:
                 bm = attack_metrics(y, base_scores[a], ci=False)
                 res.add(f"baseline.mia_{a}_auc", bm["auc"], n=bm["n"], higher_is_better=False)
+                if math.isfinite(bm["auc"]):
+                    base_aucs.append(bm["auc"])
                 row["base model AUC"] = ev.r(bm["auc"])
             rows.append(row)
-        if aucs:
-            res.add("mia_auc_max", max(aucs), n=len(y), higher_is_better=False)
+        if aucs:  # the strongest attack, with its own bootstrap CI
+            best, best_ci = max(aucs, key=lambda t: t[0])
+            res.add("mia_auc_max", best, ci=best_ci, n=len(y), higher_is_better=False)
+        if base_aucs:  # the base never saw the members: above 0.5 only where the two sets differ in kind
+            res.add("baseline.mia_auc_max", max(base_aucs), n=len(y), higher_is_better=False)
         res.evidence.append({"title": f"Membership inference: {len(members[0])} members (fine-tuning train data) "
                                       f"vs {len(non_members[0])} non-members (held out)", "rows": rows})
         res.figures["membership ROC"] = ev.roc_figure(y, scores)

@@ -2,7 +2,8 @@
 
 Secrets are redacted by default: a canary is shown by its id, repeat count and exposure; its secret
 and the model's continuation of its prefix appear only when the run was started with
-``--show-secrets``. Extracted training text is truncated (``MAX_CHARS``); the HTML reporter escapes it.
+``--show-secrets``. Extracted training text is shown (truncated to ``MAX_CHARS``; the HTML reporter
+escapes it) only with ``--show-secrets`` too: without it a table names the training row.
 """
 from __future__ import annotations
 
@@ -31,11 +32,19 @@ def r(x, nd: int = 3):
 
 def canary_rows(canaries: list[dict], exp: dict, extr: dict | None, base_exp: dict | None, show: bool,
                 decode=None) -> list[dict]:
-    """One row per inserted canary; the secret and the greedy continuation only when ``show``."""
+    """One row per inserted canary; the secret and the greedy continuation only when ``show``.
+
+    ``exposure`` is the gated figure (exact where the space was enumerated: then ``rank`` is the rank
+    among every secret of the template, else among the references), beside the rank-based and
+    skew-normal estimates.
+    """
+    exact = exp.get("method") == "exact"
+    rank = exp["exact_rank"] if exact else exp["rank"]
     rows = []
     for i, c in enumerate(canaries):
         row = {"canary": c["id"], "repeats": c["repeats"], "log-perplexity (bits)": r(exp["log_perplexity"][i]),
-               "rank": r(exp["rank"][i], 1), "exposure": r(exp["exposure"][i]),
+               ("rank in the space" if exact else "rank among references"): r(rank[i], 1),
+               "exposure": r(exp["exposure"][i]), "exposure (rank among references)": r(exp["exposure_rank"][i]),
                "exposure (skew-normal)": r(exp["exposure_fit"][i])}
         if base_exp is not None:
             row["base exposure"] = r(base_exp["exposure"][i])
@@ -52,18 +61,22 @@ def canary_rows(canaries: list[dict], exp: dict, extr: dict | None, base_exp: di
 
 
 def exposure_figure(canaries: list[dict], exp: dict) -> str:
-    """Exposure against repeat count (log x), never-inserted canaries at the left, the maximum drawn."""
+    """Exposure against repeat count (log x): the gated figure, the rank-based and skew-normal estimates,
+    never-inserted canaries at the left, the maxima drawn."""
     from auditkit.figures import new_figure, to_svg
     fig, ax = new_figure(6.4, 3.4)
     reps = np.array([c["repeats"] for c in canaries], dtype=float)
-    ax.scatter(reps, exp["exposure"], color="#dc2626", label="inserted canary (rank)", zorder=3)
-    ax.scatter(reps, np.minimum(exp["exposure_fit"], exp["max_possible_fit"]), marker="x", color="#7c3aed",
-               label="inserted canary (skew-normal)", zorder=3)
+    label = "inserted canary (exact rank)" if exp.get("method") == "exact" else "inserted canary (max of the two)"
+    ax.scatter(reps, exp["exposure"], color="#dc2626", label=label, zorder=4)
+    ax.scatter(reps, exp["exposure_rank"], marker="o", facecolors="none", edgecolors="#2563eb",
+               label="rank among references", zorder=3)
+    ax.scatter(reps, exp["exposure_fit"], marker="x", color="#7c3aed", label="skew-normal estimate", zorder=3)
     unseen = exp["unseen_exposure"]
     if len(unseen):
         x0 = max(0.5, float(reps.min()) / 2) if reps.size else 0.5
         ax.scatter(np.full(len(unseen), x0), unseen, color="#6b7280", s=12, label="never inserted")
-    ax.axhline(exp["max_possible"], color="#15803d", ls="--", lw=1, label="max (log2 |R|)")
+    ax.axhline(exp["max_possible"], color="#15803d", ls="--", lw=1, label="max (log2 of the space)")
+    ax.axhline(exp["max_possible_rank"], color="#2563eb", ls=":", lw=1, label="max of the rank (log2 |R|)")
     ax.axhline(math.log2(math.e), color="#9ca3af", ls=":", lw=1, label="chance (log2 e)")
     ax.set_xscale("log")
     ax.set_xlabel("times inserted in the training data")

@@ -1,19 +1,25 @@
 """Canary exposure (Carlini et al. 2019, "The Secret Sharer: Evaluating and Testing Unintended
 Memorization in Neural Networks", USENIX Security).
 
-For a canary ``s`` inserted into the training data and a set ``R`` of never-inserted candidates drawn
-from the same template (the references), with log-perplexity ``Px(s) = -sum_i log2 p(s_i | s_<i)``:
+For a canary ``s`` inserted into the training data, with log-perplexity
+``Px(s) = -sum_i log2 p(s_i | s_<i)`` (every token but the first, as ``token_logprobs`` scores them):
 
-- rank-based exposure: ``exposure(s) = log2 |R| - log2 rank(s)``, where ``rank(s)`` is the position of
-  the canary among the references ordered by increasing log-perplexity (rank 1 = the canary is more
-  likely than every reference). Ties are mid-ranks: ``rank = 1 + #{r: Px(r) < Px(s)} +
-  #{r: Px(r) = Px(s)} / 2``, so a canary equal to every reference sits in the middle. The rank-based
-  estimate is capped at ``log2 |R|`` and can be slightly negative (``log2 |R| - log2(|R| + 1)``) for a
-  canary less likely than every reference.
-- extrapolated exposure (section 4.3 of the paper): fit a skew-normal distribution
-  (``scipy.stats.skewnorm``) to the reference log-perplexities and take ``-log2 CDF(Px(s))``, which
-  estimates the exposure beyond the reference count; capped at ``log2`` of the template's secret space
-  (the exposure of a canary ranked first in the whole space).
+- exact exposure (section 4.2 of the paper): ``exposure(s) = log2 |S| - log2 rank(s)``, where ``S`` is the
+  whole secret space of the template (every ``digits``-digit secret) and ``rank(s)`` is the canary's
+  position among all of them ordered by increasing log-perplexity (rank 1 = more likely than every other
+  secret). Computed where the space has at most ``exact_max`` secrets (10^6 by default) by scoring every
+  candidate through a token trie: the shared template prefix is run once, then each trie node extends
+  its parent's KV cache by one token, so the whole space of 10^6 six-digit secrets costs ~2.2x10^5
+  single-token steps instead of 10^6 full sequences (``trie_logprobs``).
+- rank-based estimate: the same formula with ``S`` replaced by a sample ``R`` of never-inserted
+  references; capped at ``log2 |R|``.
+- extrapolated estimate (section 4.3): fit a skew-normal distribution (``scipy.stats.skewnorm``) to the
+  reference log-perplexities and take ``-log2 CDF(Px(s))``, capped at ``log2 |S|``.
+
+Ties are mid-ranks everywhere: ``rank = 1 + #{r: Px(r) < Px(s)} + #{r != s: Px(r) = Px(s)} / 2``.
+The skew-normal fit under-estimated the exposure of well-memorized canaries by up to 3.2 bits against
+enumeration on a tiny GPT-2 (issue 13), so the figure that is gated (``exposure``) is the exact one where
+the space was enumerated and otherwise the larger of the rank-based and the extrapolated estimates.
 """
 from __future__ import annotations
 
@@ -23,6 +29,10 @@ from typing import Sequence
 import numpy as np
 
 LN2 = math.log(2.0)
+#: enumerate the secret space (exact exposure) up to this many secrets by default
+EXACT_MAX = 1_000_000
+#: KV-cache memory one level of the trie may hold (rows are split into chunks below this)
+KV_BUDGET_BYTES = {"cpu": 512 << 20, "cuda": 2 << 30}
 
 
 def log_perplexity_bits(token_logprobs: Sequence[np.ndarray]) -> np.ndarray:
@@ -70,13 +80,221 @@ def exposure_fit(canary_px, params: tuple[float, float, float], space_size: floa
     return out
 
 
-def canary_exposures(handle, canaries: dict, unseen: int = 20) -> dict:
+# ---------------------------------------------------------------------- the secret space
+
+def template_parts(template: str) -> tuple[str, str]:
+    """The text before and after the template's ``{digits}`` slot (as ``str.format`` renders it)."""
+    marker = "\x00"
+    head, _, tail = template.format(digits=marker).partition(marker)
+    return head, tail
+
+
+def secret_format(canaries: dict) -> tuple[int, str] | None:
+    """(digits, separator) of the record's secrets, or None when they are not ``d<sep>d<sep>...`` digits."""
+    sep = canaries.get("separator", "-")
+    n = canaries.get("digits")
+    cans = canaries.get("canaries") or []
+    if n is None and cans:
+        n = len(cans[0]["secret"].split(sep))
+    if not n:
+        return None
+    for c in cans:
+        parts = c["secret"].split(sep) if sep else list(c["secret"])
+        if len(parts) != n or not all(len(p) == 1 and p.isdigit() for p in parts):
+            return None
+    return int(n), sep
+
+
+def secret_index(secret: str, sep: str) -> int:
+    """The position of a secret in the enumeration order (its digits read as a base-10 number)."""
+    return int(secret.replace(sep, "") if sep else secret)
+
+
+def _secret_of(text: str, head: str, tail: str) -> str:
+    return text[len(head):len(text) - len(tail) if tail else None]
+
+
+def _pack(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    width = max(len(r) for r in rows)
+    out = np.full((len(rows), width), -1, dtype=np.int32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def candidate_ids(handle, template: str, digits: int, sep: str, probe: Sequence[int] = ()) -> tuple[np.ndarray, str]:
+    """Token ids ``[10**digits, L]`` (right-padded with -1) of every secret of the template, in
+    enumeration order, exactly as the handle tokenizes the texts; and how they were obtained.
+
+    Tokenizing 10^6 texts one by one takes about a minute, so the ids are composed from the tokens of
+    the pieces ``head + d1``, ``sep + d2``, ..., ``sep + dn + tail`` (10 variants each) and checked against
+    the handle's own tokenization of a sample (``probe`` indices: the canaries and references, every
+    repeated-digit secret and 512 seeded random ones). Where any differs (a tokenizer that merges across
+    the pieces), every text is tokenized instead.
+    """
+    n = 10 ** digits
+    head, tail = template_parts(template)
+    tok = handle.tokenizer
+
+    def text(i: int) -> str:
+        return template.format(digits=sep.join(f"{i:0{digits}d}"))
+
+    def enc(s: str, special: bool) -> list[int]:
+        return list(tok(s, add_special_tokens=special)["input_ids"])
+
+    tables = []
+    for j in range(digits):
+        pre = head if j == 0 else sep
+        post = tail if j == digits - 1 else ""
+        tables.append(_pack([enc(pre + str(d) + post, j == 0) for d in range(10)]))
+    dig = (np.arange(n, dtype=np.int64)[:, None] // 10 ** np.arange(digits - 1, -1, -1, dtype=np.int64)) % 10
+    full = np.concatenate([tables[j][dig[:, j]] for j in range(digits)], axis=1)
+    del dig
+    order = np.argsort(full < 0, axis=1, kind="stable")  # move the -1 gaps to the end, keeping token order
+    full = np.take_along_axis(full, order, axis=1)
+    del order
+    full = full[:, :int((full >= 0).sum(axis=1).max())]
+    rng = np.random.default_rng(0)
+    sample = sorted(set(int(i) for i in probe)
+                    | {int(str(d) * digits) for d in range(10)}
+                    | set(rng.integers(0, n, size=min(n, 512)).tolist()))
+    real = handle.token_ids([text(i) for i in sample])
+    if all(list(full[i][full[i] >= 0]) == list(r) for i, r in zip(sample, real)):
+        return full, "composed from per-digit tokens (checked on a sample)"
+    rows: list[list[int]] = []
+    for s in range(0, n, 50_000):
+        rows.extend(handle.token_ids([text(i) for i in range(s, min(n, s + 50_000))]))
+    return _pack(rows), "tokenized one by one"
+
+
+def _kv_rows(cache, idx):
+    """A new cache holding the rows ``idx`` of ``cache`` (None where the cache is not plain key/value)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(type(layer) is DynamicLayer and layer.keys is not None for layer in layers):
+        return None
+    return DynamicCache([(layer.keys[idx], layer.values[idx]) for layer in layers])
+
+
+def trie_logprobs(handle, ids: np.ndarray, budget_bytes: int | None = None) -> np.ndarray | None:
+    """Total log-prob (natural log, every token after the first) of each row of ``ids`` (-1 = padding).
+
+    The rows are sorted into a token trie; the longest common prefix runs once, then level by level
+    each node runs its last token against its parent's KV cache (rows of one level have the same
+    length, so no padding), in chunks that keep a level's cache under ``budget_bytes``. Returns None
+    where the model's cache is not a plain per-layer key/value cache (then score full sequences).
+    """
+    import torch
+    model, device = handle.model, handle.device
+    n, width = ids.shape
+    order = np.lexsort(ids.T[::-1])
+    s = ids[order]
+    same = (s == s[0]) & (s[0] >= 0)
+    p = int(np.argmin(same.all(axis=0))) if not same.all() else width
+    if p == 0 or p >= width:
+        return None
+    score = np.zeros(n, dtype=np.float64)
+    budget = budget_bytes or KV_BUDGET_BYTES["cuda" if str(device).startswith("cuda") else "cpu"]
+
+    def run(tokens, cache):
+        out = model(input_ids=tokens, past_key_values=cache, use_cache=True)
+        return out.past_key_values, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+    with torch.inference_mode():
+        root = torch.tensor(s[:1, :p], dtype=torch.long, device=device)
+        out = model(input_ids=root, use_cache=True)
+        if _kv_rows(out.past_key_values, torch.tensor([0], device=device)) is None:
+            return None
+        lp_root = torch.log_softmax(out.logits[0].float(), dim=-1)
+        common = float(lp_root[torch.arange(p - 1, device=device), root[0, 1:]].sum()) if p > 1 else 0.0
+        score += common
+        per_token = sum(layer.keys[0].numel() * layer.keys.element_size() * 2
+                        for layer in out.past_key_values.layers) / p
+        chunk = int(max(16, min(8192, budget // max(1.0, per_token * width * max(1, width - p)))))
+
+        def expand(cache, lp, lo: np.ndarray, hi: np.ndarray, depth: int) -> None:
+            """Score token ``depth`` of the rows under each node ``[lo, hi)`` (sorted rows; node k's
+            next-token log-probs are ``lp[k]``, its cache row k), then expand the children."""
+            sizes = hi - lo
+            rows = np.repeat(np.arange(len(lo)), sizes)
+            idx = np.arange(int(sizes.sum())) + np.repeat(lo - np.r_[0, np.cumsum(sizes)[:-1]], sizes)
+            tok = s[idx, depth]
+            live = np.flatnonzero(tok >= 0)
+            if not live.size:
+                return
+            key_r, key_t = rows[live], tok[live]
+            r_t = torch.as_tensor(key_r, device=lp.device).long()
+            t_t = torch.as_tensor(key_t, device=lp.device).long()
+            score[idx[live]] += lp[r_t, t_t].double().cpu().numpy()
+            if depth + 1 >= width:
+                return
+            # children: runs of equal (node, token) among the live rows; expand those with longer rows
+            first = np.r_[True, (key_r[1:] != key_r[:-1]) | (key_t[1:] != key_t[:-1])]
+            start = np.flatnonzero(first)
+            end = np.r_[start[1:], live.size] - 1
+            c_lo, c_hi = idx[live[start]], idx[live[end]] + 1
+            more = s[c_hi - 1, depth + 1] >= 0  # rows ending at this child sort first within it
+            if not more.any():
+                return
+            parent, token, c_lo, c_hi = key_r[start][more], key_t[start][more], c_lo[more], c_hi[more]
+            for k in range(0, len(parent), chunk):
+                sl = slice(k, k + chunk)
+                sub = _kv_rows(cache, torch.as_tensor(parent[sl], device=device).long())
+                new_cache, new_lp = run(torch.as_tensor(token[sl], device=device).long()[:, None], sub)
+                expand(new_cache, new_lp, c_lo[sl], c_hi[sl], depth + 1)
+
+        expand(out.past_key_values, lp_root[-1:], np.array([0]), np.array([n]), p)
+    handle.stats["forward_passes"] = handle.stats.get("forward_passes", 0) + 1
+    result = np.empty(n, dtype=np.float64)
+    result[order] = score
+    return result
+
+
+def full_logprobs(handle, ids: np.ndarray, chunk: int = 20_000) -> np.ndarray:
+    """The same totals from full sequences through the handle's batched ``score_ids`` (any model)."""
+    out = np.empty(len(ids), dtype=np.float64)
+    for s in range(0, len(ids), chunk):
+        rows = [list(r[r >= 0]) for r in ids[s:s + chunk]]
+        out[s:s + len(rows)] = [float(np.sum(lp, dtype=np.float64)) for lp in handle.score_ids(rows)]
+    return out
+
+
+def space_logprobs(handle, template: str, digits: int, sep: str, probe: Sequence[int] = ()) -> dict:
+    """Log-prob of every secret of the template (enumeration order), memoized on the handle (and on disk,
+    so a second audit of the same base model skips it): ``{"logprob", "tokens", "scoring"}``."""
+    def compute():
+        ids, how = candidate_ids(handle, template, digits, sep, probe)
+        lp = trie_logprobs(handle, ids)
+        scoring = "token trie with a shared KV cache"
+        if lp is None:
+            lp, scoring = full_logprobs(handle, ids), "full sequences in batches"
+        return {"logprob": lp, "tokens": how, "scoring": scoring}
+
+    return handle.memo("memorization.secret_space", [template, str(digits), sep], compute, persist=True)
+
+
+def exact_rank(space_lp: np.ndarray, indices) -> tuple[np.ndarray, np.ndarray]:
+    """(rank, exposure) of the secrets at ``indices`` among the whole space (mid-rank ties, the secret
+    itself not counted as a tie): ``exposure = log2 |S| - log2 rank``."""
+    srt = np.sort(np.asarray(space_lp, dtype=np.float64))
+    q = np.asarray(space_lp, dtype=np.float64)[np.asarray(indices, dtype=np.int64)]
+    above = srt.size - np.searchsorted(srt, q, side="right")  # strictly more likely
+    equal = np.searchsorted(srt, q, side="right") - np.searchsorted(srt, q, side="left") - 1
+    rank = 1.0 + above + equal / 2.0
+    return rank, math.log2(srt.size) - np.log2(rank)
+
+
+# ---------------------------------------------------------------------- per canary
+
+def canary_exposures(handle, canaries: dict, unseen: int = 20, exact_max: int = EXACT_MAX) -> dict:
     """Exposure of every inserted canary and of ``unseen`` held-out never-inserted references.
 
-    The references are scored in one batched pass through the handle's shared, cached
-    ``token_logprobs`` (together with the canaries). The last ``unseen`` references are held out as
-    never-inserted canaries and ranked against the remaining references like the inserted ones, so
-    their exposure shows what chance looks like (about log2(e) = 1.44 bits on average).
+    The canaries and references are scored in one batched pass through the handle's shared, cached
+    ``token_logprobs``; the last ``unseen`` references are held out as never-inserted canaries (their
+    exposure shows what chance looks like: about log2(e) = 1.44 bits on average). Where the secret
+    space has at most ``exact_max`` secrets it is enumerated and ``exposure`` is exact; otherwise
+    ``exposure`` is the larger of the rank-based and skew-normal estimates (``method`` says which).
     """
     refs = list(canaries.get("references") or [])
     cans = list(canaries.get("canaries") or [])
@@ -89,13 +307,33 @@ def canary_exposures(handle, canaries: dict, unseen: int = 20) -> dict:
     can_px, held_px, ref_px = px[:len(cans)], px[len(cans):len(cans) + len(held)], px[len(cans) + len(held):]
     space = canaries.get("space_size")
     params = skewnorm_fit(ref_px)
-    rank, exp = exposure_rank(can_px, ref_px)
-    held_rank, held_exp = exposure_rank(held_px, ref_px) if len(held) else (np.zeros(0), np.zeros(0))
-    return {
-        "log_perplexity": can_px, "rank": rank, "exposure": exp,
-        "exposure_fit": exposure_fit(can_px, params, space),
-        "unseen_exposure": held_exp, "unseen_exposure_fit": exposure_fit(held_px, params, space),
+    rank, exp_rank = exposure_rank(can_px, ref_px)
+    held_rank, held_exp_rank = exposure_rank(held_px, ref_px) if len(held) else (np.zeros(0), np.zeros(0))
+    fit, held_fit = exposure_fit(can_px, params, space), exposure_fit(held_px, params, space)
+    out = {
+        "log_perplexity": can_px, "rank": rank, "exposure_rank": exp_rank, "exposure_fit": fit,
+        "unseen_exposure_rank": held_exp_rank, "unseen_exposure_fit": held_fit,
         "reference_px": ref_px, "skewnorm": params, "n_references": int(ref_px.size),
-        "max_possible": math.log2(ref_px.size),
-        "max_possible_fit": math.log2(space) if space else float("nan"),
+        "max_possible_rank": math.log2(ref_px.size),
+        "max_possible": math.log2(space) if space else math.log2(ref_px.size),
+        "space_size": space, "exact": None, "method": "max(rank, skew-normal)",
+        "exposure": np.maximum(exp_rank, fit), "unseen_exposure": np.maximum(held_exp_rank, held_fit),
     }
+    fmt = secret_format(canaries)
+    if fmt is not None and space and 10 ** fmt[0] == space and space <= exact_max:
+        digits, sep = fmt
+        head, tail = template_parts(canaries["template"])
+        can_idx = [secret_index(c["secret"], sep) for c in cans]
+        held_idx = [secret_index(_secret_of(t, head, tail), sep) for t in held]
+        ref_idx = [secret_index(_secret_of(t, head, tail), sep) for t in ranked]
+        import torch
+        try:
+            sp = space_logprobs(handle, canaries["template"], digits, sep, can_idx + held_idx + ref_idx)
+        except (MemoryError, torch.OutOfMemoryError):  # keep the estimate, and say why
+            out["method"] = "max(rank, skew-normal): enumerating the space ran out of memory"
+            return out
+        ex_rank, ex = exact_rank(sp["logprob"], can_idx)
+        held_ex = exact_rank(sp["logprob"], held_idx)[1] if held_idx else np.zeros(0)
+        out.update(exposure=ex, exact_rank=ex_rank, unseen_exposure=held_ex, method="exact",
+                   exact={"tokens": sp["tokens"], "scoring": sp["scoring"], "space_size": int(space)})
+    return out
