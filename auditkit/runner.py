@@ -91,6 +91,24 @@ def exit_code_for(results: dict, strict: bool = False) -> int:
     return 0
 
 
+def _measured(spec: CheckSpec, gates: list, metrics: dict, baseline_metrics: dict | None) -> tuple[list, list[str]]:
+    """Default gates on a metric this run did not measure (no canaries, a part turned off) do not apply.
+
+    They are dropped with a note. A gate the suite wrote, or a metric that was measured as NaN, still
+    makes the gate ERROR.
+    """
+    if not spec.default_gates:
+        return gates, []
+    kept, notes = [], []
+    for g in gates:
+        missing = [r.text() for r in g.refs() if r.metric not in ((baseline_metrics or {}) if r.baseline else metrics)]
+        if missing:
+            notes.append(f"default gate {g.expr!r} not applied: this run did not measure {missing[0]}")
+        else:
+            kept.append(g)
+    return kept, notes
+
+
 def _config_hash(spec: CheckSpec) -> str:
     blob = json.dumps({"uses": spec.uses, "params": spec.params, "data": spec.data, "columns": spec.columns,
                        "gates": [g.expr for g in spec.gates]}, sort_keys=True, default=str)
@@ -272,6 +290,8 @@ class Runner:
             if spec.cls.uses_baseline and baseline is not None:
                 entry["baseline_metrics"] = {k[len("baseline."):]: m for k, m in entry["metrics"].items()
                                              if k.startswith("baseline.")} or None
+            gate_specs, unmeasured = _measured(spec, gate_specs, entry["metrics"], entry["baseline_metrics"])
+            entry["notes"] += unmeasured
             gates = [evaluate(g, entry["metrics"], entry["baseline_metrics"]) for g in gate_specs]
             entry["gates"] = gates
             # no gate decided: info, never pass
