@@ -162,7 +162,7 @@ class CheckResult:
 class CheckContext:
     """Everything a check may use: the model under audit, its baseline, data and shared state."""
 
-    model: "ModelHandle"
+    model: "ModelHandle | None"  # None only in a run whose checks all have needs_model = False
     params: dict[str, Any]
     seed: int
     device: str
@@ -199,6 +199,9 @@ class Check:
     uses_baseline: ClassVar[bool] = False
     #: set when the check cannot run without a baseline model (the run stops with exit 2 before loading)
     requires_baseline: ClassVar[bool] = False
+    #: False for a check that reads only data (e.g. data quality): a run whose checks all say so, and that
+    #: has no fine-tune, loads no model (``ctx.model`` is None) and the suite may omit ``model:``
+    needs_model: ClassVar[bool] = True
     #: the gates applied when a suite entry has no ``gates:`` key (``gates: []`` means none): a list of
     #: ``"METRIC OP VALUE"`` strings (severity fail) or ``{"when": "...", "severity": "warn"}`` dicts, or
     #: a dict ``{task: [...]}`` where they differ by task kind (``"*"`` for any other task)

@@ -320,6 +320,8 @@ class Runner:
         started = time.time()
         seed_everything(suite.seed)
         checks = self._selected()
+        # --resume reads the earlier results before the stale reports are removed
+        self.previous = self._previous() if opts.resume else {}
         # validate every dataset before any model loads
         for i, spec in enumerate(checks):
             if spec.data:
@@ -333,6 +335,12 @@ class Runner:
         if suite.finetune:
             self.load_data(suite.finetune.data, suite.finetune.columns, self.where("finetune", "data"))
 
+        if not suite.finetune and not any(c.cls.needs_model for c in checks):
+            # every check reads data only: no model loads (and --model/--baseline have nothing to do)
+            self._prepare_out()
+            return self._run_checks(checks, None, None, None, {"canaries": None, "show_secrets": opts.show_secrets,
+                                                                "finetune_data": None, "finetune_validation": None},
+                                    started, None)
         base_place = "--model" if opts.model else self.where("model", "base")
         base_spec = opts.model or suite.model.base
         baseline_place = "--baseline" if opts.baseline else self.where("model", "baseline")
@@ -342,7 +350,6 @@ class Runner:
         if baseline_spec and not suite.finetune:
             check_model_source(baseline_spec, self.registry, allow_pickle=suite.model.allow_pickle, file=self.file,
                                place=baseline_place)
-        previous = self._previous() if opts.resume else {}
         self._prepare_out()
         base = self._load(base_spec, base_place)
         if not suite.finetune:  # a fine-tune trains whatever head the base lacks
@@ -372,9 +379,14 @@ class Runner:
                                                       if ft.data.startswith("builtin:") else None), ft.columns)
             if ft else None,
         }
+        return self._run_checks(checks, model, baseline, training, artifacts, started, train_time)
+
+    def _run_checks(self, checks, model, baseline, training, artifacts, started, train_time) -> RunOutcome:
+        import torch
+        suite, opts = self.suite, self.opts
         entries, durations = [], {}
         for spec in checks:
-            prev = previous.get(spec.id)
+            prev = self.previous.get(spec.id)
             if prev and prev.get("config_hash") == _config_hash(spec) and prev.get("status") != "error":
                 self.progress.stage(f"{spec.id}: reusing the result of the previous run (--resume)")
                 entries.append(prev)

@@ -266,6 +266,8 @@ def load_suite(path: str | Path, registry) -> Suite:
         raise cx.fail(("device",), f"device must be auto, cpu or cuda, got {device!r}")
 
     model_raw = raw.get("model")
+    if model_raw is None and _model_free(raw.get("checks"), registry) and raw.get("finetune") is None:
+        model_raw = {"base": ""}  # every check reads data only: no model is loaded
     if not isinstance(model_raw, dict) or "base" not in model_raw:
         raise cx.fail(("model",), "model: with a base: (a local dir, hub id or builtin:NAME) is required")
     cx.keys(model_raw, MODEL_KEYS, ("model",))
@@ -311,6 +313,14 @@ def load_suite(path: str | Path, registry) -> Suite:
         checks.append(spec)
     return Suite(name=name, path=path, model=model, checks=checks, seed=seed, device=device,
                  description=raw.get("description", "") or "", finetune=finetune, lines=cx.lines)
+
+
+def _model_free(checks_raw, registry) -> bool:
+    """Every listed check is a known one that reads data only (``needs_model = False``)."""
+    if not isinstance(checks_raw, list) or not checks_raw:
+        return False
+    names = [e if isinstance(e, str) else e.get("uses") if isinstance(e, dict) else None for e in checks_raw]
+    return all(n in registry.checks and not registry.checks[n].needs_model for n in names)
 
 
 def _parse_check(entry, path: tuple, cx: _Ctx, registry, task: str, seen: set) -> CheckSpec:

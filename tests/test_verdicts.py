@@ -368,3 +368,35 @@ def test_an_installed_third_party_auditkit_plugin_does_not_change_what_the_tests
     assert os.environ.get("AUDITKIT_PLUGINS") == ""  # conftest's allowlist: no third-party plugin
     reg = build_registry()
     assert not reg.failures and "versus" not in reg.checks
+
+
+# ---------------------------------------------------------------------- checks that read data only
+
+class DataOnly(Check):
+    """A check that needs no model (like data quality)."""
+
+    name = "data_only"
+    metrics = {"rows": MetricSpec("rows", None)}
+    needs_model = False
+    default_gates = ["rows >= 1"]
+
+    def run(self, ctx):
+        assert ctx.model is None
+        res = CheckResult()
+        res.add("rows", len(ctx.data), higher_is_better=None)
+        return res
+
+
+def test_a_run_of_data_only_checks_loads_no_model_and_needs_no_model_section(run_cli, tmp_path, registry,
+                                                                             monkeypatch):
+    import auditkit.runner as runner
+    monkeypatch.setitem(registry.checks, "data_only", DataOnly)
+    monkeypatch.setitem(registry.check_plugin, "data_only", "tests")
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    write_jsonl(tmp_path / "data.jsonl", ROWS)
+    suite = write_suite(tmp_path, "name: d\nchecks: [{uses: data_only, data: data.jsonl}]\n")
+    code, out, err = run_cli("run", suite, "--out", tmp_path / "out")
+    assert code == 0, err
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["model"] is None and res["checks"][0]["status"] == "pass"
+    assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "summary.md").exists()
