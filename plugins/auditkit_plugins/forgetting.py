@@ -28,6 +28,8 @@ model's task), ``{text: SPEC}``, ``{prompts: SPEC}``, ``{mc: SPEC}``, ``{pairs: 
 ``{lm_eval: TASK}`` (optionally with ``limit``, ``num_fewshot``, ``batch_size``). lm-eval tasks run through
 the ``lm_eval`` check on both models; their ``acc`` is pooled over the tasks into ``lm_eval_acc_before``,
 ``lm_eval_acc_after`` and ``lm_eval_bwt``.
+The entries are checked when the suite loads, before any model (``parse_retention``): their keys, built-in
+names and files; only a kind the model's task cannot take waits for the run.
 
 Every pass over the base model goes through the model handle's cached primitives (on disk too), so a
 second candidate audited against the same base does not recompute them.
@@ -270,42 +272,25 @@ class Forgetting(Check):
         return res
 
     # ------------------------------------------------------------------ planning
+    @classmethod
+    def validate_params(cls, params: dict, base_dir: str | None = None, prefix: str = "") -> None:
+        """The ``retention`` entries, before any model loads: their shape and keys, built-in names that exist
+        and files that exist (relative to the suite's folder), lm-eval entries as the ``lm_eval`` check
+        validates its ``task``. What needs the model (a causal-only kind for an encoder) waits for the run.
+
+        Raises AuditInputError placed at ``PREFIX + "retention"``."""
+        parse_retention(params.get("retention"), base_dir, f"{prefix}retention")
+
     def _plan(self, ctx: CheckContext) -> list[tuple[str, object]]:
         """The retention entries as (kind, spec) pairs, validated, one dataset per kind."""
         where = f"{ctx.check_id or self.name}.retention"
         task = ctx.model.task
-        entries = ctx.params.get("retention")
-        if entries is None:
-            entries = ["default"]
         plan: list[tuple[str, object]] = []
-        for entry in entries:
-            if entry == "default":
+        for kind, spec in parse_retention(ctx.params.get("retention"), ctx.base_dir, where):
+            if kind == "default":
                 plan += [next(iter(e.items())) for e in DEFAULT_RETENTION[task]]
-                continue
-            if isinstance(entry, str):
-                raise AuditInputError(f"retention entry {entry!r} does not say what kind of data it is", place=where,
-                                      fix=f"write {{text: {entry}}}, {{prompts: ...}}, {{mc: ...}}, {{pairs: ...}}, "
-                                          "{lm_eval: TASK} or 'default'")
-            if not isinstance(entry, dict):
-                raise AuditInputError(f"retention entries must be mappings, got {entry!r}", place=where)
-            if "lm_eval" in entry:
-                unknown = [k for k in entry if k not in LM_EVAL_KEYS]
-                if unknown:
-                    raise AuditInputError(f"unknown key {unknown[0]!r} in an lm_eval retention entry", place=where,
-                                          fix=f"allowed: {', '.join(LM_EVAL_KEYS)}")
-                plan.append(("lm_eval", entry))
-                continue
-            if len(entry) != 1 or next(iter(entry)) not in KINDS:
-                from difflib import get_close_matches
-                key = next(iter(entry), "")
-                near = get_close_matches(str(key), KINDS, n=1)
-                raise AuditInputError(f"retention entry {entry!r} must have exactly one key of "
-                                      f"{', '.join(KINDS)}", place=where,
-                                      fix=f"did you mean {near[0]!r}?" if near else "e.g. {text: builtin:general-text}")
-            kind, spec = next(iter(entry.items()))
-            if not isinstance(spec, str):
-                raise AuditInputError(f"{kind}: must be builtin:NAME or a file path, got {spec!r}", place=where)
-            plan.append((kind, spec))
+            else:
+                plan.append((kind, spec))
         if ctx.data is not None:  # a check-level data: replaces the retention set of its kind
             plan.append((self._kind_of(ctx.data, task), ctx.data))
         seen: dict[str, object] = {}
@@ -413,7 +398,7 @@ class Forgetting(Check):
 
     def _lm_eval(self, ctx: CheckContext, entry: dict, res: CheckResult, bars: list) -> None:
         """Run the lm_eval check on both models (its results cached on each handle) and pool acc."""
-        from auditkit_plugins.lm_eval_task import LmEvalTask
+        from auditkit_plugins.lm_eval_task import LmEvalTask, task_file
         params = {name: p.default for name, p in LmEvalTask.params.items()}
         params["task"] = str(entry["lm_eval"])
         params["limit"] = int(entry.get("limit", ctx.params["max_examples"] or 0))
@@ -421,9 +406,7 @@ class Forgetting(Check):
             if key in entry:
                 params[key] = int(entry[key])
         task = params["task"]
-        path = Path(task)
-        if not path.is_absolute() and ctx.base_dir:
-            path = Path(ctx.base_dir) / path
+        path = task_file(task, ctx.base_dir)
         # a task file's content is part of the cache key: editing the task re-runs it
         content = path.read_text() if task.endswith((".yaml", ".yml")) and path.exists() else None
 
@@ -508,6 +491,88 @@ class Forgetting(Check):
         res.evidence.append({"title": "Sentence pairs whose similarity moved most", "rows": [
             {"row": int(i), "text_a": a[i][:120], "text_b": b_[i][:120], "cos_before": round(float(sb[i]), 4),
              "cos_after": round(float(sc[i]), 4)} for i in moved]})
+
+
+def _data_spec(spec, base_dir: str | None, where: str, kind: str) -> None:
+    """A ``builtin:NAME[#split]`` whose NAME a dataset source registers, or a data file that exists (relative
+    to the suite's folder first, as :func:`auditkit.data.load_dataset` resolves it); the split and the rows
+    are read when the check runs."""
+    from auditkit.api import did_you_mean
+    from auditkit.plugins import registry
+    if not isinstance(spec, str) or not spec.strip():
+        raise AuditInputError(f"{kind}: must be builtin:NAME or a file path, got {spec!r}", place=where,
+                              fix="e.g. builtin:general-text or data/retention.jsonl")
+    if spec.startswith("builtin:"):
+        name = spec[len("builtin:"):].partition("#")[0]
+        sources = registry().dataset_sources
+        if name not in sources:
+            raise AuditInputError(f"unknown built-in dataset {spec!r} in a {kind} retention entry", place=where,
+                                  fix=did_you_mean(f"builtin:{name}", [f"builtin:{n}" for n in sorted(sources)]))
+        return
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and base_dir and (Path(base_dir) / path).exists():
+        path = Path(base_dir) / path
+    if not path.exists():
+        raise AuditInputError(f"retention data file {spec} does not exist", place=where,
+                              fix="paths are relative to the suite file's folder")
+    if path.is_dir():
+        raise AuditInputError(f"retention data {spec} is a directory, not a data file", place=where,
+                              fix="name one .jsonl, .csv or .parquet file")
+
+
+def parse_retention(entries, base_dir: str | None, where: str) -> list[tuple[str, object]]:
+    """The ``retention`` param as ``(kind, spec)`` pairs (``("default", None)`` for the built-in sets, the
+    whole mapping for an lm-eval entry), checked without a model: one kind per entry and only its keys
+    (did-you-mean), built-in names and files that exist, lm-eval tasks and options as the ``lm_eval`` check
+    takes them. Raises AuditInputError placed at ``where``."""
+    from auditkit.api import did_you_mean
+    from auditkit_plugins.lm_eval_task import LmEvalTask, check_task
+    if entries is None:
+        return [("default", None)]
+    if not isinstance(entries, list):
+        entries = [entries]
+    out: list[tuple[str, object]] = []
+    for entry in entries:
+        if entry == "default":
+            out.append(("default", None))
+            continue
+        if isinstance(entry, str):
+            raise AuditInputError(f"retention entry {entry!r} does not say what kind of data it is", place=where,
+                                  fix=f"write {{text: {entry}}}, {{prompts: ...}}, {{mc: ...}}, {{pairs: ...}}, "
+                                      "{lm_eval: TASK} or 'default'")
+        if not isinstance(entry, dict) or not entry:
+            raise AuditInputError(f"retention entries must be 'default' or mappings such as {{text: SPEC}}, "
+                                  f"got {entry!r}", place=where)
+        if "lm_eval" in entry:
+            unknown = [k for k in entry if k not in LM_EVAL_KEYS]
+            if unknown:
+                raise AuditInputError(f"unknown key {unknown[0]!r} in an lm_eval retention entry", place=where,
+                                      fix=f"{did_you_mean(unknown[0], LM_EVAL_KEYS[1:])} (allowed: "
+                                          f"{', '.join(LM_EVAL_KEYS)})")
+            check_task(entry["lm_eval"], base_dir, where)
+            for key in LM_EVAL_KEYS[1:]:
+                if key in entry:
+                    try:
+                        LmEvalTask.params[key].coerce(entry[key], f"the lm_eval entry's {key}")
+                    except ValueError as exc:
+                        raise AuditInputError(str(exc), place=where) from None
+            out.append(("lm_eval", entry))
+            continue
+        kinds = [k for k in entry if k in KINDS]
+        others = [k for k in entry if k not in KINDS]
+        if len(kinds) != 1 or others:
+            if others:
+                what = f"unknown key {others[0]!r}" if not kinds else f"key {others[0]!r} besides {kinds[0]!r}"
+                fix = (did_you_mean(others[0], KINDS) if not kinds else
+                       f"a {kinds[0]} entry has no other key (max_examples: limits the rows of every set)")
+            else:
+                what, fix = f"more than one kind ({', '.join(kinds)})", "write one entry per dataset"
+            raise AuditInputError(f"retention entry {entry!r} has {what}: each entry has exactly one key of "
+                                  f"{', '.join(KINDS)}", place=where, fix=fix)
+        kind, spec = kinds[0], entry[kinds[0]]
+        _data_spec(spec, base_dir, where, kind)
+        out.append((kind, spec))
+    return out
 
 
 def _dedupe(plan: list[tuple[str, object]]) -> list[tuple[str, object]]:

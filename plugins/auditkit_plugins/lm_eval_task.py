@@ -2,6 +2,8 @@
 already in memory (``HFLM(pretrained=<loaded model>)``), its metrics and stderr mapped into our schema
 (95% CI = value ± 1.96 stderr). ``task`` is a task name, a path to a task YAML (relative to the suite),
 or ``builtin:NAME`` for a built-in multiple-choice dataset wrapped as an lm-eval task.
+A task YAML that is missing or unreadable and an unknown ``builtin:NAME`` are exit 2 when the suite loads
+(``check_task``); a plain task name and ``metric`` are known only once lm-eval loads the task.
 
 Metric names come from the task (``acc``, ``exact_match_strict-match`` for a filtered metric, ...), so they
 are declared as a pattern and any of them can be gated; their direction is the one lm-eval's task declares
@@ -63,6 +65,62 @@ def write_mc_task(rows: list[dict], folder: Path, name: str) -> Path:
     return yml
 
 
+def _task_loader():
+    """A safe YAML loader that reads lm-eval's own tags (``!function utils.process_docs``) as None: we only
+    need the task's name, and ``yaml.safe_load`` refuses such a (valid) task file."""
+    import yaml
+
+    class TaskLoader(yaml.SafeLoader):
+        pass
+    TaskLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    return TaskLoader
+
+
+def task_file(task: str, base_dir: str | None) -> Path:
+    """Where a task YAML lies: relative paths are relative to the suite's folder."""
+    path = Path(task).expanduser()
+    return Path(base_dir) / path if not path.is_absolute() and base_dir else path
+
+
+def read_task_file(task: str, base_dir: str | None, place: str) -> dict:
+    """The mapping in a task YAML; AuditInputError (placed at ``place``) when it is missing or unreadable."""
+    import yaml
+    path = task_file(task, base_dir)
+    if not path.is_file():
+        what = "is a directory, not a task YAML" if path.is_dir() else "does not exist"
+        raise AuditInputError(f"lm-eval task file {task} {what}", place=place,
+                              fix="paths are relative to the suite file's folder")
+    try:
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_task_loader())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise AuditInputError(f"lm-eval task file {task} cannot be read ({first})", place=place,
+                              fix="give a valid lm-eval task YAML") from None
+    if not isinstance(doc, dict):
+        raise AuditInputError(f"lm-eval task file {task} holds no mapping", place=place,
+                              fix="an lm-eval task YAML starts with task: NAME")
+    return doc
+
+
+def check_task(task, base_dir: str | None, place: str) -> None:
+    """What can be known of ``task`` before a model loads: a non-empty string, a ``builtin:NAME`` that a dataset
+    source registers (did-you-mean), a task YAML that exists and parses. A plain lm-eval task name is looked up
+    when the check runs (indexing lm-eval's task registry takes ~20 s), and so is the task's ``metric``."""
+    from auditkit.api import did_you_mean
+    from auditkit.plugins import registry
+    if not isinstance(task, str) or not task.strip():
+        raise AuditInputError(f"an lm-eval task must be a task name, a task YAML or builtin:NAME, got {task!r}",
+                              place=place, fix="e.g. task: arc_easy, task: tasks/mine.yaml or task: builtin:mc-general")
+    if task.startswith("builtin:"):
+        name = task[len("builtin:"):].partition("#")[0]
+        sources = registry().dataset_sources
+        if name not in sources:
+            raise AuditInputError(f"unknown built-in dataset {task!r} as an lm-eval task", place=place,
+                                  fix=did_you_mean(f"builtin:{name}", [f"builtin:{n}" for n in sorted(sources)]))
+    elif task.endswith((".yaml", ".yml")):
+        read_task_file(task, base_dir, place)
+
+
 class LmEvalTask(Check):
     name = "lm_eval"
     description = "Run an lm-evaluation-harness task through lm-eval on the loaded model; metrics with stderr CIs."
@@ -84,12 +142,18 @@ class LmEvalTask(Check):
     # see the module docstring: no clear regression against the base (dropped without one)
     default_gates = ["score.ci_high >= baseline.score"]
 
+    @classmethod
+    def validate_params(cls, params: dict, base_dir: str | None = None, prefix: str = "") -> None:
+        """The ``task`` before any model loads (see :func:`check_task`); placed at ``PREFIX + "task"``."""
+        check_task(params.get("task"), base_dir, f"{prefix}task")
+
     def run(self, ctx: CheckContext) -> CheckResult:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
 
         task = ctx.params["task"]
+        self.validate_params(ctx.params, ctx.base_dir, f"{ctx.check_id or self.name}.")
         with tempfile.TemporaryDirectory(prefix="auditkit-lmeval-") as tmp:
             include = None
             if task.startswith("builtin:"):
@@ -99,13 +163,9 @@ class LmEvalTask(Check):
                 include = str(write_mc_task(ds.rows, Path(tmp), name).parent)
                 task = name
             elif task.endswith((".yaml", ".yml")):
-                path = Path(task)
-                if not path.is_absolute() and ctx.base_dir:
-                    path = Path(ctx.base_dir) / path
-                if not path.exists():
-                    raise AuditInputError(f"lm-eval task file {task} does not exist", place=f"{ctx.check_id}.task")
-                import yaml
-                task = (yaml.safe_load(path.read_text()) or {}).get("task") or path.stem
+                path = task_file(task, ctx.base_dir)
+                name = read_task_file(task, ctx.base_dir, f"{ctx.check_id or self.name}.task").get("task")
+                task = name if isinstance(name, str) and name else path.stem
                 include = str(path.parent.resolve())
             tm = None
             if include:

@@ -90,32 +90,47 @@ class Explainability(Check):
     default_data = "builtin:reviews#test"
 
     # ------------------------------------------------------------------ params
+    @classmethod
+    def validate_params(cls, params: dict, base_dir: str | None = None, prefix: str = "") -> None:
+        """What the Param declarations cannot say, checked before any model loads: ``methods`` is not empty,
+        ``primary`` is among the methods run, ``rationale_sizes`` is not empty. Raises AuditInputError placed
+        at ``PREFIX + param``."""
+        methods = [m for m in METHODS if m in (params.get("methods") or [])]
+        if not methods:
+            raise AuditInputError("explainability: methods is empty", place=f"{prefix}methods",
+                                  fix=f"list some of {', '.join(METHODS)}, or leave methods out for all of them")
+        primary = params.get("primary")
+        if primary and primary not in methods:
+            raise AuditInputError(f"explainability: primary method {primary!r} is not among the methods run "
+                                  f"({', '.join(methods)})", place=f"{prefix}primary",
+                                  fix=f"add {primary} to methods or set primary to one of {', '.join(methods)}")
+        if not params.get("rationale_sizes"):
+            raise AuditInputError("explainability: rationale_sizes is empty", place=f"{prefix}rationale_sizes",
+                                  fix="e.g. rationale_sizes: [0.1, 0.2, 0.5]")
+
     def _validate(self, ctx: CheckContext) -> tuple[list[str], list[float], list[int], str]:
         p, ds = ctx.params, ctx.data
-        where = f"checks: {ctx.check_id}"
+        where = f"{ctx.check_id or self.name}"
         bad = [m for m in p["methods"] if m not in METHODS]
-        methods = [m for m in METHODS if m in p["methods"]]  # canonical order: metric names are fixed
-        if bad or not methods:
-            raise AuditInputError(f"explainability: unknown method {bad[0]!r}" if bad else
-                                  "explainability: methods is empty", place=where,
+        if bad:
+            raise AuditInputError(f"explainability: unknown method {bad[0]!r}", place=f"{where}.methods",
                                   fix=f"methods: a list among {', '.join(METHODS)}")
+        self.validate_params(p, ctx.base_dir, f"{where}.")
+        methods = [m for m in METHODS if m in p["methods"]]  # canonical order: metric names are fixed
         primary = p["primary"] or ("ig" if "ig" in methods else methods[0])
-        if primary not in methods:
-            raise AuditInputError(f"explainability: primary method {primary!r} is not in methods",
-                                  place=where, fix=f"add it to methods or set primary to one of {', '.join(methods)}")
         sizes = p["rationale_sizes"]
         if not sizes or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1
                                 for s in sizes):
             raise AuditInputError(f"explainability: rationale_sizes must be shares in (0, 1], got {sizes!r}",
-                                  place=where, fix="e.g. rationale_sizes: [0.1, 0.2, 0.5]")
+                                  place=f"{where}.rationale_sizes", fix="e.g. rationale_sizes: [0.1, 0.2, 0.5]")
         named = p["examples"]
         for r in named:
             if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r < len(ds):
                 raise AuditInputError(f"explainability: examples holds {r!r}, not a row index of the data "
-                                      f"(0..{len(ds) - 1})", file=ds.file, place=where,
+                                      f"(0..{len(ds) - 1})", place=f"{where}.examples",
                                       fix="list 0-based row indices of the check's data")
         if p["ig_steps"] < 2:
-            raise AuditInputError("explainability: ig_steps must be at least 2", place=where)
+            raise AuditInputError("explainability: ig_steps must be at least 2", place=f"{where}.ig_steps")
         return methods, [float(s) for s in sizes], list(dict.fromkeys(named)), primary
 
     # ------------------------------------------------------------------ run
