@@ -216,6 +216,14 @@ class Check:
         """
 
     @classmethod
+    def validate_suite(cls, params: dict, *, has_finetune: bool, data: str | None = None, prefix: str = "") -> None:
+        """Check what the entry needs from the rest of the suite (a ``finetune:`` section, a ``data:``).
+
+        Called when the suite loads, after :meth:`validate_params`, before any model: raise
+        ``AuditInputError(message, place=PREFIX + PARAM, fix=...)``.
+        """
+
+    @classmethod
     def default_gates_for(cls, task: str) -> list[tuple[str, str]]:
         """The default gates for ``task`` as ``(expression, severity)`` pairs."""
         decl = cls.default_gates

@@ -335,12 +335,11 @@ class Runner:
         if suite.finetune:
             self.load_data(suite.finetune.data, suite.finetune.columns, self.where("finetune", "data"))
 
-        if not suite.finetune and not any(c.cls.needs_model for c in checks):
-            # every check reads data only: no model loads (and --model/--baseline have nothing to do)
+        if not any(c.cls.needs_model for c in checks):
+            # every check reads data only: no model loads and no fine-tune runs (--model/--baseline have
+            # nothing to do); the fine-tuning data is still what those checks read by default
             self._prepare_out()
-            return self._run_checks(checks, None, None, None, {"canaries": None, "show_secrets": opts.show_secrets,
-                                                                "finetune_data": None, "finetune_validation": None},
-                                    started, None)
+            return self._run_checks(checks, None, None, None, self._artifacts(None), started, None)
         base_place = "--model" if opts.model else self.where("model", "base")
         base_spec = opts.model or suite.model.base
         baseline_place = "--baseline" if opts.baseline else self.where("model", "baseline")
@@ -369,16 +368,7 @@ class Runner:
             baseline = self._load(baseline_spec, baseline_place) if baseline_spec else None
             if baseline is not None:
                 self._check_head(baseline, baseline_place, "baseline")
-        ft = suite.finetune
-        artifacts = {
-            "canaries": canaries,
-            "show_secrets": opts.show_secrets,
-            # what the model was fine-tuned on, for membership inference and extraction checks
-            "finetune_data": (ft.data, ft.columns) if ft else None,
-            "finetune_validation": (ft.validation or (ft.data.split("#")[0] + "#validation"
-                                                      if ft.data.startswith("builtin:") else None), ft.columns)
-            if ft else None,
-        }
+        artifacts = self._artifacts(canaries)
         return self._run_checks(checks, model, baseline, training, artifacts, started, train_time)
 
     def _run_checks(self, checks, model, baseline, training, artifacts, started, train_time) -> RunOutcome:
@@ -397,6 +387,19 @@ class Runner:
             entries.append(entry)
         results = self._results(suite, model, baseline, training, entries, durations, started, train_time=train_time)
         return self._finish(results, exit_code_for(results, opts.strict))
+
+    def _artifacts(self, canaries) -> dict:
+        """What checks share besides the models: the canaries, the secrets flag, the fine-tuning data."""
+        ft = self.suite.finetune
+        return {
+            "canaries": canaries,
+            "show_secrets": self.opts.show_secrets,
+            # what the model was fine-tuned on, for membership inference, extraction and data checks
+            "finetune_data": (ft.data, ft.columns) if ft else None,
+            "finetune_validation": (ft.validation or (ft.data.split("#")[0] + "#validation"
+                                                      if ft.data.startswith("builtin:") else None), ft.columns)
+            if ft else None,
+        }
 
     def _prepare_out(self) -> None:
         """Before any model loads: the output folder must be writable, and reports of an earlier run go.

@@ -310,6 +310,11 @@ def load_suite(path: str | Path, registry) -> Suite:
         if spec.cls.needs_training and finetune is None:
             raise cx.fail(("checks", i, "uses"), f"check {spec.uses!r} reads the fine-tuning record",
                           "add a finetune: section to the suite")
+        try:
+            spec.cls.validate_suite(spec.params, has_finetune=finetune is not None, data=spec.data)
+        except AuditInputError as exc:
+            where = ("checks", i) + ((exc.place,) if exc.place in spec.params else ())
+            raise cx.fail(where, exc.message, exc.fix) from None
         checks.append(spec)
     return Suite(name=name, path=path, model=model, checks=checks, seed=seed, device=device,
                  description=raw.get("description", "") or "", finetune=finetune, lines=cx.lines)
