@@ -368,7 +368,7 @@ class Runner:
             baseline = self._load(baseline_spec, baseline_place) if baseline_spec else None
             if baseline is not None:
                 self._check_head(baseline, baseline_place, "baseline")
-        artifacts = self._artifacts(canaries)
+        artifacts = dict(self._artifacts(canaries), train_time=train_time)
         return self._run_checks(checks, model, baseline, training, artifacts, started, train_time)
 
     def _run_checks(self, checks, model, baseline, training, artifacts, started, train_time) -> RunOutcome:
