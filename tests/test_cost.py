@@ -336,3 +336,5 @@ def test_a_lora_fine_tune_costs_what_its_base_costs_and_reports_its_trainable_pa
     assert status["parameters <= baseline.parameters * 1.1"] == status["latency_ratio.ci_low <= 1.5"] == "pass"
     assert 0 < m["trainable_parameters"] == results["training"]["trainable_parameters"] < m["parameters"] / 10
     assert m["train_tokens"] == results["training"]["tokens"] > 0 and m["train_steps"] == 2
+    # the fine-tune's wall time, which the runner keeps out of the (deterministic) training record
+    assert m["train_time_s"] == pytest.approx(results["run"]["training"]["train_time_s"], abs=1e-3) and m["train_time_s"] > 0
