@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from difflib import get_close_matches
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from auditkit.data import Dataset
@@ -108,6 +108,34 @@ def _pattern(name: str) -> re.Pattern:
     parts = _PLACEHOLDER.split(name)
     return re.compile("".join(re.escape(p) + ("[A-Za-z0-9_\\-]+" if i < len(parts) - 1 else "")
                               for i, p in enumerate(parts)) + r"\Z")
+
+
+_PART = re.compile(r"[^A-Za-z0-9_\-]+")
+_GATE_FIELDS = ("ci_low", "ci_high", "value")
+
+
+def metric_part(name) -> str:
+    """A data value (group, bias type, attribute) as one metric-name part: letters, digits, ``_``, ``-``.
+
+    Other characters become ``_`` ("Black women" -> "Black_women"); "sexual-orientation" is kept as
+    is. A part that reads as a gate field (ci_low, ci_high, value) gets a trailing ``_``.
+    """
+    part = _PART.sub("_", str(name).strip()).strip("_") or "unknown"
+    return part + "_" if part in _GATE_FIELDS else part
+
+
+def metric_parts(names: Iterable) -> dict:
+    """``{name: metric part}``, distinct parts for distinct names (a clash gets ``-2``, ``-3``, ...)."""
+    out: dict = {}
+    used: set[str] = set()
+    for name in dict.fromkeys(names):
+        part, k = metric_part(name), 2
+        base = part
+        while part in used:
+            part, k = f"{base}-{k}", k + 1
+        used.add(part)
+        out[name] = part
+    return out
 
 
 def find_metric(metrics: Mapping[str, MetricSpec], name: str) -> MetricSpec | None:

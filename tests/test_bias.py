@@ -259,7 +259,7 @@ def test_counterfactual_ci_resamples_texts_not_swaps():
 
 def test_metric_parts_are_gateable_names():
     from auditkit.gates import parse_gate
-    from auditkit_plugins.bias.uncertainty import metric_parts
+    from auditkit.api import metric_parts
     parts = metric_parts(["sexual-orientation", "Black women", "ci_low", "a b", "a_b", "über"])
     assert parts == {"sexual-orientation": "sexual-orientation", "Black women": "Black_women", "ci_low": "ci_low_",
                      "a b": "a_b", "a_b": "a_b-2", "über": "ber"}

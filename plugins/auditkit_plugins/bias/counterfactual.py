@@ -37,7 +37,9 @@ from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
 from auditkit.errors import AuditInputError
 
 from .swaps import CONTEXT_TERMS, make_swapper
-from .uncertainty import Z_SUM, cluster_mean_ci, mde, metric_parts
+from auditkit.api import metric_parts
+
+from .uncertainty import Z_SUM, cluster_mean_ci, mde
 
 #: default-gate tolerances: classifiers' probability gap (and flip rate), causal LMs' nats per token
 TOLERANCE = {"cf_gap": 0.05, "flip_rate": 0.05, "ll_gap": 0.1}

@@ -10,7 +10,7 @@ The gated numbers are fairlearn's own functions (Agarwal et al. 2018; fairlearn.
 - worst-group accuracy and the accuracy difference between groups;
 - ``base_rate_difference``: the demographic parity difference of the *labels* (max - min share of
   favourable labels), which a perfect classifier inherits;
-- per group (names from the data, made metric-safe by ``uncertainty.metric_part``):
+- per group (names from the data, made metric-safe by ``auditkit.api.metric_part``):
   ``selection_rate.{group}``, ``accuracy.{group}``, ``tpr.{group}``, ``fpr.{group}``.
 
 Groups smaller than ``min_group_size`` are shown but left out of the gated differences. 95% CIs come
@@ -44,7 +44,9 @@ from auditkit.errors import AuditInputError
 from auditkit.stats import mean_ci
 
 from .swaps import check_names, make_swapper
-from .uncertainty import chunks, metric_parts, mde_smallest_pair, stratified_indices
+from auditkit.api import metric_parts
+
+from .uncertainty import chunks, mde_smallest_pair, stratified_indices
 
 #: the tolerance of the default gates on a difference between groups
 TOLERANCE = 0.1

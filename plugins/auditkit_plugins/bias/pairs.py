@@ -31,7 +31,9 @@ from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
 from auditkit.errors import AuditInputError
 from auditkit.stats import mean_ci
 
-from .uncertainty import mde, metric_parts
+from auditkit.api import metric_parts
+
+from .uncertainty import mde
 
 #: the default gates' threshold: 0.5 (no preference) plus a tolerance of 0.1
 THRESHOLD = 0.6

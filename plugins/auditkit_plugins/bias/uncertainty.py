@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import numpy as np
@@ -86,29 +85,3 @@ def cluster_mean_ci(values, clusters, seed: int = 0, n_resamples: int = 1000) ->
     return float(lo), float(hi)
 
 
-_PART = re.compile(r"[^A-Za-z0-9_\-]+")
-_FIELDS = ("ci_low", "ci_high", "value")
-
-
-def metric_part(name) -> str:
-    """A data value (group, bias type, attribute) as one metric-name part: letters, digits, ``_``, ``-``.
-
-    Other characters become ``_`` ("Black women" -> "Black_women"); "sexual-orientation" is kept as
-    is. A part that reads as a gate field (ci_low, ci_high, value) gets a trailing ``_``.
-    """
-    part = _PART.sub("_", str(name).strip()).strip("_") or "unknown"
-    return part + "_" if part in _FIELDS else part
-
-
-def metric_parts(names: Iterable) -> dict:
-    """``{name: metric part}``, distinct parts for distinct names (a clash gets ``-2``, ``-3``, ...)."""
-    out: dict = {}
-    used: set[str] = set()
-    for name in dict.fromkeys(names):
-        part, k = metric_part(name), 2
-        base = part
-        while part in used:
-            part, k = f"{base}-{k}", k + 1
-        used.add(part)
-        out[name] = part
-    return out
