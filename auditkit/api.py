@@ -55,8 +55,10 @@ class Param:
         return " and ".join(parts)
 
     def _check_number(self, x: Any, where: str) -> None:
-        if not isinstance(x, (int, float)) or isinstance(x, bool):
+        if not self.bounds():
             return
+        if not isinstance(x, (int, float)) or isinstance(x, bool):
+            raise ValueError(f"{where} must be a number {self.bounds()}, got {x!r}")
         if isinstance(x, float) and math.isnan(x):
             raise ValueError(f"{where} must be a number, got NaN")
         ok = ((self.ge is None or x >= self.ge) and (self.gt is None or x > self.gt)

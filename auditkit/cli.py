@@ -337,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     except AuditInputError as exc:
         print(f"auditkit: error: {exc.line()}", file=sys.stderr)
         return EXIT_INPUT
+    except RecursionError:  # a file nested deeper than any parser's stack (caught with its place where read)
+        print("auditkit: error: an input file is nested too deeply to read; flatten it", file=sys.stderr)
+        return EXIT_INPUT
     except KeyboardInterrupt:
         print("auditkit: interrupted", file=sys.stderr)
         return 130

@@ -165,6 +165,9 @@ def _read_jsonl(data: bytes, display: str) -> tuple[list[dict], list[int]]:
         except ValueError as exc:
             raise AuditInputError(f"invalid JSON ({getattr(exc, 'msg', exc)})", file=display, place=f"line {n}",
                                   fix="write one JSON object per line") from None
+        except RecursionError:
+            raise AuditInputError("JSON nested too deeply", file=display, place=f"line {n}",
+                                  fix="a row is one flat JSON object") from None
         if not isinstance(obj, dict):
             raise AuditInputError("each line must be a JSON object", file=display, place=f"line {n}")
         rows.append(obj)
@@ -179,6 +182,9 @@ def _read_json(data: bytes, display: str) -> list[dict]:
     except json.JSONDecodeError as exc:
         raise AuditInputError(f"invalid JSON ({exc.msg}, column {exc.colno})", file=display,
                               place=f"line {exc.lineno}", fix="a .json dataset is one list of objects") from None
+    except RecursionError:
+        raise AuditInputError("JSON nested too deeply", file=display, fix="a .json dataset is one list of objects") \
+            from None
     if not isinstance(obj, list):
         raise AuditInputError("a .json dataset must be a list of objects", file=display)
     for i, row in enumerate(obj):

@@ -109,9 +109,17 @@ def _measured(spec: CheckSpec, gates: list, metrics: dict, baseline_metrics: dic
     return kept, notes
 
 
-def _config_hash(spec: CheckSpec) -> str:
+def _config_hash(spec: CheckSpec, model, baseline, seed: int) -> str:
+    """What a check's result depends on: its entry, the gates (default or not), the seed and both models.
+
+    ``--resume`` reuses a stored result only when this matches, so a result is never carried over to
+    another model, another base model (whose presence decides which default gates apply) or another seed.
+    """
     blob = json.dumps({"uses": spec.uses, "params": spec.params, "data": spec.data, "columns": spec.columns,
-                       "gates": [g.expr for g in spec.gates]}, sort_keys=True, default=str)
+                       "gates": [[g.expr, g.severity, g.default] for g in spec.gates], "seed": seed,
+                       "model": model.fingerprint if model is not None else None,
+                       "baseline": baseline.fingerprint if baseline is not None else None},
+                      sort_keys=True, default=str)
     return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
 
 
@@ -268,7 +276,8 @@ class Runner:
 
     def _run_check(self, spec: CheckSpec, model, baseline, training, artifacts) -> dict:
         entry: dict[str, Any] = {"id": spec.id, "uses": spec.uses, "plugin": self.registry.check_plugin.get(spec.uses),
-                                 "params": spec.params, "data": spec.data, "config_hash": _config_hash(spec),
+                                 "params": spec.params, "data": spec.data,
+                                 "config_hash": _config_hash(spec, model, baseline, self.suite.seed),
                                  "status": "error", "metrics": {}, "baseline_metrics": None, "gates": [],
                                  "evidence": [], "figures": {}, "records": {}, "notes": [], "error": None}
         self.progress.check_start(spec.id)
@@ -377,7 +386,8 @@ class Runner:
         entries, durations = [], {}
         for spec in checks:
             prev = self.previous.get(spec.id)
-            if prev and prev.get("config_hash") == _config_hash(spec) and prev.get("status") != "error":
+            if prev and prev.get("config_hash") == _config_hash(spec, model, baseline, suite.seed) \
+                    and prev.get("status") != "error":
                 self.progress.stage(f"{spec.id}: reusing the result of the previous run (--resume)")
                 entries.append(prev)
                 durations[spec.id] = 0.0

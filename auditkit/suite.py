@@ -155,15 +155,13 @@ def read_yaml_strict(path: Path, display: str):
     if size > MAX_SUITE_BYTES:
         raise AuditInputError(f"the suite file is {size} bytes, over the limit of {MAX_SUITE_BYTES}",
                               file=display, fix="a suite names its data files; it does not hold data itself")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise AuditInputError(f"the suite is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}",
-                              file=display, place=f"line {line}", fix="save the file as UTF-8") from None
+    from auditkit.data import _decode
+    text = _decode(path.read_bytes(), display)  # a byte-order mark is dropped; bad bytes name their offset
     try:
         node = yaml.compose(text, Loader=_Loader)
+    except RecursionError:
+        raise AuditInputError("the suite is nested too deeply", file=display,
+                              fix="a suite is a few levels of mappings and lists") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -184,6 +182,9 @@ def read_yaml_strict(path: Path, display: str):
     loader = _Loader(text)
     try:
         raw = loader.construct_document(node)
+    except RecursionError:
+        raise AuditInputError("the suite is nested too deeply", file=display,
+                              fix="a suite is a few levels of mappings and lists") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise AuditInputError(f"malformed YAML: {getattr(exc, 'problem', None) or exc}", file=display,
@@ -325,7 +326,7 @@ def _model_free(checks_raw, registry) -> bool:
     if not isinstance(checks_raw, list) or not checks_raw:
         return False
     names = [e if isinstance(e, str) else e.get("uses") if isinstance(e, dict) else None for e in checks_raw]
-    return all(n in registry.checks and not registry.checks[n].needs_model for n in names)
+    return all(isinstance(n, str) and n in registry.checks and not registry.checks[n].needs_model for n in names)
 
 
 def _parse_check(entry, path: tuple, cx: _Ctx, registry, task: str, seen: set) -> CheckSpec:
@@ -334,6 +335,8 @@ def _parse_check(entry, path: tuple, cx: _Ctx, registry, task: str, seen: set) -
     if not isinstance(entry, dict) or "uses" not in entry:
         raise cx.fail(path, "each check needs uses: CHECK_NAME")
     uses = entry["uses"]
+    if not isinstance(uses, str):
+        raise cx.fail(path + ("uses",), f"uses must be a check name, got {uses!r}", "see `auditkit checks`")
     if uses not in registry.checks:
         raise cx.fail(path + ("uses",), f"unknown check {uses!r}", _did_you_mean(uses, sorted(registry.checks)))
     cls = registry.checks[uses]

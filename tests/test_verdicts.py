@@ -217,7 +217,28 @@ def test_undecodable_bytes_name_the_file_and_the_byte_offset(run_cli, tmp_path):
     suite = tmp_path / "latin1.yaml"
     suite.write_bytes(b"name: caf\xe9\nmodel: {base: builtin:tiny-bert}\nchecks: [overfitting]\n")
     line = assert_bad_input(run_cli("run", suite), suite, r"line 1\b")
-    assert "not UTF-8" in line and "offset 9" in line and "0xe9" in line
+    assert "not valid UTF-8" in line and "offset 9" in line and "e9" in line
+    suite.write_bytes(b"\xef\xbb\xbfname: caf\xe9\nmodel: {base: builtin:tiny-bert}\n")  # a BOM first: absolute offset
+    line = assert_bad_input(run_cli("run", suite), suite, r"line 1\b")
+    assert "offset 12" in line
+
+
+def test_deeply_nested_suite_and_data_are_exit_2(run_cli, tmp_path):
+    suite = tmp_path / "deep.yaml"
+    suite.write_text("name: " + "[" * 5000 + "]" * 5000 + "\n")
+    line = assert_bad_input(run_cli("run", suite), suite, "")
+    assert "nested too deeply" in line
+    (tmp_path / "deep.jsonl").write_text('{"text": ' + "[" * 100000 + "]" * 100000 + "}\n")
+    suite = write_suite(tmp_path, "name: v\nmodel: {base: builtin:tiny-bert}\n"
+                                  "checks: [{uses: accuracy, data: deep.jsonl}]\n", name="s.yaml")
+    line = assert_bad_input(run_cli("run", suite), "deep.jsonl", r"line 1\b")
+    assert "nested too deeply" in line
+
+
+def test_a_uses_that_is_not_a_name_is_exit_2(run_cli, tmp_path):
+    suite = write_suite(tmp_path, "name: v\nmodel: {base: builtin:tiny-bert}\nchecks: [{uses: [accuracy]}]\n")
+    line = assert_bad_input(run_cli("run", suite), suite, r"line 3\b")
+    assert "uses must be a check name" in line
 
 
 def test_a_bom_and_anchors_within_bounds_still_work(run_cli, tmp_path, checks):
@@ -400,3 +421,25 @@ def test_a_run_of_data_only_checks_loads_no_model_and_needs_no_model_section(run
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["model"] is None and res["checks"][0]["status"] == "pass"
     assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "summary.md").exists()
+
+
+def test_resume_never_carries_a_result_over_to_another_base_model_or_model(run_cli, tmp_path, checks):
+    code, out, err, first = run(run_cli, tmp_path, "  - {uses: versus}\n")
+    assert [g["expr"] for g in first["checks"][0]["gates"]] == ["score >= 0.5"]  # no base model: dropped
+    code, out, err, second = run(run_cli, tmp_path, "  - {uses: versus}\n", "--resume", "--baseline",
+                                 "builtin:tiny-bert")
+    assert "reusing the result" not in err
+    assert [g["expr"] for g in second["checks"][0]["gates"]] == ["score >= baseline.score", "score >= 0.5"]
+    code, out, err, third = run(run_cli, tmp_path, "  - {uses: versus}\n", "--resume", "--baseline",
+                                "builtin:tiny-bert")
+    assert "reusing the result" in err  # same models, same gates: reused
+    code, out, err, fourth = run(run_cli, tmp_path, "  - {uses: versus}\n", "--resume", "--baseline",
+                                 "builtin:tiny-bert", "--model", "builtin:tiny-gpt2")
+    assert "reusing the result" not in err
+
+
+def test_a_bounded_list_refuses_items_that_are_not_numbers():
+    from auditkit.api import Param
+    with pytest.raises(ValueError, match="must be a number"):
+        Param("list", [0.1], ge=0, le=1).coerce([0.2, "a"], "rationale_sizes")
+    assert Param("list", ["x"]).coerce(["y"], "names") == ["y"]  # unbounded lists take any items
