@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from auditkit.errors import AuditInputError, TrainingDiverged
+from auditkit.results import write_text_atomic
 
 FT_KEYS = ("data", "validation", "columns", "method", "epochs", "learning_rate", "schedule", "warmup_ratio",
            "batch_size", "grad_accum", "max_length", "weight_decay", "seed", "eval_every", "early_stopping",
@@ -635,9 +636,17 @@ class _null:
         return False
 
 
+def forget_finished(out_dir: Path) -> None:
+    """Before a new fine-tune writes into ``out_dir``: remove the marker of the one there, so an interrupted or
+    diverged run never leaves an earlier fingerprint pointing at new weights or a new record."""
+    marker = out_dir / "finetune.json"
+    if marker.is_symlink() or marker.exists():
+        marker.unlink()
+
+
 def _save_record(out_dir: Path, record: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "training.json").write_text(json.dumps(record, indent=2))
+    write_text_atomic(out_dir / "training.json", json.dumps(record, indent=2))
 
 
 def save_finetuned(model, tokenizer, out_dir: Path, *, fp: str, record: dict, base_spec: str,
@@ -654,7 +663,7 @@ def save_finetuned(model, tokenizer, out_dir: Path, *, fp: str, record: dict, ba
     if adapter_cfg.exists():  # point the adapter at the suite's base spec, not a machine-local path
         meta = json.loads(adapter_cfg.read_text())
         meta["base_model_name_or_path"] = base_spec
-        adapter_cfg.write_text(json.dumps(meta, indent=2))
+        write_text_atomic(adapter_cfg, json.dumps(meta, indent=2))
     _save_record(out_dir, record)
     can_path = out_dir / "canaries.json"
     if canaries is not None:
@@ -662,11 +671,11 @@ def save_finetuned(model, tokenizer, out_dir: Path, *, fp: str, record: dict, ba
         stored = redacted_canaries(canaries, cfg.get("canaries") or {}, cfg.get("seed", 0))
         if show_secrets:
             stored = dict(canaries, **{k: v for k, v in stored.items() if k not in canaries}, redacted=False)
-        can_path.write_text(json.dumps(stored, indent=2))
+        write_text_atomic(can_path, json.dumps(stored, indent=2))
     elif can_path.exists():
         can_path.unlink()
     # written last: its presence means the fine-tune finished
-    (out_dir / "finetune.json").write_text(json.dumps({"fingerprint": fp, "base": base_spec}, indent=2))
+    write_text_atomic(out_dir / "finetune.json", json.dumps({"fingerprint": fp, "base": base_spec}, indent=2))
 
 
 def load_finished(out_dir: Path, fp: str) -> tuple[dict, dict | None] | None:

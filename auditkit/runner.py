@@ -237,6 +237,7 @@ class Runner:
             handle.source = "finetuned:" + base_spec
             record = dict(record, reused=True)
             return handle, record, canaries
+        ft.forget_finished(model_dir)
         self.progress.stage(f"fine-tuning {base.source} ({cfg.method}, {cfg.epochs} epochs) on {cfg.data}")
         self.progress.train_start(0)
         try:
@@ -324,7 +325,6 @@ class Runner:
 
     # ------------------------------------------------------------------ main
     def run(self) -> RunOutcome:
-        import torch
         suite, opts = self.suite, self.opts
         started = time.time()
         seed_everything(suite.seed)

@@ -443,3 +443,28 @@ def test_a_bounded_list_refuses_items_that_are_not_numbers():
     with pytest.raises(ValueError, match="must be a number"):
         Param("list", [0.1], ge=0, le=1).coerce([0.2, "a"], "rationale_sizes")
     assert Param("list", ["x"]).coerce(["y"], "names") == ["y"]  # unbounded lists take any items
+
+
+def test_a_diverged_fine_tune_never_leaves_an_earlier_fine_tune_to_be_reused_with_its_record(run_cli, tmp_path):
+    rows = [{"text": f"the {w} was {'good' if i % 2 else 'bad'}", "label": i % 2}
+            for i, w in enumerate(["tea", "film", "park", "desk"] * 4)]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "val.jsonl", rows[:8])
+
+    def suite(lr):
+        return write_suite(tmp_path, f"""
+            name: ft
+            model: {{base: builtin:tiny-bert, max_length: 16}}
+            finetune: {{data: train.jsonl, validation: val.jsonl, method: full, epochs: 1, batch_size: 8,
+                        learning_rate: {lr}}}
+            checks: [{{uses: overfitting, gates: []}}]
+            """, name=f"ft-{lr}.yaml")
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", suite(0.0001), "--out", out, "--device", "cpu")
+    assert code == 0, err
+    code, _, err = run_cli("run", suite("1.0e+6"), "--out", out, "--device", "cpu")
+    assert code == 3 and any(w in err.lower() for w in ("diverg", "explod", "nan")), err
+    assert not (out / "model" / "finetune.json").exists()  # the earlier marker went before training began
+    code, _, err = run_cli("run", suite(0.0001), "--out", out, "--device", "cpu")
+    res = json.loads((out / "results.json").read_text())
+    assert code == 0 and res["training"]["reused"] is False  # trained again, not paired with the diverged record
