@@ -196,11 +196,13 @@ def _collect(pm: pluggy.PluginManager, reg: Registry, infos: dict) -> None:
                 reg.failures.append((bad, f"{hook}: {type(exc).__name__}: {exc}"))
                 dropped.append(pm.get_plugin(bad))
                 continue
-            # pluggy calls the last-registered implementations first: apply the plugins in registration
-            # order (built-ins first), each one's registrations in its own order; a name another plugin
-            # already provides is refused and reported, so no plugin silently replaces a built-in
-            owners = list(dict.fromkeys(owner for owner, _, _ in found))
-            for owner in reversed(owners):
+            # pluggy calls implementations in its own order (last registered first, tryfirst/trylast aside):
+            # apply the plugins in registration order (built-ins first), each one's registrations in its own
+            # order; a name another plugin already provides is refused and reported, so no plugin (trylast or
+            # not) silently replaces a built-in
+            order = {name: i for i, (name, _) in enumerate(pm.list_name_plugin())}  # registration order
+            owners = sorted(dict.fromkeys(owner for owner, _, _ in found), key=lambda o: order.get(o, len(order)))
+            for owner in owners:
                 for _, args, kwargs in (f for f in found if f[0] == owner):
                     try:
                         add(owner, *args, **kwargs)

@@ -80,14 +80,15 @@ def worst_status(statuses) -> str:
 
 
 def exit_code_for(results: dict, strict: bool = False) -> int:
-    """0 all gates passed (warnings allowed unless strict); 1 a gate failed; 3 a check crashed."""
+    """0 all gates passed (warnings allowed unless strict); 1 a gate failed (or, with strict, a warning or no
+    gate decided at all); 3 a check crashed."""
     checks = results.get("checks", [])
     if any(c["status"] == "error" and c.get("error") for c in checks):
         return 3
     if any(g["status"] in ("fail", "error") for c in checks for g in c.get("gates", [])):
         return 1
-    if strict and any(c["status"] == "warn" for c in checks):
-        return 1
+    if strict and (any(c["status"] == "warn" for c in checks) or results.get("status") == "info"):
+        return 1  # --strict: a warning, or a run that decided no gate at all, fails
     return 0
 
 

@@ -89,6 +89,8 @@ def test_empty_gates_list_means_none_and_the_status_is_info(run_cli, tmp_path, c
     assert res["status"] == "info"  # never pass: nothing was decided
     assert code == 0
     assert "INFO" in out and "PASS" not in out
+    code, out, err, res = run(run_cli, tmp_path, "  - {uses: const, value: 0.3, gates: []}\n", "--strict")
+    assert code == 1  # --strict: a run that decided nothing fails
 
 
 def test_info_never_counts_as_pass_next_to_a_passing_check(run_cli, tmp_path, checks):
@@ -323,6 +325,12 @@ class _Raiser:
         raise RuntimeError("plugin bug")
 
 
+class _LateClasher:
+    @hookimpl(trylast=True)
+    def auditkit_register_checks(self, register):
+        register(type("Acc", (Check,), {"name": "accuracy", "needs_data": False}))
+
+
 class _Clasher:
     @hookimpl
     def auditkit_register_checks(self, register):
@@ -374,11 +382,13 @@ def test_a_plugin_whose_hook_raises_is_isolated(monkeypatch):
     assert {"accuracy", "overfitting", "memorization"} <= set(reg.checks)  # the others all registered
 
 
-def test_a_plugin_cannot_silently_replace_a_builtin_check(monkeypatch):
-    reg = _registry_with(monkeypatch, _Clasher())
+@pytest.mark.parametrize("clasher", [_Clasher, _LateClasher])
+def test_a_plugin_cannot_silently_replace_a_builtin_check(monkeypatch, clasher):
+    reg = _registry_with(monkeypatch, clasher())
     assert reg.check_plugin["accuracy"] == "auditkit_plugins.accuracy"
     assert "already provided by auditkit_plugins.accuracy" in dict(reg.failures)["extra0"]
-    assert reg.check_plugin["versus"] == "extra0"  # its other check still registers
+    if clasher is _Clasher:
+        assert reg.check_plugin["versus"] == "extra0"  # its other check still registers
 
 
 def test_an_installed_third_party_auditkit_plugin_does_not_change_what_the_tests_see(monkeypatch):
