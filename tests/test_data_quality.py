@@ -240,6 +240,62 @@ def test_conflicting_labels_and_balance(registry, tmp_path):
     assert set(res.figures) == {"class balance", "text length"} and all("<svg" in f for f in res.figures.values())
 
 
+def test_digit_string_labels_are_the_integer_classes(registry, tmp_path):
+    """Labels written "0" / "1" (and 1.0) are the classes 0 / 1, as Dataset.require_labels reads them: a mix of
+    "1" and 1 is one class for TF-IDF label issues, conflicts and balance, not two."""
+    rng = random.Random(0)
+    rows = labelled_rows(rng)
+    for i in sorted(rng.sample(range(len(rows)), 6)):
+        rows[i]["label"] = 1 - rows[i]["label"]
+    write_jsonl(tmp_path / "ints.jsonl", rows)
+    mixed = [dict(r, label=[r["label"], str(r["label"]), float(r["label"])][i % 3]) for i, r in enumerate(rows)]
+    write_jsonl(tmp_path / "mixed.jsonl", mixed)
+    # the eval row repeats train row 1 (label "y") with the label as the integer y: the same label, no conflict
+    write_jsonl(tmp_path / "eval.jsonl", [{"text": rows[1]["text"], "label": rows[1]["label"]}])
+    ref = run_check(registry, {"train": str(tmp_path / "ints.jsonl")}, None)
+    res = run_check(registry, {"train": str(tmp_path / "mixed.jsonl")}, str(tmp_path / "eval.jsonl"))
+    assert res.records["label_issue_rate.train"] == ref.records["label_issue_rate.train"]
+    assert sum(ref.records["label_issue_rate.train"]) >= 4  # the planted flips are there to be found
+    ev = next(e for e in res.evidence if e["title"].startswith("Label issues"))
+    assert {r["suggested"] for r in ev["rows"]} <= {0, 1} and {r["label"] for r in ev["rows"]} <= {0, 1}
+    assert res.metrics["conflicting_labels"].value == 0
+    counts = Counter(r["label"] for r in rows)
+    assert {m for m in res.metrics if m.startswith("label_share.train.")} == {"label_share.train.0",
+                                                                               "label_share.train.1"}
+    assert res.metrics["label_share.train.1"].value == pytest.approx(counts[1] / len(rows))
+    assert res.metrics["class_imbalance.train"].value == pytest.approx(max(counts.values()) / min(counts.values()))
+
+
+def test_split_and_label_names_are_distinct_metric_parts(registry, tmp_path):
+    """A split file named value / ci_low is not read as a gate field of leakage_rate; labels that sanitise
+    to the same part keep distinct names (-2) instead of losing the second silently."""
+    from auditkit.gates import parse_gate
+    labels = ["a b", "a_b", "a-b", "a b", "a_b", "a-b", "a b", "a b"]
+    write_jsonl(tmp_path / "train.jsonl", [{"text": f"training row number {i} here", "label": lab}
+                                           for i, lab in enumerate(labels)])
+    write_jsonl(tmp_path / "value.jsonl", [{"text": "training row number 0 here"}, {"text": "something else"}])
+    write_jsonl(tmp_path / "ci_low.jsonl", [{"text": "nothing shared at all"}])
+    (tmp_path / "sub").mkdir()
+    write_jsonl(tmp_path / "sub" / "value.jsonl", [{"text": "training row number 1 here"}])
+    res = run_check(registry, {"train": str(tmp_path / "train.jsonl"), "label_issues": False,
+                               "eval": [str(tmp_path / "value.jsonl"), str(tmp_path / "ci_low.jsonl"),
+                                        str(tmp_path / "sub" / "value.jsonl")]}, None)
+    assert res.metrics["leakage_rate.value_"].value == pytest.approx(1 / 2)
+    assert res.metrics["leakage_rate.ci_low_"].value == 0
+    assert res.metrics["leakage_rate.value_-2"].value == 1
+    assert not any(m.endswith((".value", ".ci_low", ".ci_high")) for m in res.metrics)
+    gate = parse_gate("leakage_rate.value_ <= 0.01")
+    assert (gate.left.metric, gate.left.field) == ("leakage_rate.value_", "value")
+    # "a b" and "a_b" both sanitise to a_b: sorted by the label, "a b" keeps a_b and "a_b" becomes a_b-2
+    counts = Counter(labels)
+    shares = {m[len("label_share.train."):]: v.value for m, v in res.metrics.items()
+              if m.startswith("label_share.train.")}
+    assert shares == pytest.approx({"a_b": counts["a b"] / 8, "a_b-2": counts["a_b"] / 8, "a-b": counts["a-b"] / 8})
+    spec = dq.DataQuality.metrics["label_share.{split}.{label}"]
+    from auditkit.api import find_metric
+    assert all(find_metric(dq.DataQuality.metrics, f"label_share.train.{k}") is spec for k in shares)
+
+
 def test_finetune_data_is_the_default_train(registry, leak_case):
     tmp, train, evals = leak_case
     res = run_check(registry, {"label_issues": False}, str(tmp / "eval.jsonl"),
@@ -387,6 +443,22 @@ def test_label_model_uses_the_models_probabilities(registry, tiny_bert, tmp_path
     expect = find_label_issues(np.array([r["label"] for r in rows]), probs, n_jobs=1)
     assert res.records["label_issue_rate.train"] == expect.astype(int).tolist()
     assert "audited model" in next(e for e in res.evidence if e["title"].startswith("Label issues"))["title"]
+
+
+def test_label_model_reads_digit_string_labels(registry, tiny_bert, tmp_path):
+    """label_model: model with labels written "0" / "1": the model's classes 0 / 1 (it crashed with exit 3)."""
+    from cleanlab.filter import find_label_issues
+    from scipy.special import softmax
+    rows = labelled_rows(random.Random(2), 12)
+    write_jsonl(tmp_path / "train.jsonl", [dict(r, label=str(r["label"])) for r in rows])
+    full = {k: p.default for k, p in dq.DataQuality.params.items()}
+    full.update(train=str(tmp_path / "train.jsonl"), label_model="model")
+    ctx = CheckContext(model=tiny_bert, params=full, seed=0, device="cpu", data=None, check_id="data_quality",
+                       load_data=lambda s, c=None: load_dataset(s, registry, columns=c))
+    res = dq.DataQuality().run(ctx)
+    probs = softmax(np.asarray(tiny_bert.class_logits([r["text"] for r in rows]), dtype=float), axis=-1)
+    expect = find_label_issues(np.array([r["label"] for r in rows]), probs, n_jobs=1)
+    assert res.records["label_issue_rate.train"] == expect.astype(int).tolist()
 
 
 @pytest.mark.slow

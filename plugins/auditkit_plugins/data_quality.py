@@ -3,7 +3,9 @@
 It reads data only (``needs_model = False``): a suite of data checks loads no model and may omit
 ``model:``. The training data is ``train:`` (a data spec) or, by default, the suite's fine-tuning data
 (``finetune.data``); the evaluation sets are the check's ``data:`` (named ``eval``) and every spec in
-``eval:`` (named after its file or built-in split). Without training data the run stops with exit 2.
+``eval:`` (named after its file or built-in split as a metric-name part, ``auditkit.api.metric_part``: a
+file ``value.jsonl`` is ``value_``, a repeated name gets ``-2``). Without training data the run stops
+with exit 2.
 
 Definitions (DESIGN.md, "Data quality"):
 
@@ -44,7 +46,8 @@ Definitions (DESIGN.md, "Data quality"):
   words has no ``n``-gram and is never contaminated by this definition (a note says how many).
   ``contamination_rate`` = contaminated / evaluation rows (pooled), ``contamination_rate.{split}``.
 - Class balance and length per split: ``class_imbalance.{split}`` = largest / smallest class count
-  among the classes present, ``label_share.{split}.{label}``, ``length_mean.{split}`` and
+  among the classes present, ``label_share.{split}.{label}`` (one ``metric_parts`` name per label across
+  all splits, so labels that sanitise alike get ``-2``, ``-3``), ``length_mean.{split}`` and
   ``length_p95.{split}`` in whitespace words, ``rows.{split}``; a figure of each and an evidence table.
 
 Confidence intervals of rates are exact (Clopper-Pearson) 95% binomial intervals.
@@ -72,7 +75,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
+from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param, metric_part, metric_parts
 from auditkit.errors import AuditInputError
 from auditkit.hookspecs import hookimpl
 
@@ -82,7 +85,6 @@ HEADLINE = ("leakage_rate", "conflicting_label_rate", "contamination_rate", "lab
 #: LSH candidate probability wanted for a pair at exactly the Jaccard threshold
 LSH_RECALL = 0.99
 _WORD = re.compile(r"\w+")
-_NAME_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 #: lm-eval's Janitor.translation_table: ASCII upper case -> lower case, string.punctuation deleted
 _LM_EVAL_TABLE = str.maketrans(string.ascii_lowercase + string.ascii_uppercase, string.ascii_lowercase * 2,
                                string.punctuation)
@@ -240,6 +242,19 @@ def _texts(ds) -> list[str]:
     return []
 
 
+def _class_label(v):
+    """A label read as ``Dataset.require_labels`` reads it: a digit string ("1", " -2") or an integral
+    float (1.0) is that integer, so "1" and 1 are one class everywhere (conflicts, TF-IDF, the model)."""
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        try:
+            v = int(v)
+        except ValueError:  # a Unicode digit int() does not read ("²"): stays a class name
+            pass
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return v
+
+
 def _labels(ds) -> list | None:
     """Class labels (``label`` of rows without ``choices``), or None for unlabelled data."""
     if not ds.has("label") or ds.has("choices"):
@@ -247,9 +262,7 @@ def _labels(ds) -> list | None:
     ds.require("label")
     out = []
     for i, r in enumerate(ds.rows):
-        v = r["label"]
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
+        v = _class_label(r["label"])
         if not isinstance(v, (int, str)) or isinstance(v, bool):
             raise ds.error(f"label must be an integer or a string class name, got {v!r}", i, "label")
         out.append(v)
@@ -257,11 +270,13 @@ def _labels(ds) -> list | None:
 
 
 def _split_name(spec: str, used: set) -> str:
+    """The split's metric-name part (``auditkit.api.metric_part``: ``value.jsonl`` gives ``value_``, never a
+    gate field), made distinct from the names in ``used`` with ``-2``, ``-3``, ...; added to ``used``."""
     if spec.startswith("builtin:"):
         base = spec[len("builtin:"):].replace("#", "-")
     else:
         base = Path(spec).stem
-    base = _NAME_BAD.sub("_", base).strip("_") or "eval"
+    base = metric_part(base) if re.search(r"[A-Za-z0-9-]", base) else "eval"
     name, k = base, 2
     while name in used:
         name, k = f"{base}-{k}", k + 1
@@ -269,8 +284,14 @@ def _split_name(spec: str, used: set) -> str:
     return name
 
 
-def _label_name(label) -> str:
-    return _NAME_BAD.sub("_", str(label)) or "_"
+def _add_rate(res: CheckResult, name: str, flags: list[int], record: bool = True) -> tuple[int, int]:
+    """Metric ``name`` = share of the 0/1 ``flags`` that are 1, with its Clopper-Pearson CI (lower is
+    better), and ``flags`` as its per-row records unless ``record`` is False; returns (k, n)."""
+    k, n = int(sum(flags)), len(flags)
+    res.add(name, k / n, binomial_ci(k, n), n, False)
+    if record:
+        res.records[name] = flags
+    return k, n
 
 
 def _short(text: str, n: int = 200) -> str:
@@ -445,15 +466,11 @@ class DataQuality(Check):
                     rows.append({"eval_set": ev.name, "eval_row": ev.row(j), "eval_text": _short(ev.texts[j]),
                                  "train_row": train.row(i), "train_text": _short(train.texts[i]), "match": kind,
                                  "jaccard": round(sim, 4)})
-            k, n = sum(flags), len(flags)
-            res.add(f"leakage_rate.{ev.name}", k / n, binomial_ci(k, n), n, False)
-            res.records[f"leakage_rate.{ev.name}"] = flags
+            _add_rate(res, f"leakage_rate.{ev.name}", flags)
             pooled += flags
-        k, n = sum(pooled), len(pooled)
-        res.add("leakage_rate", k / n, binomial_ci(k, n), n, False)
-        res.add("exact_leakage_rate", sum(exact_pooled) / n, binomial_ci(sum(exact_pooled), n), n, False)
+        k, n = _add_rate(res, "leakage_rate", pooled)
+        _add_rate(res, "exact_leakage_rate", exact_pooled, record=False)
         res.add("leaked_rows", k, None, n, False)
-        res.records["leakage_rate"] = pooled
         shown = rows[: p["max_evidence"]]
         title = f"Leaked rows: evaluation rows with a duplicate in the training data ({k} of {n})"
         if len(rows) > len(shown):
@@ -478,13 +495,9 @@ class DataQuality(Check):
                 if hit is not None:
                     rows.append({"eval_set": ev.name, "eval_row": ev.row(j), "eval_text": _short(ev.texts[j]),
                                  "shared_ngram": hit})
-            k, n = sum(flags), len(flags)
-            res.add(f"contamination_rate.{ev.name}", k / n, binomial_ci(k, n), n, False)
-            res.records[f"contamination_rate.{ev.name}"] = flags
+            _add_rate(res, f"contamination_rate.{ev.name}", flags)
             pooled += flags
-        k, n = sum(pooled), len(pooled)
-        res.add("contamination_rate", k / n, binomial_ci(k, n), n, False)
-        res.records["contamination_rate"] = pooled
+        k, n = _add_rate(res, "contamination_rate", pooled)
         if short:
             res.notes.append(f"contamination: {short} of {n} evaluation rows have fewer than {n_gram} words, so no "
                              f"{n_gram}-gram, and cannot be contaminated by lm-eval's definition (near-duplicate "
@@ -513,9 +526,7 @@ class DataQuality(Check):
             roots = [uf.find(i) for i in range(n)]
             # a row is redundant when an earlier row is in its cluster (the cluster's first row is kept)
             redundant = [0 if roots[i] == i else 1 for i in range(n)]
-            k = sum(redundant)
-            res.add(f"duplicate_rate.{s.name}", k / n, binomial_ci(k, n), n, False)
-            res.records[f"duplicate_rate.{s.name}"] = redundant
+            _add_rate(res, f"duplicate_rate.{s.name}", redundant)
             for j in range(n):
                 if redundant[j]:
                     i, sim, kind = pair_of.get(j, (roots[j], jaccard(s.sketch[0][roots[j]], s.sketch[0][j]), "near"))
@@ -536,10 +547,8 @@ class DataQuality(Check):
                 groups[key].append((s, i))
         bad = {key for key, members in groups.items() if len({str(m[0].labels[m[1]]) for m in members}) > 1}
         flags = [1 if key in bad else 0 for s in labelled for key in s.keys]
-        k, n = sum(flags), len(flags)
-        res.add("conflicting_labels", len(bad), None, n, False)
-        res.add("conflicting_label_rate", k / n, binomial_ci(k, n), n, False)
-        res.records["conflicting_label_rate"] = flags
+        res.add("conflicting_labels", len(bad), None, len(flags), False)
+        k, _ = _add_rate(res, "conflicting_label_rate", flags)
         rows = []
         for key in sorted(bad, key=lambda k_: min((splits.index(s), i) for s, i in groups[k_])):
             members = groups[key]
@@ -574,9 +583,7 @@ class DataQuality(Check):
                 continue
             any_done = True
             flags = mask.astype(int).tolist()
-            k, n = int(mask.sum()), len(flags)
-            res.add(f"label_issue_rate.{s.name}", k / n, binomial_ci(k, n), n, False)
-            res.records[f"label_issue_rate.{s.name}"] = flags
+            _add_rate(res, f"label_issue_rate.{s.name}", flags)
             pooled += flags
             for i in np.argsort(scores, kind="stable"):
                 if mask[i]:
@@ -586,9 +593,7 @@ class DataQuality(Check):
                                                     "p_label": round(float(pr[i, y[i]]), 4)}))
         if not any_done:
             return
-        k, n = sum(pooled), len(pooled)
-        res.add("label_issue_rate", k / n, binomial_ci(k, n), n, False)
-        res.records["label_issue_rate"] = pooled
+        k, n = _add_rate(res, "label_issue_rate", pooled)
         rows.sort(key=lambda r: r[0])
         how = ("the audited model's probabilities" if p["label_model"] == "model" else
                f"out-of-sample TF-IDF + logistic regression ({p['cv_folds']}-fold on train)")
@@ -657,6 +662,9 @@ class DataQuality(Check):
 
     # ------------------------------------------------------------------ balance and length
     def _balance(self, res: CheckResult, splits: list[Split]) -> None:
+        # one metric-name part per label for all splits: distinct labels get distinct parts (a clash -2, -3, ...)
+        label_part = metric_parts(sorted({lab for s in splits if s.labels is not None for lab in s.labels},
+                                         key=lambda x: (str(x), str(type(x)))))
         rows = []
         for s in splits:
             n = len(s.texts)
@@ -670,13 +678,8 @@ class DataQuality(Check):
             if s.labels is not None:
                 counts = Counter(s.labels)
                 res.add(f"class_imbalance.{s.name}", max(counts.values()) / min(counts.values()), None, n, False)
-                names = set()
                 for lab, c in sorted(counts.items(), key=lambda kv: str(kv[0])):
-                    name = _label_name(lab)
-                    if name in names:
-                        continue
-                    names.add(name)
-                    res.add(f"label_share.{s.name}.{name}", c / n, binomial_ci(c, n), n, None)
+                    res.add(f"label_share.{s.name}.{label_part[lab]}", c / n, binomial_ci(c, n), n, None)
                 row["classes"] = ", ".join(f"{lab}: {c}" for lab, c in sorted(counts.items(), key=lambda kv: str(kv[0])))
             rows.append(row)
         res.evidence.append({"title": "Class balance and text length (words) per split", "rows": rows})
