@@ -29,6 +29,14 @@ FORMATS = {
 }
 
 
+def as_int(text: str):
+    """A label written as digits ("1", " -2") as that int; any other text unchanged (then reported as bad)."""
+    try:
+        return int(text.strip()) if text.strip().lstrip("-").isascii() else text
+    except ValueError:
+        return text
+
+
 @dataclass
 class Dataset:
     """Rows of one dataset plus where they came from (for error messages and fingerprints)."""
@@ -94,8 +102,8 @@ class Dataset:
         out = []
         for i, row in enumerate(self.rows):
             v = row.get(col)
-            if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-                v = int(v)
+            if isinstance(v, str):
+                v = as_int(v)
             if isinstance(v, float) and v.is_integer():
                 v = int(v)
             if v is None:
@@ -225,8 +233,8 @@ def _read_csv(data: bytes, display: str, delimiter: str) -> tuple[list[dict], li
     except csv.Error as exc:
         raise AuditInputError(f"unreadable CSV ({exc})", file=display, place=f"line {reader.line_num}") from None
     for r in rows:
-        if "label" in r and isinstance(r["label"], str) and r["label"].strip().lstrip("-").isdigit():
-            r["label"] = int(r["label"])
+        if "label" in r and isinstance(r["label"], str):
+            r["label"] = as_int(r["label"])
     return rows, lines
 
 
