@@ -89,7 +89,7 @@ def test_minilm_suites_give_their_readme_verdicts(run_cli, tmp_path):
     assert demo["training"]["method"] == "lora" and demo["training"]["reused"] is False
     families = {c["uses"] for c in demo["checks"]}
     assert {"accuracy", "calibration", "overfitting", "forgetting", "bias.groups", "bias.counterfactual",
-            "memorization", "explainability"} <= families
+            "memorization", "explainability", "robustness", "data_quality", "cost"} <= families
     assert all(c["default_gates"] and c["gates"] for c in demo["checks"])  # every family gated by its defaults
     acc = next(c for c in demo["checks"] if c["uses"] == "accuracy")
     assert acc["metrics"]["accuracy"]["value"] >= 0.85
