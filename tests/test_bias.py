@@ -223,7 +223,7 @@ def test_mde_is_the_root_of_the_z_test_power_function():
 def test_group_bootstrap_is_stratified_and_its_statistic_is_fairlearns():
     from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 
-    from auditkit_plugins.bias.groups import resampled_stats
+    from auditkit_plugins.bias.groups import gated_stats, group_rates
     from auditkit_plugins.bias.uncertainty import stratified_indices
     rng = np.random.default_rng(3)
     codes = rng.permutation([0] * 25 + [1] * 9 + [2] * 16)
@@ -232,8 +232,11 @@ def test_group_bootstrap_is_stratified_and_its_statistic_is_fairlearns():
     assert idx.shape == (40, 50)
     for row in idx:  # every resample keeps the observed group sizes
         assert np.bincount(codes[row], minlength=3).tolist() == [25, 9, 16]
-    ours = resampled_stats(y, p, (y == p).astype(float), codes, 3, idx)
-    for b in range(0, 40, 7):  # the vectorized statistic on a resample (repeated rows) is fairlearn's
+    ours = gated_stats(group_rates(y, p, (y == p).astype(float), codes, 3, idx))
+    # the vectorized statistic on a resample (repeated rows) is fairlearn's where every group has both
+    # classes (fairlearn scores an undefined TPR/FPR as 0, we leave it out: test_undefined_rate_...)
+    for b in range(0, 40, 7):
+        assert all(0 < y[idx[b]][codes[idx[b]] == j].sum() < np.sum(codes == j) for j in range(3))
         yr, pr, g = y[idx[b]], p[idx[b]], codes[idx[b]]
         assert ours["dp_difference"][b] == pytest.approx(demographic_parity_difference(yr, pr, sensitive_features=g))
         assert ours["eo_difference"][b] == pytest.approx(equalized_odds_difference(yr, pr, sensitive_features=g))
@@ -416,7 +419,7 @@ def test_group_difference_ci_does_not_fail_groups_that_do_not_differ():
     max - min of noisy rates is biased upward, so a percentile interval of the resampled spread puts
     its lower bound above 0.1 nearly always; the simultaneous max-t bound keeps a fair model's lower
     bound at ~0. With one group's TPR at 0.5 (true EO 0.4) the interval covers 0.4 and mostly clears 0.1."""
-    from auditkit_plugins.bias.groups import bootstrap_stats, resampled_stats
+    from auditkit_plugins.bias.groups import bootstrap_stats, gated_stats, group_rates
     from auditkit_plugins.bias.uncertainty import stratified_indices
     rng = np.random.default_rng(0)
     k, n = 6, 60
@@ -429,7 +432,7 @@ def test_group_difference_ci_does_not_fail_groups_that_do_not_differ():
         c = (p == y).astype(float)
         fair_fail += bootstrap_stats(y, p, c, codes, k, 200, rep)["eo_difference"][0] > 0.1
         idx = stratified_indices(codes, k, 200, np.random.default_rng(rep))
-        pct_fail += np.percentile(resampled_stats(y, p, c, codes, k, idx)["eo_difference"], 2.5) > 0.1
+        pct_fail += np.percentile(gated_stats(group_rates(y, p, c, codes, k, idx))["eo_difference"], 2.5) > 0.1
         tpr = np.where(codes == k - 1, 0.5, 0.9)
         p = np.where(y == 1, rng.random(k * n) < tpr, rng.random(k * n) < 0.1).astype(int)
         lo, hi = bootstrap_stats(y, p, (p == y).astype(float), codes, k, 200, rep)["eo_difference"]
@@ -437,3 +440,56 @@ def test_group_difference_ci_does_not_fail_groups_that_do_not_differ():
         cleared += lo > 0.1
     assert fair_fail <= 1 and pct_fail >= 0.8 * reps
     assert covered >= 0.9 * reps and cleared >= 0.5 * reps
+
+
+class _FixedPredictions:
+    """A model handle whose ``class_logits`` returns preset predictions (row i's text is ``row i``)."""
+    num_labels = 2
+
+    def __init__(self, pred):
+        self.pred = np.asarray(pred)
+
+    def class_logits(self, texts):
+        idx = [int(t.split()[1]) for t in texts]
+        return np.eye(2)[self.pred[idx]]
+
+
+def test_undefined_rate_is_left_out_of_the_point_as_of_its_ci():
+    """Review R1: three groups of 60 rows, one (c) with no favourable labels, so its TPR is undefined.
+    fairlearn scores that TPR as 0 (EO 0.97 here) while the bootstrap drops it, which put the point
+    outside its own CI and let the failing gate pass on a CI that was not the reported number's. Both
+    now leave c out of the TPR gap (c's FPR still counts), the point lies inside its CI and a note
+    names c. With no gated pair where a rate is defined, the spread is NaN (its gate errors), not 0."""
+    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+
+    from auditkit.api import CheckContext
+    from auditkit.data import Dataset
+    from auditkit_plugins.bias.groups import BiasGroups, gated_stats, group_rates
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.array(["a", "b", "c"]), 60)
+    y = np.r_[np.tile([1, 0], 60), np.zeros(60, int)]
+    tpr_true, fpr_true = np.repeat([0.95, 0.8, np.nan], 60), np.repeat([0.05, 0.1, 0.15], 60)
+    p = (rng.random(180) < np.where(y == 1, tpr_true, fpr_true)).astype(int)
+    rows = [{"text": f"row {i}", "label": int(y[i]), "group": str(g[i])} for i in range(180)]
+    prm = {k: v.default for k, v in BiasGroups.params.items()} | {"bootstrap": 200}
+    res = BiasGroups().run(CheckContext(model=_FixedPredictions(p), params=prm, seed=0, device="cpu",
+                                        data=Dataset("test", rows, "test.jsonl")))
+    m = res.metrics
+    assert equalized_odds_difference(y, p, sensitive_features=g) > 0.9  # fairlearn: c's TPR scored as 0
+    # independent: TPR gap over a, b; FPR gap over a, b, c
+    tpr = [p[(g == k) & (y == 1)].mean() for k in "ab"]
+    fpr = [p[(g == k) & (y == 0)].mean() for k in "abc"]
+    eo = max(max(tpr) - min(tpr), max(fpr) - min(fpr))
+    assert m["eo_difference"].value == pytest.approx(eo) and 0 < eo < 0.5
+    assert m["dp_difference"].value == pytest.approx(demographic_parity_difference(y, p, sensitive_features=g))
+    for name in ("dp_difference", "dp_ratio", "eo_difference", "worst_group_accuracy", "accuracy_difference",
+                 "base_rate_difference"):
+        assert m[name].ci_low <= m[name].value <= m[name].ci_high, name
+    assert "tpr.c" not in m and {"tpr.a", "fpr.c"} <= set(m)
+    note = next(n for n in res.notes if n.startswith("TPR undefined"))
+    assert "for c (" in note and "tpr.c not reported" in note and "eo_difference" in note
+    assert {r["group"]: r["tpr"] for r in res.evidence[0]["rows"]}["c"] is None
+    # a: only favourable labels (no FPR), b: none (no TPR): no pair has either rate, EO is undefined
+    y2, p2, codes = np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]), np.array([0, 0, 1, 1])
+    two = gated_stats(group_rates(y2, p2, (y2 == p2).astype(float), codes, 2, np.arange(4)[None, :]))
+    assert np.isnan(two["eo_difference"][0]) and two["dp_difference"][0] == 0.0

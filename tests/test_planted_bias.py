@@ -154,8 +154,8 @@ def test_dp_and_eo_equal_fairlearn_on_the_same_predictions(clean):
         assert m[f"selection_rate.{name}"]["value"] == pytest.approx(pred[g == name].mean())
         assert m[f"selection_rate.{name}"]["n"] == table[name]["n"]
     # the numpy statistic inside the bootstrap is fairlearn's definition
-    from auditkit_plugins.bias.groups import resampled_stats
+    from auditkit_plugins.bias.groups import gated_stats, group_rates
     codes = (g[keep] == "b").astype(int)
     identity = np.arange(int(keep.sum()))[None, :]
-    ours = resampled_stats(y[keep], pred[keep], (pred == y)[keep].astype(float), codes, 2, identity)
+    ours = gated_stats(group_rates(y[keep], pred[keep], (pred == y)[keep].astype(float), codes, 2, identity))
     assert ours["dp_difference"][0] == pytest.approx(dp) and ours["eo_difference"][0] == pytest.approx(eo)

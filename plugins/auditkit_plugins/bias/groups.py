@@ -1,7 +1,8 @@
 """``bias.groups``: group fairness of a classifier's predictions.
 
-Per group, fairlearn's ``MetricFrame`` gives selection rate, accuracy, true- and false-positive rate.
-The gated numbers are fairlearn's own functions (Agarwal et al. 2018; fairlearn.metrics):
+Per group: selection rate, accuracy, true- and false-positive rate (group sizes and selection rates
+through fairlearn's ``MetricFrame``). The gated numbers follow fairlearn's definitions (Agarwal et al.
+2018; fairlearn.metrics):
 
 - demographic parity difference = max - min selection rate P(pred = pos | group) between groups,
   demographic parity ratio = min / max (``demographic_parity_difference`` / ``_ratio``);
@@ -13,11 +14,18 @@ The gated numbers are fairlearn's own functions (Agarwal et al. 2018; fairlearn.
 - per group (names from the data, made metric-safe by ``auditkit.api.metric_part``):
   ``selection_rate.{group}``, ``accuracy.{group}``, ``tpr.{group}``, ``fpr.{group}``.
 
+An undefined rate (TPR of a group with no favourable labels, FPR of a group with only favourable
+labels) is not scored: that group is left out of that rate's gap in the equalized odds difference,
+its ``tpr.``/``fpr.`` metric is not reported, and a note names it. This is where we differ from
+fairlearn, whose ``equalized_odds_difference`` (through sklearn's confusion matrix) scores such a
+rate as 0; on data where every gated group has both classes the numbers are fairlearn's.
+
 Groups smaller than ``min_group_size`` are shown but left out of the gated differences. 95% CIs come
 from a bootstrap stratified by group: each resample draws every gated group's rows with replacement
 within the group, so group sizes stay as observed (``uncertainty.stratified_indices``). The per-group
-rates are computed with ``numpy.bincount`` (a fairlearn call per resample costs ~0.1 s; the point
-estimates are fairlearn's), and a spread's interval is the projection of simultaneous max-t
+rates are computed with ``numpy.bincount`` (``group_rates``; a fairlearn call per resample costs
+~0.1 s), and the point estimates are the same computation on the observed rows (``gated_stats``), so a
+point and its CI share one definition. A spread's interval is the projection of simultaneous max-t
 intervals of all pairwise group differences (``simultaneous_cis``): a percentile interval of the
 resampled max - min is biased upward with many small groups and would fail groups that do not
 differ. Per-group CIs are percentile bootstraps of that group's rows.
@@ -27,7 +35,8 @@ the equalized odds difference exceeds 0.1 and WARNS when its point estimate does
 only warns, since it moves with each group's base rate. ``dp_difference_mde`` and
 ``eo_difference_mde`` are the smallest true differences the data would detect (two-sided z-test,
 alpha 0.05, power 0.8, worst-case variance; for DP the two smallest gated groups, for EO the larger
-of the TPR MDE over their positives and the FPR MDE over their negatives).
+of the TPR MDE over their positives and the FPR MDE over their negatives, each over the groups where
+that rate is defined).
 
 Predictions come from the handle's cached ``class_logits`` pass (the one the ``accuracy`` check uses
 on the same texts). Groups come from a ``group`` column, or are inferred from the lexicon's term lists
@@ -71,20 +80,28 @@ def group_rates(y, p, correct, codes, k: int, idx: np.ndarray) -> dict[str, np.n
                 "acc": total(correct) / size, "base": pos / size}
 
 
-def resampled_stats(y, p, correct, codes, k: int, idx: np.ndarray) -> dict[str, np.ndarray]:
-    """The gated statistics for each row of resample indices ``idx`` [B, n]: DP difference/ratio,
-    equalized odds difference, worst-group accuracy, accuracy spread and base-rate spread."""
-    r = group_rates(y, p, correct, codes, k, idx)
+def gated_stats(rates: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The gated statistics from per-group rates [B, k] (``group_rates``), one value per row: DP
+    difference/ratio, equalized odds difference, worst-group accuracy, accuracy spread and base-rate
+    spread. The check's point estimates are row 0 of the identity resample, so they and the CIs
+    (``simultaneous_cis``) share one definition.
+
+    NaN-aware: a group whose rate is undefined (TPR without positives, FPR without negatives) is left
+    out of that rate's max - min, and a spread over fewer than two defined groups is NaN (no pair to
+    compare), so ``eo_difference`` is the larger of the defined gaps. fairlearn's
+    ``equalized_odds_difference`` scores an undefined rate as 0 instead; on data where every group has
+    both classes the two agree."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a group without positives has no TPR: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows and 0 / 0 ratios: NaN
 
         def spread(v):
-            return np.nanmax(v, axis=1) - np.nanmin(v, axis=1)
-        sel = r["sel"]
+            d = np.nanmax(v, axis=1) - np.nanmin(v, axis=1)
+            return np.where(np.isfinite(v).sum(axis=1) >= 2, d, np.nan)
+        sel = rates["sel"]
         return {"dp_difference": spread(sel), "dp_ratio": np.nanmin(sel, axis=1) / np.nanmax(sel, axis=1),
-                "eo_difference": np.fmax(spread(r["tpr"]), spread(r["fpr"])),
-                "worst_group_accuracy": np.nanmin(r["acc"], axis=1), "accuracy_difference": spread(r["acc"]),
-                "base_rate_difference": spread(r["base"])}
+                "eo_difference": np.fmax(spread(rates["tpr"]), spread(rates["fpr"])),
+                "worst_group_accuracy": np.nanmin(rates["acc"], axis=1), "accuracy_difference": spread(rates["acc"]),
+                "base_rate_difference": spread(rates["base"])}
 
 
 def _max_t(boot: np.ndarray, point: np.ndarray) -> tuple[float, np.ndarray]:
@@ -144,12 +161,17 @@ def bootstrap_stats(y, p, correct, codes, k: int, n_resamples: int, seed: int) -
     group sizes fixed as observed), in memory-bounded chunks, and ``simultaneous_cis`` turns the
     resampled per-group rates into intervals."""
     rng = np.random.default_rng(seed)
-    identity = np.arange(len(y))[None, :]
-    point = {f: v[0] for f, v in group_rates(y, p, correct, codes, k, identity).items()}
+    point = observed_rates(y, p, correct, codes, k)
     parts = [group_rates(y, p, correct, codes, k, stratified_indices(codes, k, b, rng))
              for b in chunks(n_resamples, len(y))]
     boot = {f: np.concatenate([q[f] for q in parts]) for f in point}
     return simultaneous_cis(point, boot)
+
+
+def observed_rates(y, p, correct, codes, k: int) -> dict[str, np.ndarray]:
+    """The observed per-group rates as [k] arrays (``group_rates`` of the identity resample)."""
+    identity = np.arange(len(y))[None, :]
+    return {f: v[0] for f, v in group_rates(y, p, correct, codes, k, identity).items()}
 
 
 class BiasGroups(Check):
@@ -211,9 +233,7 @@ class BiasGroups(Check):
                 check_names([attr], swapper.attributes, f"{prefix}attribute")
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        from fairlearn.metrics import (MetricFrame, count, demographic_parity_difference,
-                                       demographic_parity_ratio, equalized_odds_difference, false_positive_rate,
-                                       selection_rate, true_positive_rate)
+        from fairlearn.metrics import MetricFrame, count, selection_rate
         from sklearn.metrics import accuracy_score
 
         ds, prm = ctx.data, ctx.params
@@ -239,8 +259,7 @@ class BiasGroups(Check):
         correct = (pred == labels).astype(float)[keep]
         g = np.array([str(x) for x in groups if x is not None], dtype=object)
 
-        frame = MetricFrame(metrics={"n": count, "selection_rate": selection_rate, "tpr": true_positive_rate,
-                                     "fpr": false_positive_rate},
+        frame = MetricFrame(metrics={"n": count, "selection_rate": selection_rate},
                             y_true=y, y_pred=p, sensitive_features=g)
         acc_frame = MetricFrame(metrics=accuracy_score, y_true=labels[keep], y_pred=pred[keep], sensitive_features=g)
         by = frame.by_group
@@ -259,26 +278,35 @@ class BiasGroups(Check):
         yg, pg, cg, gg = y[sel], p[sel], correct[sel], g[sel]
         res = CheckResult(notes=notes)
         n = int(sel.sum())
-        point = {
-            "dp_difference": demographic_parity_difference(yg, pg, sensitive_features=gg),
-            "dp_ratio": demographic_parity_ratio(yg, pg, sensitive_features=gg),
-            "eo_difference": equalized_odds_difference(yg, pg, sensitive_features=gg),
-            "worst_group_accuracy": min(float(acc_frame.by_group[k]) for k in gated),
-            "accuracy_difference": max(float(acc_frame.by_group[k]) for k in gated)
-            - min(float(acc_frame.by_group[k]) for k in gated),
-        }
-        base_rates = [float(y[g == k].mean()) for k in gated]
-        point["base_rate_difference"] = max(base_rates) - min(base_rates)
         order = {name: i for i, name in enumerate(gated)}
         codes = np.array([order[x] for x in gg], dtype=int)
         k = len(gated)
+        # point estimates and CIs from the same NaN-aware per-group rates (see gated_stats)
+        point = {name: float(v[0]) for name, v in
+                 gated_stats({f: r[None, :] for f, r in observed_rates(yg, pg, cg, codes, k).items()}).items()}
         cis = bootstrap_stats(yg, pg, cg, codes, k, prm["bootstrap"], ctx.seed)
         for name, value in point.items():
             res.add(name, value, cis[name], n, self.metrics[name].higher_is_better)
-        positives = [int(y[g == k].sum()) for k in gated]
-        negatives = [sizes[k] - c for k, c in zip(gated, positives)]
-        mdes = {"dp_difference_mde": mde_smallest_pair(sizes[k] for k in gated),
-                "eo_difference_mde": max(mde_smallest_pair(positives), mde_smallest_pair(negatives))}
+        positives = {name: int(y[g == name].sum()) for name in names}
+        negatives = {name: sizes[name] - c for name, c in positives.items()}
+        parts = metric_parts(names)
+        for rate, counts, why in (("tpr", positives, f"no row labelled {pos}, the favourable class"),
+                                  ("fpr", negatives, f"every row labelled {pos}, the favourable class")):
+            missing = [name for name in names if counts[name] == 0]
+            if missing:
+                in_gate = [name for name in missing if name in gated]
+                notes.append(f"{rate.upper()} undefined for {', '.join(missing)} ({why}): "
+                             + ", ".join(f"{rate}.{parts[name]}" for name in missing) + " not reported"
+                             + (f"; {', '.join(in_gate)} left out of the {rate.upper()} gap of eo_difference "
+                                f"(fairlearn's equalized_odds_difference would score the undefined rate as 0)"
+                                if in_gate else ""))
+        if np.isnan(point["eo_difference"]):
+            notes.append("eo_difference undefined: fewer than two gated groups have a TPR, and fewer than two an "
+                         "FPR (each group needs both classes of labels); its gate errors")
+        # the MDE of a gap over the groups where the rate is defined
+        mdes = {"dp_difference_mde": mde_smallest_pair(sizes[name] for name in gated),
+                "eo_difference_mde": max(mde_smallest_pair(positives[name] for name in gated if positives[name]),
+                                         mde_smallest_pair(negatives[name] for name in gated if negatives[name]))}
         for name, value in mdes.items():
             res.add(name, value, None, n, False)
             if value > TOLERANCE:
@@ -291,7 +319,6 @@ class BiasGroups(Check):
                      f"from a bootstrap resampling rows within each group ({prm['bootstrap']} resamples)")
         ctx.progress(0.8)
 
-        parts = metric_parts(names)
         table, bars = [], []
         for name in names:
             idx = g == name
@@ -300,8 +327,10 @@ class BiasGroups(Check):
             part = parts[name]
             res.add(f"selection_rate.{part}", sr.mean(), sr_ci, int(idx.sum()), None)
             res.add(f"accuracy.{part}", acc.mean(), acc_ci, int(idx.sum()), True)
+            rates = {}  # undefined without positives (TPR) / negatives (FPR): not emitted, None in the table
             for rate, mask, better in (("tpr", idx & (y == 1), True), ("fpr", idx & (y == 0), False)):
-                if mask.any():  # undefined without positives (TPR) / negatives (FPR): not emitted
+                if mask.any():
+                    rates[rate] = round(float(p[mask].mean()), 4)
                     res.add(f"{rate}.{part}", p[mask].mean(), mean_ci(p[mask].astype(float), ctx.seed),
                             int(mask.sum()), better)
             table.append({"group": name, "n": sizes[name], "gated": "yes" if name in gated else "no (too small)",
@@ -309,7 +338,7 @@ class BiasGroups(Check):
                           "selection_rate_ci": f"[{sr_ci[0]:.3f}, {sr_ci[1]:.3f}]",
                           "accuracy": round(float(acc_frame.by_group[name]), 4),
                           "accuracy_ci": f"[{acc_ci[0]:.3f}, {acc_ci[1]:.3f}]",
-                          "tpr": _r(by.loc[name, "tpr"]), "fpr": _r(by.loc[name, "fpr"])})
+                          "tpr": rates.get("tpr"), "fpr": rates.get("fpr")})
             bars.append((name, name in gated, float(by.loc[name, "selection_rate"]), sr_ci,
                          float(acc_frame.by_group[name]), acc_ci))
         renamed = [f"{n} -> {parts[n]}" for n in names if parts[n] != n]
@@ -340,11 +369,6 @@ class BiasGroups(Check):
         notes.append(f"no {col!r} column: groups inferred from the {attr} lexicon terms"
                      + (f"; {skipped} rows naming no single {attr} group left out" if skipped else ""))
         return out, f"the {attr} lexicon"
-
-
-def _r(x) -> float | None:
-    x = float(x)
-    return None if np.isnan(x) else round(x, 4)
 
 
 def _bars_svg(bars: list) -> str:
