@@ -23,7 +23,7 @@ def suite_for(tmp_path, data="data.jsonl", base="builtin:tiny-bert", model_extra
         checks:
           - uses: accuracy
             data: {data}
-            bootstrap: 10
+            bootstrap: 100
         """
     text = "name: bad-input\nmodel:\n" + f"  base: {json.dumps(str(base))}\n  task: sequence-classification\n" \
         + "  max_length: 16\n" + "".join(f"  {x}\n" for x in model_extra.split(";") if x) + textwrap.dedent(body)
@@ -341,7 +341,7 @@ def test_a_finetuned_suite_does_not_warn_about_its_trained_head(run_cli, tmp_pat
           batch_size: 8
           max_length: 16
         checks:
-          - {uses: accuracy, data: data.jsonl, bootstrap: 10}
+          - {uses: accuracy, data: data.jsonl, bootstrap: 100}
         """)
     code, out, err = run_cli("run", suite, "--out", tmp_path / "out", "--device", "cpu")
     assert code in (0, 1), err

@@ -63,7 +63,7 @@ def run(run_cli, suite, out, *extra):
     return code, stdout, err, results
 
 
-ACC = "  - {{uses: accuracy, id: {id}, data: data.jsonl, bootstrap: 20, gates: {gates}}}\n"
+ACC = "  - {{uses: accuracy, id: {id}, data: data.jsonl, bootstrap: 100, gates: {gates}}}\n"
 
 
 def test_exit_0_when_every_gate_passes(run_cli, tmp_path):

@@ -183,7 +183,7 @@ def test_end_to_end_two_runs_of_a_suite(tmp_path, run_cli):
             checks:
               - uses: accuracy
                 data: test.jsonl
-                bootstrap: 50
+                bootstrap: 100
                 gates: []  # a random tiny model: no verdict, only the numbers to compare (status info)
             """, name=f"s{seed}.yaml")
         code, _, err = run_cli("run", tmp_path / f"s{seed}.yaml", "--out", tmp_path / f"run{seed}")

@@ -38,7 +38,7 @@ def accuracy_suite(tmp_path, data="data.jsonl", extra=""):
         checks:
           - uses: accuracy
             data: {data}
-            bootstrap: 20
+            bootstrap: 100
             {extra}
         """)
 

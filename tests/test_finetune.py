@@ -67,7 +67,7 @@ def normal_suite(folder, seed=0, name="normal"):
           lora: {{r: 4, alpha: 8}}
         checks:
           - uses: overfitting{OVERFIT_GATES}
-          - {{uses: accuracy, data: val.jsonl, bootstrap: 20, gates: []}}
+          - {{uses: accuracy, data: val.jsonl, bootstrap: 100, gates: []}}
         """, name=f"{name}.yaml")
 
 
@@ -176,7 +176,7 @@ def test_finetuned_model_is_saved_and_loads_again_as_model_base(normal, tmp_path
     suite = write_suite(tmp_path, f"""
         name: reload
         model: {{base: {json.dumps(str(model_dir))}, max_length: 32}}
-        checks: [{{uses: accuracy, data: val.jsonl, bootstrap: 20, gates: []}}]
+        checks: [{{uses: accuracy, data: val.jsonl, bootstrap: 100, gates: []}}]
         """)
     code, res = run_suite(suite, tmp_path / "out")
     assert code == 0
@@ -192,7 +192,7 @@ def test_full_finetune_is_saved_whole_and_reloads(overfit, tmp_path):
     suite = write_suite(tmp_path, f"""
         name: reload-full
         model: {{base: {json.dumps(str(model_dir))}, max_length: 32}}
-        checks: [{{uses: accuracy, data: d.jsonl, bootstrap: 20, gates: ["accuracy >= 0.99"]}}]
+        checks: [{{uses: accuracy, data: d.jsonl, bootstrap: 100, gates: ["accuracy >= 0.99"]}}]
         """)
     code, res = run_suite(suite, tmp_path / "out")
     assert code == 0, res["checks"][0]["metrics"]  # the memorized train set is still memorized

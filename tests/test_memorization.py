@@ -258,7 +258,8 @@ def test_check_evidence_of_an_extracted_sequence_is_truncated(memorized, registr
     assert truncate("<b>" * 40) == "<b>" * 26 + "<…" and len(truncate("x" * 500)) == 80
     assert truncate("a\nb") == "a b"
     others = _reviews(registry, "builtin:reviews#validation", 6)
-    data = {"m": Dataset("m", [{"text": SENTENCE}] + [{"text": t} for t in others[:3]], "m"),
+    # the members' file lines (as a JSONL file with blank lines would give): the table names the file's line
+    data = {"m": Dataset("m", [{"text": SENTENCE}] + [{"text": t} for t in others[:3]], "m", lines=[3, 5, 6, 8]),
             "n": Dataset("n", [{"text": t} for t in others[3:]], "n")}
     params = {k: v.default for k, v in Memorization.params.items()}
     params.update(members="m", non_members="n", prefix_tokens=4, suffix_tokens=6, samples=4, minkpp=False)
@@ -273,7 +274,7 @@ def test_check_evidence_of_an_extracted_sequence_is_truncated(memorized, registr
     (table,) = [e for e in res.evidence if e["title"].startswith("Extracted training sequences (1 of 4")]
     (row,) = table["rows"]
     # the extracted text is training data: without --show-secrets the table names the row, not the text
-    assert row["training row"] == 1 and "prefix" not in row and "suffix" not in row
+    assert row["training row"] == "row 3" and "prefix" not in row and "suffix" not in row
     assert "--show-secrets" in table["title"]
     assert row["P(extract)"] >= 0.5
     shown = run(True)
@@ -436,7 +437,7 @@ def test_nothing_to_measure_and_bad_params_are_input_errors(tmp_path, capsys):
     assert "line 7" in err and "k must be > 0 and <= 1, got 1.5" in err  # at load, before any model
     for line, want in (("parts: [exposure, membrship]", "did you mean 'membership'"),
                        ("samples: -1", "samples must be >= 0"), ("exact_max: -5", "exact_max must be >= 0"),
-                       ("temperature: 0", "temperature must be > 0")):
+                       ("temperature: 0", "temperature must be > 0"), ("parts: []", "parts is empty")):
         text = bad.read_text().replace("k: 1.5", line)
         assert _cli("run", write_suite(tmp_path, text, "bad2.yaml"), "--out", tmp_path / "out3") == 2, line
         err = capsys.readouterr().err

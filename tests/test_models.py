@@ -19,7 +19,7 @@ def run_with_model(run_cli, tmp_path, base: str, *extra):
         model:
           base: {json.dumps(base)}
           task: sequence-classification
-        checks: [{{uses: accuracy, data: data.jsonl, bootstrap: 10}}]
+        checks: [{{uses: accuracy, data: data.jsonl, bootstrap: 100}}]
         """)
     out = tmp_path / "out"
     code, stdout, err = run_cli("run", suite, "--out", out, "--device", "cpu", *extra)

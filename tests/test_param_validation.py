@@ -63,7 +63,7 @@ def test_bad_retention_entries_are_caught_before_any_model(run_cli, tmp_path, en
     (tmp_path / "sub").mkdir()
     write_jsonl(tmp_path / "data.jsonl", [{"text": "a sentence"}])
     entry = ("  - uses: forgetting\n"
-             "    bootstrap: 10\n"
+             "    bootstrap: 100\n"
              f"    retention: {entries}\n")
     bad_input(run_cli, tmp_path, CLASSIFIER, entry, "retention", 6, *words)
 

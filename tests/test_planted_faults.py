@@ -136,11 +136,11 @@ def test_high_learning_rate_fails_forgetting_and_a_gentle_one_passes(tmp_path, m
 # ---------------------------------------------------------------------- bad values: exit 2 before loading
 
 @pytest.mark.parametrize("entry, words", [
-    ("{uses: accuracy, data: d.jsonl, bootstrap: 0}", ["bootstrap must be >= 1, got 0"]),
+    ("{uses: accuracy, data: d.jsonl, bootstrap: 0}", ["bootstrap must be >= 100, got 0"]),
     ("{uses: accuracy, data: d.jsonl, max_examples: -5}", ["max_examples must be >= 0"]),
     ("{uses: calibration, data: d.jsonl, bins: 0}", ["bins must be >= 1"]),
     ("{uses: overfitting, k: 0}", ["k must be >= 1"]),
-    ("{uses: forgetting, bootstrap: -1}", ["bootstrap must be >= 1"]),
+    ("{uses: forgetting, bootstrap: -1}", ["bootstrap must be >= 100"]),
     ("{uses: forgetting, max_examples: -1}", ["max_examples must be >= 0"]),
     ("{uses: explainability, data: d.jsonl, methods: [ig, rolout]}", ["unknown member 'rolout'",
                                                                        "did you mean 'rollout'"]),
@@ -183,7 +183,7 @@ def test_out_of_range_parameters_are_exit_2_naming_the_line(tmp_path, run_cli, m
     ("{uses: lm_eval, task: t.yaml, batch_size: -1}", ["batch_size must be >= 1"]),
     ("{uses: lm_eval, task: t.yaml, limit: -3}", ["limit must be >= 0"]),
     ("{uses: lm_eval, task: t.yaml, num_fewshot: -1}", ["num_fewshot must be >= 0"]),
-    ("{uses: accuracy, data: d.jsonl, bootstrap: 0}", ["bootstrap must be >= 1"]),
+    ("{uses: accuracy, data: d.jsonl, bootstrap: 0}", ["bootstrap must be >= 100"]),
 ])
 def test_out_of_range_parameters_of_causal_lm_checks(tmp_path, run_cli, monkeypatch, entry, words):
     import auditkit.runner

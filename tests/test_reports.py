@@ -54,7 +54,7 @@ def run_dir(tmp_path_factory, registry):
           - uses: accuracy
             id: acc
             data: data.jsonl
-            bootstrap: 20
+            bootstrap: 100
             gates:
               - "accuracy >= 0"
               - "accuracy > 1"

@@ -314,14 +314,14 @@ def test_load_suite_returns_typed_objects(registry, tmp_path, data):
         checks:
           - uses: accuracy
             data: data.jsonl
-            bootstrap: 50
+            bootstrap: 100
             gates: ["accuracy >= 0.5", {when: "macro_f1 >= 0.5", severity: warn}]
           - {uses: accuracy, data: data.jsonl}
         """)
     s = load_suite(suite, registry)
     assert (s.name, s.seed, s.model.max_length, s.model.num_labels) == ("typed", 3, 32, 2)
     assert [c.id for c in s.checks] == ["accuracy", "accuracy-2"]
-    assert s.checks[0].params["bootstrap"] == 50 and s.checks[1].params["bootstrap"] == 1000
+    assert s.checks[0].params["bootstrap"] == 100 and s.checks[1].params["bootstrap"] == 1000
     assert [g.severity for g in s.checks[0].gates] == ["fail", "warn"]
     assert s.checks[0].line == 5
 
@@ -333,9 +333,9 @@ def test_exponent_numbers_are_floats_not_strings(registry, tmp_path, data):
         name: floats
         model: {base: builtin:tiny-bert}
         finetune: {data: data.jsonl, learning_rate: 5e-4, weight_decay: 1E-2, epochs: 1}
-        checks: [{uses: accuracy, data: data.jsonl, bootstrap: 10, gates: ["accuracy >= 5e-1"]}]
+        checks: [{uses: accuracy, data: data.jsonl, bootstrap: 100, gates: ["accuracy >= 5e-1"]}]
         """)
     s = load_suite(suite, registry)
     assert s.finetune.learning_rate == 5e-4 and s.finetune.weight_decay == 0.01
-    assert s.finetune.epochs == 1 and s.checks[0].params["bootstrap"] == 10
+    assert s.finetune.epochs == 1 and s.checks[0].params["bootstrap"] == 100
     assert s.checks[0].gates[0].right == 0.5

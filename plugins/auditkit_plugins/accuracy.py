@@ -58,7 +58,7 @@ class Accuracy(Check):
                    "acc_norm on multiple-choice data for causal LMs.")
     params = {
         "max_examples": Param("int", 0, "score at most this many rows (0 = all)", ge=0),
-        "bootstrap": Param("int", 1000, "bootstrap resamples for the macro-F1 95% CI", ge=1),
+        "bootstrap": Param("int", 1000, "bootstrap resamples for the macro-F1 95% CI", ge=100),
         "delimiter": Param("str", " ", "text between question and choice (lm-eval's target_delimiter)"),
     }
     metrics = {

@@ -166,7 +166,7 @@ def _spearman(a, b) -> float:
 
 
 def _boot(stat, *arrays, seed: int, n: int) -> tuple[float, float]:
-    """Percentile-bootstrap 95% CI with ``n`` resamples (the ``bootstrap`` param, at least 1)."""
+    """Percentile-bootstrap 95% CI with ``n`` resamples (the ``bootstrap`` param, at least 100)."""
     return bootstrap_ci(stat, *arrays, seed=seed, n_resamples=n)
 
 
@@ -220,7 +220,7 @@ class Forgetting(Check):
         "retention": Param("list", None, "retention data: 'default' (built-in sets), {text|prompts|mc|pairs: "
                                          "SPEC}, {lm_eval: TASK, limit: N}; none = the built-in sets"),
         "max_examples": Param("int", 0, "use at most this many rows of each retention set (0 = all)", ge=0),
-        "bootstrap": Param("int", 1000, "bootstrap resamples for the 95% CIs", ge=1),
+        "bootstrap": Param("int", 1000, "bootstrap resamples for the 95% CIs", ge=100),
         "layer": Param("int", -1, "hidden layer whose mean-pooled states give sentence similarities"),
     }
     metrics = {

@@ -22,7 +22,10 @@ it. Secrets and extracted training text are left out of the evidence unless the 
 Default gates (``DEFAULT_GATES``): for causal LMs, exposure above 10 bits or any canary extracted by
 greedy decoding fails, as do a membership AUC whose lower 95% bound is more than 0.1 above the base
 model's AUC and a training-data extraction rate whose lower bound is 5 points above the base model's;
-a membership AUC above 0.6 and an extraction rate 5 points above the base's warn. Classifiers get the
+a membership AUC above 0.6 and an extraction rate 5 points above the base's warn. The membership AUC is the
+strongest of the attacks, so its lower bound is the max-statistic bootstrap's (``membership.max_auc_ci``:
+members and non-members resampled separately, every attack on the same resamples), not the winner's own CI,
+which would make the failing gate fire too often when no attack beats chance. Classifiers get the
 membership gates. A part that did not run (no canaries, no held-out data) emits none of its metrics;
 the gates that compare with the base model apply where there is one.
 """
@@ -41,7 +44,7 @@ from auditkit.stats import mean_ci
 from . import evidence as ev
 from .exposure import EXACT_MAX, canary_exposures
 from .extraction import canary_split, extraction, rate_ci, split_sequences
-from .membership import FPR_TARGETS, attack_metrics, classifier_scores, lm_scores
+from .membership import FPR_TARGETS, attack_metrics, classifier_scores, lm_scores, max_auc_ci
 
 PARTS = ("exposure", "extraction", "membership")
 ATTACKS = ("loss", "zlib", "mink", "minkpp", "ref")
@@ -99,8 +102,9 @@ def _metric_specs() -> dict[str, MetricSpec]:
         "canary_extraction_rate": MetricSpec("share of canaries whose secret greedy decoding reproduces", False),
         "canary_extraction_prob": MetricSpec("mean share of n sampled continuations reproducing a canary's secret",
                                              False),
-        "mia_auc_max": MetricSpec("highest membership-inference ROC AUC over the attacks, with that attack's "
-                                  "bootstrap CI (0.5: no leakage)", False),
+        "mia_auc_max": MetricSpec("highest membership-inference ROC AUC over the attacks, with the "
+                                  "max-statistic bootstrap CI that allows for picking the winner (0.5: no "
+                                  "leakage)", False),
     }
     for a in ATTACKS:
         name = ev.ATTACK_NAMES[a]
@@ -187,28 +191,22 @@ class Memorization(Check):
         return res
 
     # ------------------------------------------------------------------ inputs
+    @classmethod
+    def validate_params(cls, params: dict, base_dir: str | None = None, prefix: str = "") -> None:
+        """An empty ``parts`` list is bad input, refused when the suite loads (the names, ranges and bounds
+        of the other parameters are checked by their Param declarations)."""
+        if "parts" in params and not params["parts"]:
+            raise AuditInputError("memorization: parts is empty", place=f"{prefix}parts",
+                                  fix=f"name at least one of: {', '.join(PARTS)} (or leave parts out for all)")
+
     def _validate(self, ctx: CheckContext) -> dict:
         p = dict(ctx.params)
-        place = ctx.check_id or self.name
-        bad = [x for x in p["parts"] if x not in PARTS]
-        if bad or not p["parts"]:
-            raise AuditInputError(f"unknown memorization part {bad[0] if bad else '(none)'!r}", place=f"{place}.parts",
-                                  fix=f"choose from {', '.join(PARTS)}")
-        if not 0 < p["k"] <= 1:
-            raise AuditInputError(f"k must be in (0, 1], got {p['k']}", place=f"{place}.k", fix="use e.g. k: 0.2")
-        for key in ("prefix_tokens", "suffix_tokens", "max_members", "max_extraction"):
-            if p[key] < 1:
-                raise AuditInputError(f"{key} must be at least 1, got {p[key]}", place=f"{place}.{key}")
-        for key in ("samples", "unseen"):
-            if p[key] < 0:
-                raise AuditInputError(f"{key} must be >= 0, got {p[key]}", place=f"{place}.{key}")
-        if p["temperature"] <= 0:
-            raise AuditInputError("temperature must be > 0", place=f"{place}.temperature")
+        self.validate_params(p, ctx.base_dir, f"{ctx.check_id or self.name}.")
         return p
 
     def _membership_data(self, ctx: CheckContext, p: dict):
-        """Seeded samples (texts, labels, 1-based row numbers) of the members and the non-members, or None
-        where unknown."""
+        """Seeded samples (texts, labels, places) of the members and the non-members, or None where unknown;
+        a place is the dataset's name for the row (``Dataset.place``: the file's line, as other checks report)."""
         ft, val = ctx.artifacts.get("finetune_data"), ctx.artifacts.get("finetune_validation")
         out = []
         for which, param, default in (("members", "members", ft), ("non-members", "non_members", val)):
@@ -227,11 +225,11 @@ class Memorization(Check):
                 else:
                     ds.require("text", fmt="causal LM text")
                     texts = [rows[i]["text"] for i in idx]
-                out.append((texts, None, [i + 1 for i in idx]))
+                out.append((texts, None, [ds.place(i) for i in idx]))
             else:
                 ds.require("text", "label", fmt="classification")
                 labels = ds.require_labels(ctx.model.num_labels or None)
-                out.append(([rows[i]["text"] for i in idx], [labels[i] for i in idx], [i + 1 for i in idx]))
+                out.append(([rows[i]["text"] for i in idx], [labels[i] for i in idx], [ds.place(i) for i in idx]))
         return out[0], out[1]
 
     # ------------------------------------------------------------------ exposure
@@ -374,12 +372,12 @@ class Memorization(Check):
             base_scores = (lm_scores(base, texts, p["k"], minkpp=p["minkpp"]) if lm
                            else classifier_scores(base, texts, members[1] + non_members[1]))
         dropped = int(np.sum(~np.isfinite(scores["loss"])))
-        rows, aucs, base_aucs = [], [], []  # aucs: (auc, ci) per attack
+        rows, gated, base_gated = [], {}, {}  # the attacks with an AUC, for mia_auc_max
         for a, s in scores.items():
             m = attack_metrics(y, s, seed=ctx.seed)
             if not math.isfinite(m["auc"]):
                 continue
-            aucs.append((m["auc"], m["auc_ci"]))
+            gated[a] = s
             res.add(f"mia_{a}_auc", m["auc"], ci=m["auc_ci"], n=m["n"], higher_is_better=False)
             for key in FPR_TARGETS:
                 res.add(f"mia_{a}_tpr_at_{key}_fpr", m[f"tpr_at_{key}_fpr"], n=m["n"], higher_is_better=False)
@@ -390,14 +388,17 @@ class Memorization(Check):
                 bm = attack_metrics(y, base_scores[a], ci=False)
                 res.add(f"baseline.mia_{a}_auc", bm["auc"], n=bm["n"], higher_is_better=False)
                 if math.isfinite(bm["auc"]):
-                    base_aucs.append(bm["auc"])
+                    base_gated[a] = base_scores[a]
                 row["base model AUC"] = ev.r(bm["auc"])
             rows.append(row)
-        if aucs:  # the strongest attack, with its own bootstrap CI
-            best, best_ci = max(aucs, key=lambda t: t[0])
-            res.add("mia_auc_max", best, ci=best_ci, n=len(y), higher_is_better=False)
-        if base_aucs:  # the base never saw the members: above 0.5 only where the two sets differ in kind
-            res.add("baseline.mia_auc_max", max(base_aucs), n=len(y), higher_is_better=False)
+        # the strongest attack, with the max-statistic bootstrap CI (members and non-members resampled
+        # separately, every attack on the same resamples): the winner's own CI ignores that it was picked.
+        # The base the same way: it never saw the members, so above 0.5 only where the two sets differ in kind
+        for prefix, which in (("", gated), ("baseline.", base_gated)):
+            top = max_auc_ci(y, which, seed=ctx.seed) if which else None
+            if top is not None:
+                res.add(f"{prefix}mia_auc_max", top["auc"], ci=(top["ci_low"], top["ci_high"]), n=top["n"],
+                        higher_is_better=False)
         res.evidence.append({"title": f"Membership inference: {len(members[0])} members (fine-tuning train data) "
                                       f"vs {len(non_members[0])} non-members (held out)", "rows": rows})
         res.figures["membership ROC"] = ev.roc_figure(y, scores)
