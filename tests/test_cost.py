@@ -338,3 +338,238 @@ def test_a_lora_fine_tune_costs_what_its_base_costs_and_reports_its_trainable_pa
     assert m["train_tokens"] == results["training"]["tokens"] > 0 and m["train_steps"] == 2
     # the fine-tune's wall time, which the runner keeps out of the (deterministic) training record
     assert m["train_time_s"] == pytest.approx(results["run"]["training"]["train_time_s"], abs=1e-3) and m["train_time_s"] > 0
+
+
+# ---------------------------------------------------------------------- energy and CO2 (RAPL, NVML)
+
+MAX_RANGE = 262143328850  # a typical max_energy_range_uj
+
+
+def _domain(root, name, label, energy, max_range=MAX_RANGE):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "name").write_text(label + "\n")
+    (d / "energy_uj").write_text(f"{energy}\n")
+    (d / "max_energy_range_uj").write_text(f"{max_range}\n")
+    return d / "energy_uj"
+
+
+def fake_powercap(root, start0: int):
+    """Two packages (package-0 near its wrap), their sub-domains, psys and the mmio copy, as Linux lists them."""
+    (root / "intel-rapl").mkdir(parents=True)  # the control type folder itself
+    (root / "intel-rapl" / "enabled").write_text("1\n")
+    pkgs = [_domain(root, "intel-rapl:0", "package-0", start0), _domain(root, "intel-rapl:1", "package-1", 10)]
+    decoys = [_domain(root, "intel-rapl:0:0", "core", 5), _domain(root, "intel-rapl:0:1", "dram", 5),
+              _domain(root, "intel-rapl:2", "psys", 5), _domain(root, "intel-rapl-mmio:0", "package-0", 5)]
+    return pkgs, decoys
+
+
+def _advance(path, uj: int, max_range=MAX_RANGE) -> bool:
+    """Add ``uj`` to a fake counter the way RAPL does, wrapping past max_range; True when it wrapped."""
+    v = int(path.read_text()) + uj
+    wrapped = v > max_range
+    path.write_text(f"{v - max_range if wrapped else v}\n")
+    return wrapped
+
+
+def test_rapl_delta_handles_the_wrap_around():
+    from auditkit_plugins.cost import rapl_delta_uj
+    assert rapl_delta_uj(100, 350, MAX_RANGE) == 250
+    assert rapl_delta_uj(MAX_RANGE - 40, 60, MAX_RANGE) == 100
+
+
+def test_energy_per_token_is_the_rapl_energy_of_the_timed_calls(tiny_bert, monkeypatch, tmp_path):
+    """Counters that advance by known amounts per call (warm-up too, one wrap): the metric is the hand sum."""
+    import auditkit_plugins.cost as cost
+    (p0, p1), decoys = fake_powercap(tmp_path / "powercap", MAX_RANGE - 5000)
+    monkeypatch.setattr(cost, "RAPL_ROOT", str(tmp_path / "powercap"))
+    base = dataclasses.replace(tiny_bert, source="twin", _cache={})
+    wraps = []
+
+    def used_uj(handle, b):  # µJ of one call on package-0 and package-1: a fixed cost plus per input
+        return (700 + 300 * b, 200 + 100 * b) if handle is base else (1500 + 900 * b, 400 + 250 * b)
+
+    def timed(handle, batch):
+        e0, e1 = used_uj(handle, len(batch))
+        wraps.append(_advance(p0, e0))
+        _advance(p1, e1)
+        for d in decoys:  # sub-domains, psys and the mmio copy overlap the packages: never counted
+            _advance(d, 10 ** 6)
+        return 0.01
+
+    monkeypatch.setattr(cost, "timed_call", timed)
+    sizes, seq, repeats, grid = [1, 4], 8, 5, 300.0
+    params = _params(batch_sizes=sizes, seq_len=seq, repeats=repeats, warmup=2, memory="none", bootstrap=200,
+                     grid_g_per_kwh=grid)
+    res = _cost()().run(CheckContext(model=tiny_bert, baseline=base, params=params, seed=0, device="cpu"))
+    assert any(wraps)  # package-0 wrapped during the run
+    m = {k: v.value for k, v in res.metrics.items()}
+    tokens = repeats * sum(b * seq for b in sizes)
+    for prefix, h in (("", tiny_bert), ("baseline.", base)):
+        joules = repeats * sum(sum(used_uj(h, b)) for b in sizes) / 1e6
+        assert m[prefix + "energy_j_per_token"] == pytest.approx(joules / tokens, rel=1e-12)
+        # gCO2e per 1000 tokens: J/token * 1000 tokens -> kWh (3.6e6 J each) -> grams at the grid's intensity
+        assert m[prefix + "co2_g_per_1k_tokens"] == pytest.approx(joules / tokens * 1000 / 3.6e6 * grid)
+        ci = res.metrics[prefix + "energy_j_per_token"]
+        # every repeat costs the same here: the CI over repeats is the point (to rounding)
+        assert ci.ci_low == pytest.approx(ci.value) == ci.ci_high and ci.n == repeats
+    assert any(n.startswith("energy_method: rapl") and "package-0, package-1" in n for n in res.notes)
+    rows = next(e["rows"] for e in res.evidence if e["title"].startswith("Energy"))
+    assert rows[0]["joules"] == pytest.approx(repeats * sum(sum(used_uj(tiny_bert, b)) for b in sizes) / 1e6)
+
+
+def test_the_default_grid_intensity_is_the_documented_world_average():
+    import auditkit_plugins.cost as cost
+    assert _cost().params["grid_g_per_kwh"].default == cost.WORLD_GRID_G_PER_KWH == 481.0
+    assert "Ember" in cost.__doc__ and "481" in cost.__doc__
+    assert cost.co2_g_per_1k_tokens(0.036, 500.0) == pytest.approx(0.005)  # 36 J = 1e-5 kWh; x 500 g/kWh
+
+
+def test_without_readable_counters_energy_is_absent_with_a_note(tiny_bert, monkeypatch, tmp_path):
+    import builtins
+
+    import auditkit_plugins.cost as cost
+    monkeypatch.setattr(cost, "timed_call", lambda h, b: 0.01)
+    params = _params(batch_sizes=[1], seq_len=4, repeats=3, warmup=0, memory="none", bootstrap=50)
+    monkeypatch.setattr(cost, "RAPL_ROOT", str(tmp_path / "absent"))
+    res = _cost()().run(CheckContext(model=tiny_bert, params=params, seed=0, device="cpu"))
+    assert not any("energy" in k or "co2" in k for k in res.metrics)
+    assert any(n.startswith("energy_method: none") and "does not exist" in n for n in res.notes)
+    assert not any(e["title"].startswith("Energy") for e in res.evidence)
+
+    # counters hidden from non-root users (Linux >= 5.10): the same, and the note says so
+    fake_powercap(tmp_path / "root-only", 0)
+    monkeypatch.setattr(cost, "RAPL_ROOT", str(tmp_path / "root-only"))
+
+    def deny(path, *a, **k):
+        if str(path).endswith("energy_uj"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *a, **k)
+    monkeypatch.setattr(cost, "open", deny, raising=False)
+    res = _cost()().run(CheckContext(model=tiny_bert, params=params, seed=0, device="cpu"))
+    assert not any("energy" in k for k in res.metrics)
+    assert any(n.startswith("energy_method: none") and "root only" in n for n in res.notes)
+
+    # energy: none is obeyed even where counters are readable
+    monkeypatch.undo()
+    monkeypatch.setattr(cost, "timed_call", lambda h, b: 0.01)
+    fake_powercap(tmp_path / "ok", 0)
+    monkeypatch.setattr(cost, "RAPL_ROOT", str(tmp_path / "ok"))
+    res = _cost()().run(CheckContext(model=tiny_bert, params=dict(params, energy="none"), seed=0, device="cpu"))
+    assert "energy_j_per_token" not in res.metrics and "energy_method: none (energy: none was set)" in " ".join(
+        res.notes)
+
+
+def test_asking_for_an_unreadable_counter_is_bad_input(tiny_bert, monkeypatch, tmp_path):
+    import auditkit_plugins.cost as cost
+    monkeypatch.setattr(cost, "RAPL_ROOT", str(tmp_path / "absent"))
+    monkeypatch.setattr(cost, "timed_call", lambda h, b: 0.01)
+    params = _params(batch_sizes=[1], seq_len=4, repeats=3, warmup=0, memory="none", energy="rapl")
+    with pytest.raises(AuditInputError, match="energy: rapl was asked for but no RAPL"):
+        _cost().validate_params(params)
+    with pytest.raises(AuditInputError, match="energy: rapl"):
+        _cost()().run(CheckContext(model=tiny_bert, params=params, seed=0, device="cpu"))
+    with pytest.raises(AuditInputError, match="energy: nvml was asked for but the run is on cpu"):
+        cost.energy_meter("nvml", "cpu")
+
+
+def test_energy_rapl_without_counters_is_exit_2_before_loading(run_cli, tmp_path, monkeypatch):
+    import auditkit.runner
+    import auditkit_plugins.cost as cost
+    monkeypatch.setattr(cost, "RAPL_ROOT", str(tmp_path / "absent"))
+    monkeypatch.setattr(auditkit.runner, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    suite = write_suite(tmp_path, """
+        name: cost-rapl
+        model: {base: "builtin:tiny-bert"}
+        checks:
+          - uses: cost
+            energy: rapl
+        """)
+    line = _exit2(run_cli, suite, tmp_path / "out", "energy: rapl was asked for", "no RAPL")
+    assert "line 5" in line
+
+
+class FakeNvml:
+    """pynvml's calls that NvmlMeter makes, with a counter in millijoules."""
+
+    class NVMLError_NotSupported(Exception):
+        pass
+
+    def __init__(self, start_mj=10_000, supported=True):
+        self.mj, self.supported, self.uuids = start_mj, supported, []
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        self.uuids.append(uuid)
+        return ("handle", uuid)
+
+    def nvmlDeviceGetName(self, handle):
+        return "Fake H100"
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        if not self.supported:
+            raise self.NVMLError_NotSupported("Not Supported")
+        return self.mj
+
+
+def test_nvml_meter_reads_the_gpu_energy_counter_in_joules():
+    from auditkit_plugins.cost import EnergyUnavailable, NvmlMeter
+    nvml = FakeNvml()
+    meter = NvmlMeter(nvml=nvml, uuid="GPU-1234")
+    assert nvml.uuids == ["GPU-1234"] and meter.method == "nvml"
+    before = meter.read()
+    nvml.mj += 2500  # 2.5 J
+    assert meter.joules(before, meter.read()) == pytest.approx(2.5)
+    assert "Fake H100" in meter.describe()
+    with pytest.raises(EnergyUnavailable, match="NVMLError_NotSupported"):  # pre-Volta GPUs have no counter
+        NvmlMeter(nvml=FakeNvml(supported=False), uuid="GPU-1234")
+
+
+def test_auto_on_cuda_without_pynvml_leaves_energy_out(monkeypatch):
+    import auditkit_plugins.cost as cost
+
+    def missing():
+        raise cost.EnergyUnavailable("pynvml is not installed")
+    monkeypatch.setattr(cost, "_nvml_module", missing)
+    meter, why = cost.energy_meter("auto", "cuda:0")
+    assert meter is None and "pynvml" in why
+    with pytest.raises(AuditInputError, match="energy: nvml was asked for but pynvml"):
+        cost.energy_meter("nvml", "cuda")
+
+
+def test_a_run_with_an_energy_counter_reports_it_and_applies_the_warn_gate(run_cli, tmp_path, monkeypatch):
+    """End to end with a stand-in counter (10 W by the clock): the metrics, the note and a warn-only gate."""
+    import time
+
+    import auditkit_plugins.cost as cost
+
+    class TenWatts:
+        method = "rapl"
+
+        def read(self):
+            return [int(time.perf_counter() * 1e7)]  # µJ at 10 W
+
+        def joules(self, before, after):
+            return (after[0] - before[0]) / 1e6
+
+        def describe(self):
+            return "a stand-in"
+    monkeypatch.setattr(cost, "energy_meter", lambda choice, device: (TenWatts(), ""))
+    suite = write_suite(tmp_path, """
+        name: cost-energy
+        model: {base: "builtin:tiny-bert", baseline: "builtin:tiny-bert", max_length: 32}
+        checks:
+          - {uses: cost, batch_sizes: [2], seq_len: 8, repeats: 3, warmup: 1, bootstrap: 50}
+        """)
+    code, check, err = _run(run_cli, suite, tmp_path / "out")
+    assert code == 0, (err, check["gates"])
+    m = {k: v["value"] for k, v in check["metrics"].items()}
+    for prefix in ("", "baseline."):
+        assert m[prefix + "energy_j_per_token"] > 0
+        assert m[prefix + "co2_g_per_1k_tokens"] == pytest.approx(
+            m[prefix + "energy_j_per_token"] * 1000 / 3.6e6 * 481.0)
+    gate = next(g for g in check["gates"] if g["expr"].startswith("energy_j_per_token"))
+    assert gate["severity"] == "warn" and gate["status"] in ("pass", "warn")
+    assert any(n.startswith("energy_method: rapl: a stand-in") for n in check["notes"])

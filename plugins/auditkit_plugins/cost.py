@@ -31,11 +31,30 @@ a batch of ``b`` inputs holds exactly ``b * seq_len`` tokens and no padding.
 - ``train_tokens``, ``train_steps``, and where the record carries them ``train_time_s`` and
   ``train_tokens_per_s`` of the fine-tune (the runner keeps wall times out of the training record: see
   the note the check leaves when they are missing).
-- Energy and CO2: not estimated. codecarbon 3.3.2's ``OfflineEmissionsTracker`` does run offline, but it
-  pulls in 15 packages (cryptography, authlib, questionary, prometheus-client among them), logs to stderr
-  whatever its ``log_level``, accepts an unknown country code silently, and its per-task figures
-  (``start_task``/``stop_task``, needed to separate two interleaved models) disagreed with wall time;
-  without RAPL its CPU power is a TDP-based guess, so its energy would only restate the latency.
+- ``energy_j_per_token``: joules per token of the timed calls (warm-up left out), each model's own: the
+  energy counter is read just before and just after every timed call, outside its clock, and the
+  differences are summed per model over all batch sizes, then divided by the tokens those calls scored.
+  Its 95% CI is a seeded bootstrap over the repeats (a repeat = one timed call per batch size). The
+  counters, by ``energy`` (auto: nvml on a CUDA run, rapl on CPU), are the offline methods codecarbon
+  itself relies on, read by hand (codecarbon 3.3.2 pulls in 15 packages, and without RAPL its CPU figure
+  is a TDP guess that would only restate the latency):
+
+  - ``rapl``: the CPU's RAPL energy counters, ``/sys/class/powercap/intel-rapl:N/energy_uj`` (Intel, and
+    AMD Zen under the same driver), package domains only (``name`` = ``package-N``): their sub-domains
+    (``intel-rapl:N:M``: core, uncore, dram) and the ``psys`` domain overlap the packages and would count
+    twice. A counter that wrapped between two reads (``after < before``) adds
+    ``after + max_energy_range_uj - before``. The figure is the whole package's energy while the call
+    ran: idle draw and whatever else ran on the package at the time are in it, DRAM and GPU are not.
+  - ``nvml``: the GPU's total energy counter (``nvmlDeviceGetTotalEnergyConsumption``, mJ, Volta and
+    newer) of the run's CUDA device, through ``pynvml`` (package nvidia-ml-py, optional): GPU energy only.
+
+  When no counter can be read (no RAPL driver, a container that hides /sys/class/powercap, energy_uj
+  readable by root only as on Linux >= 5.10, no pynvml) the energy metrics are absent and a note says
+  why; the note ``energy_method: rapl | nvml | none`` is always left.
+- ``co2_g_per_1k_tokens`` = ``energy_j_per_token`` x 1000 / 3.6e6 (J per kWh) x ``grid_g_per_kwh``. The
+  default, 481 gCO2e/kWh, is the world average carbon intensity of electricity generation in 2023 (Ember,
+  Yearly Electricity Data / Global Electricity Review 2024, life-cycle emissions); it is a world
+  average only: set ``grid_g_per_kwh`` to your region's (or your provider's) figure.
 
 Default gates (applied when the suite entry has no ``gates:``; every one compares with the base model,
 so all are dropped, with a note, when there is none): timing on a shared CPU is noisy, so the hard
@@ -51,13 +70,20 @@ failures are on what does not vary between runs, and on latency only when it is 
   as a warning.
 - ``peak_memory_mb <= baseline.peak_memory_mb * 1.2`` (warn): on CUDA only (on CPU there is no per-model
   figure and the gate is dropped with a note).
+- ``energy_j_per_token <= baseline.energy_j_per_token * 1.2`` (warn): energy is as noisy as latency and
+  only some machines can measure it, so it only warns; where no counter is readable the gate is dropped
+  with a note.
 
 Bad input (exit 2): ``memory: cuda`` where no CUDA device is available (at suite load) or where the run
 is on CPU; a run on a device other than cpu or cuda (its time and memory cannot be read); a model handle
-with no local torch model (an API model); a process whose peak memory cannot be read with ``memory: rss``.
+with no local torch model (an API model); a process whose peak memory cannot be read with ``memory: rss``;
+``energy: rapl`` or ``energy: nvml`` asked for where that counter cannot be read (at suite load, and at
+run time), ``energy: nvml`` on a CPU run.
 """
 from __future__ import annotations
 
+import os
+import re
 import time
 
 import numpy as np
@@ -67,6 +93,12 @@ from auditkit.errors import AuditInputError
 from auditkit.hookspecs import hookimpl
 
 MB = 2.0 ** 20
+#: where Linux exposes the RAPL energy counters (a constant so tests can point it at a fake tree)
+RAPL_ROOT = "/sys/class/powercap"
+#: world average carbon intensity of electricity generation, 2023, gCO2e/kWh (Ember, Global Electricity
+#: Review 2024 / Yearly Electricity Data, life-cycle emissions): a default only, set your region's
+WORLD_GRID_G_PER_KWH = 481.0
+J_PER_KWH = 3.6e6
 
 
 # ---------------------------------------------------------------------- measurements
@@ -181,6 +213,158 @@ def _device_kind(device) -> str:
     return str(device).split(":")[0]
 
 
+# ---------------------------------------------------------------------- energy counters
+
+class EnergyUnavailable(Exception):
+    """No energy counter can be read here; the message says why."""
+
+
+_RAPL_PACKAGE = re.compile(r"^intel-rapl:\d+$")  # top-level domains; intel-rapl:N:M are their sub-domains
+
+
+def rapl_delta_uj(before: int, after: int, max_range_uj: int) -> int:
+    """Microjoules between two reads of one RAPL counter, which wraps to 0 after ``max_energy_range_uj``."""
+    return after - before if after >= before else after + max_range_uj - before
+
+
+class RaplMeter:
+    """Sum of the CPU package domains' RAPL counters under ``RAPL_ROOT`` (sub-domains and psys left out)."""
+
+    method = "rapl"
+
+    def __init__(self, root: str | None = None):
+        root = RAPL_ROOT if root is None else root
+        try:
+            entries = sorted(os.listdir(root))
+        except OSError:
+            raise EnergyUnavailable(f"no RAPL energy counters: {root} does not exist here (no powercap driver, "
+                                    "or a container that hides it)") from None
+        self.domains: list[tuple[str, str, int]] = []  # (name, energy_uj path, max_energy_range_uj)
+        for d in entries:
+            if not _RAPL_PACKAGE.match(d):
+                continue
+            folder = os.path.join(root, d)
+            try:
+                with open(os.path.join(folder, "name")) as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            if not name.startswith("package"):
+                continue  # psys (the whole SoC) overlaps the packages
+            try:
+                with open(os.path.join(folder, "max_energy_range_uj")) as f:
+                    max_range = int(f.read().strip())
+                with open(os.path.join(folder, "energy_uj")) as f:
+                    int(f.read().strip())
+            except PermissionError:
+                raise EnergyUnavailable(f"the RAPL counter {folder}/energy_uj is readable by root only (Linux "
+                                        ">= 5.10 restricts it, CVE-2020-8694); an administrator can allow it "
+                                        "with chmod o+r") from None
+            except (OSError, ValueError) as e:
+                raise EnergyUnavailable(f"the RAPL counter {folder} cannot be read: {e}") from None
+            self.domains.append((name, os.path.join(folder, "energy_uj"), max_range))
+        if not self.domains:
+            raise EnergyUnavailable(f"no RAPL package domain (intel-rapl:N named package-N) under {root}")
+
+    def read(self) -> list[int]:
+        out = []
+        for _, path, _ in self.domains:
+            with open(path) as f:
+                out.append(int(f.read()))
+        return out
+
+    def joules(self, before: list[int], after: list[int]) -> float:
+        return sum(rapl_delta_uj(b, a, m) for b, a, (_, _, m) in zip(before, after, self.domains)) / 1e6
+
+    def describe(self) -> str:
+        return (f"CPU package energy from RAPL ({', '.join(n for n, _, _ in self.domains)}): the whole "
+                "package while each call ran, idle draw and other processes included, no DRAM or GPU")
+
+
+def _nvml_module():
+    try:
+        import pynvml
+    except ImportError:
+        raise EnergyUnavailable("pynvml is not installed (pip install nvidia-ml-py), so the GPU energy "
+                                "counter cannot be read") from None
+    return pynvml
+
+
+def _cuda_uuid(device: str) -> str:
+    import torch
+    dev = torch.device(device)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    uuid = str(torch.cuda.get_device_properties(index).uuid)
+    return uuid if uuid.startswith("GPU-") else "GPU-" + uuid
+
+
+class NvmlMeter:
+    """The GPU's total energy counter (NVML, millijoules since the driver loaded; Volta and newer).
+
+    ``nvml`` is the pynvml module (a fake in tests); ``uuid`` the GPU's NVML UUID, by default that of
+    the CUDA device ``device`` (by UUID, so CUDA_VISIBLE_DEVICES cannot mix up the numbering).
+    """
+
+    method = "nvml"
+
+    def __init__(self, device: str = "cuda", nvml=None, uuid: str | None = None):
+        self.nvml = _nvml_module() if nvml is None else nvml
+        try:
+            self.nvml.nvmlInit()
+            uuid = _cuda_uuid(device) if uuid is None else uuid
+            self.handle = self.nvml.nvmlDeviceGetHandleByUUID(uuid)
+            self.name = str(self.nvml.nvmlDeviceGetName(self.handle))
+            self.read()
+        except EnergyUnavailable:
+            raise
+        except Exception as e:  # NVMLError_NotSupported (pre-Volta), no driver, ...
+            raise EnergyUnavailable(f"the GPU energy counter cannot be read through NVML: "
+                                    f"{type(e).__name__}: {e}") from None
+
+    def read(self) -> int:
+        return int(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
+
+    def joules(self, before: int, after: int) -> float:
+        return (after - before) / 1e3
+
+    def describe(self) -> str:
+        return f"GPU energy from NVML's total energy counter ({self.name}): the GPU only, no CPU or DRAM"
+
+
+def energy_meter(choice: str, device: str):
+    """The meter ``energy:`` asks for on ``device``, or (None, why not). Asked-for and unreadable: exit 2."""
+    if choice == "none":
+        return None, "energy: none was set"
+    kind = _device_kind(device)
+    if choice == "nvml" and kind != "cuda":
+        raise AuditInputError(f"energy: nvml was asked for but the run is on {device}", place="energy",
+                              fix="use energy: auto or rapl on CPU, or run with device: cuda")
+    method = choice if choice != "auto" else ("nvml" if kind == "cuda" else "rapl")
+    try:
+        return (NvmlMeter(device) if method == "nvml" else RaplMeter()), ""
+    except EnergyUnavailable as e:
+        if choice != "auto":
+            raise AuditInputError(f"energy: {choice} was asked for but {e}", place="energy",
+                                  fix="use energy: auto (no energy figures where none can be read) or none") from None
+        return None, str(e)
+
+
+def co2_g_per_1k_tokens(j_per_token: float, grid_g_per_kwh: float) -> float:
+    """Grams of CO2e per 1000 tokens: J/token x 1000 tokens / (3.6e6 J/kWh) x g/kWh."""
+    return j_per_token * 1000.0 / J_PER_KWH * grid_g_per_kwh
+
+
+def mean_ci(x, seed: int, n_resamples: int = 1000) -> tuple[float, float]:
+    """Percentile-bootstrap 95% CI of the mean of ``x`` (vectorized, seeded)."""
+    x = np.asarray(x, dtype=float)
+    if x.size < 2:
+        v = float(x.mean()) if x.size else float("nan")
+        return v, v
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 # ---------------------------------------------------------------------- the check
 
 class Cost(Check):
@@ -198,6 +382,12 @@ class Cost(Check):
         "memory": Param("str", "auto", "peak memory: auto (cuda on a CUDA run, else rss), rss (process peak "
                         "resident set), cuda (max allocated), none", choices=("auto", "rss", "cuda", "none")),
         "bootstrap": Param("int", 1000, "bootstrap resamples for the percentile CIs", ge=1, le=100000),
+        "energy": Param("str", "auto", "energy counter: auto (nvml on a CUDA run, rapl on CPU; none where "
+                        "unreadable), rapl (CPU package counters), nvml (GPU counter, needs pynvml), none",
+                        choices=("auto", "rapl", "nvml", "none")),
+        "grid_g_per_kwh": Param("float", WORLD_GRID_G_PER_KWH, "carbon intensity of your electricity in "
+                                "gCO2e/kWh for co2_g_per_1k_tokens (default: the 2023 world average, Ember; "
+                                "set your region's)", ge=0, le=5000),
     }
     metrics = {
         "parameters": MetricSpec("distinct parameters (tied weights once)", False),
@@ -220,6 +410,10 @@ class Cost(Check):
         "train_steps": MetricSpec("optimizer steps of the fine-tune", None),
         "train_time_s": MetricSpec("wall time of the fine-tune in seconds", False),
         "train_tokens_per_s": MetricSpec("training throughput of the fine-tune", True),
+        "energy_j_per_token": MetricSpec("joules per token of the timed calls (RAPL CPU package or NVML GPU "
+                                         "counter)", False),
+        "co2_g_per_1k_tokens": MetricSpec("grams CO2e per 1000 tokens: energy_j_per_token at grid_g_per_kwh",
+                                          False),
     }
     # see the module docstring: deterministic counts fail, latency fails only beyond its CI, else warns
     default_gates = [
@@ -228,6 +422,7 @@ class Cost(Check):
         "latency_ratio.ci_low <= 1.5",
         {"when": "latency_p95 <= baseline.latency_p95 * 1.2", "severity": "warn"},
         {"when": "peak_memory_mb <= baseline.peak_memory_mb * 1.2", "severity": "warn"},
+        {"when": "energy_j_per_token <= baseline.energy_j_per_token * 1.2", "severity": "warn"},
     ]
 
     @classmethod
@@ -238,6 +433,28 @@ class Cost(Check):
                 raise AuditInputError("memory: cuda was asked for but no CUDA device is available, so CUDA "
                                       "memory cannot be measured", place=prefix + "memory",
                                       fix="use memory: auto (process RSS on CPU) or memory: none")
+        energy = params.get("energy")
+        if energy == "rapl":
+            try:
+                RaplMeter()
+            except EnergyUnavailable as e:
+                raise AuditInputError(f"energy: rapl was asked for but {e}", place=prefix + "energy",
+                                      fix="use energy: auto (no energy figures where none can be read) or "
+                                          "none") from None
+        elif energy == "nvml":
+            import torch
+            why = None
+            if not torch.cuda.is_available():
+                why = "no CUDA device is available"
+            else:
+                try:
+                    _nvml_module()
+                except EnergyUnavailable as e:
+                    why = str(e)
+            if why:
+                raise AuditInputError(f"energy: nvml was asked for but {why}", place=prefix + "energy",
+                                      fix="use energy: auto or none, or pip install nvidia-ml-py on a CUDA "
+                                          "machine")
         sizes = params.get("batch_sizes") or []
         if not sizes or any(not isinstance(b, int) or isinstance(b, bool) for b in sizes):
             raise AuditInputError(f"batch_sizes must be a non-empty list of integers, got {sizes!r}",
@@ -298,15 +515,22 @@ class Cost(Check):
         ctx.progress(0.1)
         self._training(ctx, res, counts[""]["parameters"])
 
-        # latency: warm-up, then repeats, candidate and baseline interleaved call by call (ABBA)
+        # latency: warm-up, then repeats, candidate and baseline interleaved call by call (ABBA); the
+        # energy counter is read around each timed call, outside its clock
+        meter, no_energy = energy_meter(p["energy"], ctx.device)
         times = {(prefix, b): [] for prefix, _ in models for b in sizes}
+        joules = {prefix: [0.0] * p["repeats"] for prefix, _ in models}  # per repeat, summed over sizes
         rounds = p["warmup"] + p["repeats"]
         for r in range(rounds):
             order = models if r % 2 == 0 else models[::-1]
             for b in sizes:
                 for prefix, h in order:
+                    timed = r >= p["warmup"]
+                    e0 = meter.read() if meter is not None and timed else None
                     t = timed_call(h, inputs[prefix][:b])
-                    if r >= p["warmup"]:
+                    if e0 is not None:
+                        joules[prefix][r - p["warmup"]] += meter.joules(e0, meter.read())
+                    if timed:
                         times[(prefix, b)].append(t)
             ctx.progress(0.1 + 0.8 * (r + 1) / rounds)
         nb = p["bootstrap"]
@@ -338,6 +562,7 @@ class Cost(Check):
             res.add("latency_ratio", float(np.median(ratio)), quantile_ci(ratio, 50, ctx.seed, nb), len(ratio),
                     False)
         res.records = {"latency_s": [float(t) for t in times[("", top)]]}
+        energy_rows = self._energy(ctx, res, meter, no_energy, models, joules, times, sizes, seq)
 
         # peak memory
         if memory == "cuda":
@@ -360,6 +585,9 @@ class Cost(Check):
             {"title": f"Latency per batch ({p['repeats']} timed calls after {p['warmup']} warm-up, "
                       f"seq_len {p['seq_len']}, device {ctx.device})", "rows": rows},
         ]
+        if energy_rows:
+            res.evidence.append({"title": f"Energy of the timed calls ({meter.method}, grid "
+                                          f"{p['grid_g_per_kwh']:g} gCO2e/kWh)", "rows": energy_rows})
         if ctx.data is not None:
             res.notes.append("cost times seeded synthetic inputs of seq_len tokens: the data: given is not read")
         if ctx.baseline is None:
@@ -367,11 +595,41 @@ class Cost(Check):
         res.figures["latency per batch size"] = _latency_svg(times, models, sizes)
         # headline figures first (reports show the first few metrics as the key ones)
         first = ["latency_p95", "latency_ratio", "tokens_per_s", "flops_per_token", "parameters",
-                 "trainable_parameters", "peak_memory_mb", "latency_p50"]
+                 "trainable_parameters", "peak_memory_mb", "energy_j_per_token", "co2_g_per_1k_tokens",
+                 "latency_p50"]
         res.metrics = {k: res.metrics[k] for k in sorted(res.metrics, key=lambda k: (
             k.startswith("baseline."), first.index(k) if k in first else len(first)))}
         ctx.progress(1.0)
         return res
+
+    def _energy(self, ctx, res, meter, no_energy, models, joules, times, sizes, seq) -> list[dict]:
+        """energy_j_per_token and co2_g_per_1k_tokens per model (CI over repeats), the energy_method note."""
+        p = ctx.params
+        if meter is None:
+            res.notes.append(f"energy_method: none ({no_energy}): energy_j_per_token and co2_g_per_1k_tokens "
+                             "are not reported")
+            return []
+        grid = float(p["grid_g_per_kwh"])
+        res.notes.append(f"energy_method: {meter.method}: {meter.describe()}; co2_g_per_1k_tokens at "
+                         f"grid_g_per_kwh = {grid:g} gCO2e/kWh"
+                         + (" (the 2023 world average: set your region's)" if grid == WORLD_GRID_G_PER_KWH
+                            else ""))
+        rows = []
+        for prefix, _ in models:
+            per_repeat = np.asarray(joules[prefix])
+            tokens = sum(b * seq[prefix] for b in sizes)  # tokens of one repeat (one call per batch size)
+            jpt = float(per_repeat.sum()) / (tokens * len(per_repeat))
+            lo, hi = mean_ci(per_repeat / tokens, ctx.seed, p["bootstrap"])
+            n = len(per_repeat)
+            res.add(prefix + "energy_j_per_token", jpt, (lo, hi), n, False)
+            res.add(prefix + "co2_g_per_1k_tokens", co2_g_per_1k_tokens(jpt, grid),
+                    (co2_g_per_1k_tokens(lo, grid), co2_g_per_1k_tokens(hi, grid)), n, False)
+            seconds = sum(sum(times[(prefix, b)]) for b in sizes)
+            rows.append({"model": "baseline" if prefix else "candidate", "joules": round(float(per_repeat.sum()), 6),
+                         "tokens": tokens * n, "seconds": round(seconds, 4),
+                         "mean_power_w": round(float(per_repeat.sum()) / seconds, 2) if seconds > 0 else None,
+                         "j_per_token": jpt, "co2_g_per_1k_tokens": co2_g_per_1k_tokens(jpt, grid)})
+        return rows
 
     def _training(self, ctx: CheckContext, res: CheckResult, total: int) -> None:
         rec = ctx.training or {}
