@@ -272,40 +272,53 @@ def _read_file(path: Path, display: str) -> tuple[list[dict], int, list[int] | N
     return rows, 2, lines
 
 
+def check_data_spec(spec, registry, *, base_dir: Path | str | None = None, file: str | None = None,
+                    place: str = "data", what: str = "data") -> Path | None:
+    """Check a data spec without reading it: a ``builtin:NAME[#split]`` whose NAME a dataset source registers
+    (did-you-mean), or a file that exists (relative to the suite's folder first) and is not a directory.
+
+    Returns the file's path (None for a built-in); every problem is an AuditInputError at ``file``/``place``.
+    """
+    from auditkit.api import did_you_mean
+    if not isinstance(spec, str) or not spec.strip():
+        raise AuditInputError(f"{what} must be builtin:NAME or a file path, got {spec!r}", file=file, place=place,
+                              fix="e.g. builtin:reviews#test or data/test.jsonl")
+    if spec.startswith("builtin:"):
+        name = spec[len("builtin:"):].partition("#")[0]
+        sources = registry.dataset_sources
+        if name not in sources:
+            raise AuditInputError(f"unknown built-in dataset {spec!r}", file=file, place=place,
+                                  fix=did_you_mean(f"builtin:{name}", [f"builtin:{n}" for n in sorted(sources)]))
+        return None
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and base_dir is not None and (Path(base_dir) / path).exists():
+        path = Path(base_dir) / path
+    if not path.exists():
+        raise AuditInputError(f"{what} file {spec} does not exist", file=file, place=place,
+                              fix="paths are relative to the suite file's folder")
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in
+                        (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"))[:3]
+        raise AuditInputError(f"{what} {spec} is a directory, not a data file", file=file, place=place,
+                              fix="name one .jsonl, .csv or .parquet file" +
+                                  (f" (it holds {', '.join(inside)})" if inside else ""))
+    return path
+
+
 def load_dataset(spec: str, registry, *, seed: int = 0, columns: dict | None = None,
                  base_dir: Path | None = None, file: str | None = None, place: str = "data") -> Dataset:
     """Load ``spec`` (``builtin:NAME[#split]`` or a path, relative to the suite's folder)."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise AuditInputError("data must be a builtin:NAME or a file path", file=file, place=place)
-    if spec.startswith("builtin:"):
+    path = check_data_spec(spec, registry, base_dir=base_dir, file=file, place=place)
+    if path is None:
         name, _, split = spec[len("builtin:"):].partition("#")
-        sources = registry.dataset_sources
-        if name not in sources:
-            from difflib import get_close_matches
-            near = get_close_matches(name, list(sources), n=1)
-            raise AuditInputError(f"unknown built-in dataset {spec!r}", file=file, place=place,
-                                  fix=f"did you mean builtin:{near[0]}?" if near else
-                                  f"known: {', '.join(sorted(sources))}")
         try:
-            rows = sources[name].fn(split or None, seed)
+            rows = registry.dataset_sources[name].fn(split or None, seed)
         except KeyError as exc:
             raise AuditInputError(f"built-in dataset {name!r} has no split {exc.args[0]!r}", file=file,
                                   place=place, fix="use #train, #validation or #test") from None
         rows = [dict(r) for r in rows]
         ds = Dataset(spec, rows, spec, 1)
     else:
-        path = Path(spec).expanduser()
-        if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
-            path = base_dir / path
-        if not path.exists():
-            raise AuditInputError(f"data file {spec} does not exist", file=file, place=place,
-                                  fix="paths are relative to the suite file's folder")
-        if path.is_dir():
-            inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in
-                            (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"))[:3]
-            raise AuditInputError(f"data {spec} is a directory, not a data file", file=file, place=place,
-                                  fix="name one .jsonl, .csv or .parquet file" +
-                                      (f" (it holds {', '.join(inside)})" if inside else ""))
         rows, offset, lines = _read_file(path, str(spec))
         ds = Dataset(spec, rows, str(spec), offset, lines=lines)
     if columns:

@@ -150,7 +150,7 @@ def test_unknown_builtin_dataset_did_you_mean(run_cli, tmp_path):
     suite = accuracy_suite(tmp_path, "builtin:reveiws#test")
     res, out = run(run_cli, tmp_path, suite)
     line = assert_exit2(res, suite, r"line 5\b", out)
-    assert "did you mean builtin:reviews?" in line
+    assert "did you mean 'builtin:reviews'?" in line
 
 
 def test_unknown_builtin_split(run_cli, tmp_path):

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 
@@ -494,30 +493,11 @@ class Forgetting(Check):
 
 
 def _data_spec(spec, base_dir: str | None, where: str, kind: str) -> None:
-    """A ``builtin:NAME[#split]`` whose NAME a dataset source registers, or a data file that exists (relative
-    to the suite's folder first, as :func:`auditkit.data.load_dataset` resolves it); the split and the rows
-    are read when the check runs."""
-    from auditkit.api import did_you_mean
+    """A retention data spec that exists (checked as :func:`auditkit.data.check_data_spec` does, without reading
+    it); the split and the rows are read when the check runs."""
+    from auditkit.data import check_data_spec
     from auditkit.plugins import registry
-    if not isinstance(spec, str) or not spec.strip():
-        raise AuditInputError(f"{kind}: must be builtin:NAME or a file path, got {spec!r}", place=where,
-                              fix="e.g. builtin:general-text or data/retention.jsonl")
-    if spec.startswith("builtin:"):
-        name = spec[len("builtin:"):].partition("#")[0]
-        sources = registry().dataset_sources
-        if name not in sources:
-            raise AuditInputError(f"unknown built-in dataset {spec!r} in a {kind} retention entry", place=where,
-                                  fix=did_you_mean(f"builtin:{name}", [f"builtin:{n}" for n in sorted(sources)]))
-        return
-    path = Path(spec).expanduser()
-    if not path.is_absolute() and base_dir and (Path(base_dir) / path).exists():
-        path = Path(base_dir) / path
-    if not path.exists():
-        raise AuditInputError(f"retention data file {spec} does not exist", place=where,
-                              fix="paths are relative to the suite file's folder")
-    if path.is_dir():
-        raise AuditInputError(f"retention data {spec} is a directory, not a data file", place=where,
-                              fix="name one .jsonl, .csv or .parquet file")
+    check_data_spec(spec, registry(), base_dir=base_dir, place=where, what=f"{kind} retention data")
 
 
 def parse_retention(entries, base_dir: str | None, where: str) -> list[tuple[str, object]]:

@@ -106,17 +106,13 @@ def check_task(task, base_dir: str | None, place: str) -> None:
     """What can be known of ``task`` before a model loads: a non-empty string, a ``builtin:NAME`` that a dataset
     source registers (did-you-mean), a task YAML that exists and parses. A plain lm-eval task name is looked up
     when the check runs (indexing lm-eval's task registry takes ~20 s), and so is the task's ``metric``."""
-    from auditkit.api import did_you_mean
+    from auditkit.data import check_data_spec
     from auditkit.plugins import registry
     if not isinstance(task, str) or not task.strip():
         raise AuditInputError(f"an lm-eval task must be a task name, a task YAML or builtin:NAME, got {task!r}",
                               place=place, fix="e.g. task: arc_easy, task: tasks/mine.yaml or task: builtin:mc-general")
     if task.startswith("builtin:"):
-        name = task[len("builtin:"):].partition("#")[0]
-        sources = registry().dataset_sources
-        if name not in sources:
-            raise AuditInputError(f"unknown built-in dataset {task!r} as an lm-eval task", place=place,
-                                  fix=did_you_mean(f"builtin:{name}", [f"builtin:{n}" for n in sorted(sources)]))
+        check_data_spec(task, registry(), place=place, what="an lm-eval task's")
     elif task.endswith((".yaml", ".yml")):
         read_task_file(task, base_dir, place)
 
