@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from auditkit.api import did_you_mean
 from auditkit.errors import AuditInputError, TrainingDiverged
 from auditkit.results import write_text_atomic
 
@@ -116,11 +117,11 @@ def parse_finetune(raw, cx, suite_seed: int, task: str) -> FinetuneConfig:
     cfg.method = raw.get("method", "lora")
     if cfg.method not in ("full", "lora"):
         raise cx.fail(path + ("method",), f"method must be full or lora, got {cfg.method!r}",
-                      _did_you_mean(cfg.method, ("full", "lora")))
+                      did_you_mean(cfg.method, ("full", "lora")))
     cfg.schedule = raw.get("schedule", "linear")
     if cfg.schedule not in ("linear", "cosine", "constant"):
         raise cx.fail(path + ("schedule",), f"schedule must be linear, cosine or constant, got {cfg.schedule!r}",
-                      _did_you_mean(cfg.schedule, ("linear", "cosine", "constant")))
+                      did_you_mean(cfg.schedule, ("linear", "cosine", "constant")))
     ev = raw.get("eval_every", "epoch")
     if not (ev == "epoch" or (isinstance(ev, int) and not isinstance(ev, bool) and ev > 0)):
         raise cx.fail(path + ("eval_every",), f"eval_every must be 'epoch' or a number of steps >= 1, got {ev!r}")
@@ -211,9 +212,6 @@ def parse_finetune(raw, cx, suite_seed: int, task: str) -> FinetuneConfig:
     return cfg
 
 
-def _did_you_mean(word, options) -> str:
-    from auditkit.api import did_you_mean
-    return did_you_mean(word, options)
 
 
 # ---------------------------------------------------------------------- canaries
@@ -650,11 +648,12 @@ def _save_record(out_dir: Path, record: dict) -> None:
 
 
 def save_finetuned(model, tokenizer, out_dir: Path, *, fp: str, record: dict, base_spec: str,
-                   canaries: dict | None, show_secrets: bool = False) -> None:
+                   canaries: dict | None) -> None:
     """Write the fine-tuned weights (safetensors), tokenizer, record and canary record to ``out_dir``.
 
-    ``canaries.json`` holds no secret unless ``show_secrets``: only ids, repeat counts, the config and seed
-    that regenerate the set, and a digest to check the regenerated set against (``redacted_canaries``).
+    ``canaries.json`` holds no secret: only ids, repeat counts, the config and seed that regenerate the set, and
+    a digest to check the regenerated set against (``redacted_canaries``). Reports show the secrets with
+    ``--show-secrets``; this file never needs them.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -669,8 +668,6 @@ def save_finetuned(model, tokenizer, out_dir: Path, *, fp: str, record: dict, ba
     if canaries is not None:
         cfg = record.get("config") or {}
         stored = redacted_canaries(canaries, cfg.get("canaries") or {}, cfg.get("seed", 0))
-        if show_secrets:
-            stored = dict(canaries, **{k: v for k, v in stored.items() if k not in canaries}, redacted=False)
         write_text_atomic(can_path, json.dumps(stored, indent=2))
     elif can_path.exists():
         can_path.unlink()

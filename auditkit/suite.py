@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from auditkit.api import TASKS, Check, find_metric
+from auditkit.api import TASKS, Check, did_you_mean, find_metric
 from auditkit.errors import AuditInputError
 from auditkit.gates import Gate, GateSyntaxError, parse_gate
 
@@ -85,9 +85,6 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-def _did_you_mean(word: str, options) -> str:
-    from auditkit.api import did_you_mean
-    return did_you_mean(word, options)
 
 
 def _expanded_nodes(root, limit: int) -> int:
@@ -228,7 +225,7 @@ class _Ctx:
     def keys(self, obj: dict, allowed, path: tuple) -> None:
         for k in obj:
             if k not in allowed:
-                raise self.fail(path + (k,), f"unknown key {k!r}", _did_you_mean(k, allowed))
+                raise self.fail(path + (k,), f"unknown key {k!r}", did_you_mean(k, allowed))
 
     def positive(self, value, path: tuple, what: str) -> int:
         """An int >= 1 (batch sizes, lengths, counts)."""
@@ -273,7 +270,7 @@ def load_suite(path: str | Path, registry) -> Suite:
     cx.keys(model_raw, MODEL_KEYS, ("model",))
     task = model_raw.get("task", "sequence-classification")
     if task not in TASKS:
-        raise cx.fail(("model", "task"), f"unknown task {task!r}", _did_you_mean(task, TASKS))
+        raise cx.fail(("model", "task"), f"unknown task {task!r}", did_you_mean(task, TASKS))
     model = ModelSpec(
         base=cx.typed(model_raw["base"], str, ("model", "base"), "model.base"),
         task=task,
@@ -337,7 +334,7 @@ def _parse_check(entry, path: tuple, cx: _Ctx, registry, task: str, seen: set) -
     if not isinstance(uses, str):
         raise cx.fail(path + ("uses",), f"uses must be a check name, got {uses!r}", "see `auditkit checks`")
     if uses not in registry.checks:
-        raise cx.fail(path + ("uses",), f"unknown check {uses!r}", _did_you_mean(uses, sorted(registry.checks)))
+        raise cx.fail(path + ("uses",), f"unknown check {uses!r}", did_you_mean(uses, sorted(registry.checks)))
     cls = registry.checks[uses]
     allowed = CHECK_KEYS + tuple(cls.params)
     cx.keys(entry, allowed, path)
@@ -408,7 +405,7 @@ def _parse_check(entry, path: tuple, cx: _Ctx, registry, task: str, seen: set) -
             raise cx.fail(gpath, f"bad gate: {exc}") from None
         except _UnknownMetric as exc:
             raise cx.fail(gpath, f"check {uses!r} emits no metric {exc.metric!r}",
-                          _did_you_mean(exc.metric, list(cls.metrics))) from None
+                          did_you_mean(exc.metric, list(cls.metrics))) from None
         gates.append(gate)
     return CheckSpec(id=cid, uses=uses, cls=cls, params=params, data=data, columns=columns, gates=gates,
                      line=cx.line(path))
