@@ -64,6 +64,13 @@ class FinetuneConfig:
     train_eval_size: int = 256
 
     @property
+    def validation_spec(self) -> str | None:
+        """The validation data: ``validation:``, else the ``#validation`` split of built-in data, else none."""
+        if self.validation is None and self.data.startswith("builtin:"):
+            return self.data.split("#")[0] + "#validation"
+        return self.validation
+
+    @property
     def lr(self) -> float:
         return self.learning_rate if self.learning_rate is not None else (5e-4 if self.method == "lora" else 2e-5)
 

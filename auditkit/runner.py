@@ -198,7 +198,7 @@ class Runner:
 
     def _check_head(self, handle: ModelHandle, place: str, role: str) -> None:
         """Loud when weights of the audited model were drawn at load time (a new, untrained head)."""
-        new = list(getattr(handle, "new_weights", None) or [])
+        new = list(handle.new_weights)
         if not new:
             return
         shown = ", ".join(new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
@@ -215,9 +215,7 @@ class Runner:
         from auditkit import finetune as ft
         cfg = self.suite.finetune
         train_ds = self.load_data(cfg.data, cfg.columns, self.where("finetune", "data"))
-        val_spec = cfg.validation
-        if val_spec is None and cfg.data.startswith("builtin:"):
-            val_spec = cfg.data.split("#")[0] + "#validation"
+        val_spec = cfg.validation_spec
         val_ds = self.load_data(val_spec, cfg.columns, self.where("finetune", "validation")) if val_spec else None
         canaries = ft.make_canaries(cfg.canaries, cfg.seed) if cfg.canaries else None
         if canaries:
@@ -407,9 +405,7 @@ class Runner:
             "show_secrets": self.opts.show_secrets,
             # what the model was fine-tuned on, for membership inference, extraction and data checks
             "finetune_data": (ft.data, ft.columns) if ft else None,
-            "finetune_validation": (ft.validation or (ft.data.split("#")[0] + "#validation"
-                                                      if ft.data.startswith("builtin:") else None), ft.columns)
-            if ft else None,
+            "finetune_validation": (ft.validation_spec, ft.columns) if ft else None,
         }
 
     def _prepare_out(self) -> None:

@@ -87,53 +87,50 @@ _Loader.add_implicit_resolver(
 
 
 
-def _expanded_nodes(root, limit: int) -> int:
+def _children(node) -> list:
+    """A YAML node's child nodes (a mapping's keys and values in order)."""
+    if isinstance(node, yaml.MappingNode):
+        return [x for kv in node.value for x in kv]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _distinct_nodes(root) -> list:
+    """Every node of the composed graph once (an alias shares its node), parents before children.
+
+    Iterative, so deep nesting never hits Python's recursion limit.
+    """
+    order, stack, seen = [], [root], set()
+    while stack:
+        node = stack.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            order.append(node)
+            stack.extend(_children(node))
+    return order
+
+
+def _expanded_nodes(nodes: list, limit: int) -> int:
     """How many nodes the document has once every alias is followed, stopping past ``limit``.
 
     An alias makes the composed graph share a node, so a "billion laughs" file is small as a graph;
-    counting each node once per reference with memoized subtree sizes costs one visit per distinct node.
+    memoized subtree sizes cost one visit per distinct node (``nodes`` from :func:`_distinct_nodes`).
     """
     sizes: dict[int, int] = {}
-    order, stack, seen = [], [root], set()
-    while stack:  # post-order without recursion (deep nesting must not hit Python's stack limit)
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        order.append(node)
-        if isinstance(node, yaml.MappingNode):
-            stack.extend(x for kv in node.value for x in kv)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-    for node in reversed(order):
-        if isinstance(node, yaml.MappingNode):
-            kids = [x for kv in node.value for x in kv]
-        elif isinstance(node, yaml.SequenceNode):
-            kids = node.value
-        else:
-            kids = []
-        sizes[id(node)] = min(limit + 1, 1 + sum(sizes.get(id(k), 1) for k in kids))
-    return sizes[id(root)]
+    for node in reversed(nodes):
+        sizes[id(node)] = min(limit + 1, 1 + sum(sizes.get(id(k), 1) for k in _children(node)))
+    return sizes[id(nodes[0])]
 
 
-def _duplicate_key(root):
+def _duplicate_key(nodes: list):
     """The first key that a mapping repeats, as (key, first line, second line), or None."""
-    stack, seen = [root], set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
+    for node in nodes:
         if isinstance(node, yaml.MappingNode):
             first: dict = {}
-            for k, v in node.value:
+            for k, _ in node.value:
                 if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
                     if k.value in first:
                         return k.value, first[k.value], k.start_mark.line + 1
                     first[k.value] = k.start_mark.line + 1
-                stack.extend((k, v))
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
     return None
 
 
@@ -166,10 +163,11 @@ def read_yaml_strict(path: Path, display: str):
                               fix="check indentation and quoting") from None
     if node is None:
         return None, None
-    if _expanded_nodes(node, MAX_SUITE_NODES) > MAX_SUITE_NODES:
+    nodes = _distinct_nodes(node)
+    if _expanded_nodes(nodes, MAX_SUITE_NODES) > MAX_SUITE_NODES:
         raise AuditInputError(f"the suite expands to more than {MAX_SUITE_NODES} YAML nodes through its aliases",
                               file=display, place="line 1", fix="write the suite without deeply nested aliases")
-    dup = _duplicate_key(node)
+    dup = _duplicate_key(nodes)
     if dup:
         key, first, second = dup
         raise AuditInputError(f"key {key!r} appears twice (lines {first} and {second}); YAML would keep only "
@@ -310,11 +308,15 @@ def load_suite(path: str | Path, registry) -> Suite:
         try:
             spec.cls.validate_suite(spec.params, has_finetune=finetune is not None, data=spec.data)
         except AuditInputError as exc:
-            where = ("checks", i) + ((exc.place,) if exc.place in spec.params else ())
-            raise cx.fail(where, exc.message, exc.fix) from None
+            raise _at_param(cx, ("checks", i), spec.params, exc) from None
         checks.append(spec)
     return Suite(name=name, path=path, model=model, checks=checks, seed=seed, device=device,
                  description=raw.get("description", "") or "", finetune=finetune, lines=cx.lines)
+
+
+def _at_param(cx: _Ctx, path: tuple, params: dict, exc: AuditInputError) -> AuditInputError:
+    """A check's own validation error, placed at the suite line of the parameter it names (else the entry)."""
+    return cx.fail(path + ((exc.place,) if exc.place in params else ()), exc.message, exc.fix)
 
 
 def _model_free(checks_raw, registry) -> bool:
@@ -364,8 +366,7 @@ def _parse_check(entry, path: tuple, cx: _Ctx, registry, task: str, seen: set) -
     try:
         cls.validate_params(params, str(Path(cx.file).parent))
     except AuditInputError as exc:
-        where = path + ((exc.place,) if exc.place in params else ())
-        raise cx.fail(where, exc.message, exc.fix) from None
+        raise _at_param(cx, path, params, exc) from None
     data = entry.get("data", cls.default_data)
     if cls.needs_data and not data:
         raise cx.fail(path, f"check {uses!r} needs data: (builtin:NAME or a file path)")
