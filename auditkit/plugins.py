@@ -6,8 +6,9 @@ Built-ins go through the same hooks as third-party plugins (like datasette's DEF
 with its name and skipped; the rest load.
 
 Hooks are called through the plugin manager's hook callers (``pm.hook.NAME``), so hookimpl options
-(``tryfirst``, ``trylast``) order the plugins and ``AUDITKIT_TRACE_HOOKS=1`` traces every call. A plugin
-whose hook raises is isolated: it is named in ``failures`` and the hook is called again without it.
+(``tryfirst``, ``trylast``) order the calls and ``AUDITKIT_TRACE_HOOKS=1`` traces every call. What the
+plugins register is applied in registration order (built-ins first), and a name already taken is refused.
+A plugin whose hook raises is isolated: it is named in ``failures`` and the hook is called again without it.
 """
 from __future__ import annotations
 
