@@ -116,23 +116,52 @@ def cmd_run(args) -> int:
     from auditkit.runner import RunOptions, Runner
     from auditkit.suite import load_suite
 
+    from auditkit import distributed
+    from auditkit.runner import Progress
+
     reg = registry()
-    _report_plugin_failures(reg)
+    w = distributed.world()
+    if w.main:
+        _report_plugin_failures(reg)
     suite = load_suite(args.suite, reg)
     out = Path(args.out) if args.out else Path("reports") / suite.name
     opts = RunOptions(out_dir=out, model=args.model, baseline=args.baseline, device=args.device, only=args.only,
                       resume=args.resume, strict=args.strict, show_secrets=args.show_secrets)
-    progress = make_progress()
+    if args.processes is not None and args.processes > 1 and not distributed.launched():
+        # everything that can be checked without a model is checked here, once, before N copies start
+        runner = Runner(suite, reg, opts, Progress())
+        distributed.check_processes(args.processes, runner.device)
+        runner.preflight()
+        return distributed.launch(args.processes, _without_processes(sys.argv[1:] if args.argv is None else args.argv))
+    progress = make_progress() if w.main else Progress()
     try:
         outcome = Runner(suite, reg, opts, progress).run()
     finally:
         if hasattr(progress, "close"):
             progress.close()
+    if not w.main:
+        return outcome.exit_code
     print_result_table(outcome.results)
     if outcome.results.get("error"):  # the run itself stopped (e.g. the fine-tune diverged)
         print(f"auditkit: run error: {outcome.results['error']}", file=sys.stderr)
     print(f"reports written to {out}/ (report.html, results.json, junit.xml, summary.md)", file=sys.stderr)
     return outcome.exit_code
+
+
+def _without_processes(argv: list[str]) -> list[str]:
+    """The command line a launched copy runs: this one less ``--processes N``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--processes":
+            skip = True
+            continue
+        if a.startswith("--processes="):
+            continue
+        out.append(a)
+    return out
 
 
 def print_result_table(results: dict) -> None:
@@ -296,7 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="reuse finished checks and fine-tunes of a previous run")
     r.add_argument("--strict", action="store_true", help="warnings fail the run (exit 1)")
     r.add_argument("--show-secrets", action="store_true", help="show memorized secrets in reports (redacted by default)")
-    r.set_defaults(fn=cmd_run)
+    r.add_argument("--processes", type=int, metavar="N",
+                   help="data parallel over N processes (one per GPU, or CPU processes with gloo), launched "
+                        "with torch.distributed.run; `accelerate launch -m auditkit run ...` works too")
+    r.set_defaults(fn=cmd_run, argv=None)
 
     c = sub.add_parser("compare", help="what changed between two runs")
     c.add_argument("a")
@@ -326,6 +358,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; under a distributed launcher, join its processes first and leave them at the end."""
+    from auditkit import distributed
+    if distributed.launched():
+        import torch
+        args = list(argv if argv is not None else sys.argv[1:])
+        on_cpu = not torch.cuda.is_available() or "--device=cpu" in args or \
+            any(a == "--device" and b == "cpu" for a, b in zip(args, args[1:]))
+        distributed.init_from_env(cpu=on_cpu)
+    main_process = distributed.world().main
+    try:
+        code = _main(argv)
+    finally:
+        try:
+            distributed.shutdown()
+        except Exception:  # pragma: no cover - a peer that died already
+            pass
+    return distributed.report_exit(code, main_process)
+
+
+def _main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
     # library deprecation notices (transformers/peft internals) are noise in an audit log
@@ -333,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "fn", None) is cmd_run:
+            args.argv = list(argv) if argv is not None else None
         return int(args.fn(args))
     except AuditInputError as exc:
         print(f"auditkit: error: {exc.line()}", file=sys.stderr)

@@ -47,12 +47,16 @@ def cache_dir() -> Path:
 
 
 def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> cuda when present; under data parallel each process takes the GPU of its local rank."""
     import torch
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise AuditInputError("--device cuda was asked for but no CUDA device is available",
                               place="--device", fix="use --device auto or --device cpu")
+    from auditkit.distributed import world
+    if device == "cuda" and world().parallel:
+        return f"cuda:{world().local_rank}"
     return device
 
 
@@ -222,9 +226,22 @@ def _disk_load(path: Path):
         return _MISSING
 
 
+from auditkit.passes.attention import AttentionRequests  # noqa: E402
+from auditkit.passes.distribution import DistributionRequests  # noqa: E402
+from auditkit.passes.generation import GenerationRequests  # noqa: E402
+from auditkit.passes.gradients import GradientRequests  # noqa: E402
+from auditkit.passes.masked_lm import MaskedLMRequests  # noqa: E402
+from auditkit.passes.next_token import NextTokenRequests  # noqa: E402
+from auditkit.passes.prefix_tree import PrefixTreeRequests  # noqa: E402
+
+
 @dataclass
-class ModelHandle:
-    """A loaded model with its tokenizer, task kind and a cache of scoring passes."""
+class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, GradientRequests, NextTokenRequests,
+                  GenerationRequests, PrefixTreeRequests):
+    """A loaded model with its tokenizer, task kind and a cache of scoring passes.
+
+    The plain scoring requests live here; the others come from the mixins in :mod:`auditkit.passes`.
+    """
 
     model: Any
     tokenizer: Any
@@ -279,16 +296,19 @@ class ModelHandle:
         if key in self._cache:
             self.stats["cache_hits"] += 1
             return self._cache[key]
+        from auditkit.distributed import world
+        w = world()
         path = self._disk_path(*key) if persist and disk_cache_enabled() else None
         if path is not None:
             value = _disk_load(path)
-            if value is not _MISSING:
+            # every process must take the same road (computing is collective under data parallel)
+            if w.all_agree(value is not _MISSING):
                 self.stats["disk_hits"] = self.stats.get("disk_hits", 0) + 1
                 self._cache[key] = value
                 return value
         value = compute()
         self._cache[key] = value
-        if path is not None:
+        if path is not None and w.main:
             _disk_store(path, value)
         return value
 
@@ -329,7 +349,8 @@ class ModelHandle:
         """Store a by-product of another pass (in memory and, like the primitives, on disk)."""
         key = (op, texts_key(items), json.dumps(kw, sort_keys=True))
         self._cache[key] = value
-        if disk_cache_enabled():
+        from auditkit.distributed import world
+        if disk_cache_enabled() and world().main:
             path = self._disk_path(*key)
             if not path.exists():
                 _disk_store(path, value)
@@ -340,25 +361,62 @@ class ModelHandle:
                              add_special_tokens=True)
         return enc["input_ids"]
 
-    def batches(self, ids: list[list[int]]):
-        """Yield (indices, input_ids, attention_mask) batches sorted by length (right padding), on the device.
+    def plan(self, ids: list[list[int]], batch_size: int | None = None) -> list[list[int]]:
+        """The batches (lists of input indices) a pass runs: sorted by length, longest first.
 
-        Public so plugins with a pass of their own (gradients, full distributions) batch like the handle.
+        The plan depends only on the lengths and the batch size, never on the number of processes, so a
+        data-parallel run computes exactly the batches one process would.
         """
-        import torch
+        size = batch_size or self.batch_size
         order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
+        return [order[s:s + size] for s in range(0, len(order), size)]
+
+    def tensors(self, ids: list[list[int]], idx: list[int], *, device=None):
+        """``(input_ids, attention_mask)`` of the rows ``idx``, right-padded, on the handle's device."""
+        import torch
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id or 0
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            width = max(len(ids[i]) for i in idx)
-            inp = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                inp[row, :len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
-                mask[row, :len(ids[i])] = 1
-            yield idx, inp.to(self.device), mask.to(self.device)
+        width = max(len(ids[i]) for i in idx)
+        inp = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            inp[row, :len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
+            mask[row, :len(ids[i])] = 1
+        dev = device if device is not None else self.device
+        return inp.to(dev), mask.to(dev)
+
+    def map_batches(self, ids: list[list[int]], fn: Callable, *, batch_size: int | None = None) -> list:
+        """The engine's one batch loop: ``fn(idx, input_ids, attention_mask)`` over :meth:`plan`'s batches.
+
+        ``fn`` returns one value per row of its batch (in ``idx`` order), as numpy or plain Python: never
+        a tensor that holds the batch's activations. The values come back in input order. Under data
+        parallel (:mod:`auditkit.distributed`) the batches are dealt round-robin to the processes and the
+        answers gathered, so every process gets the whole list. Every request of the handle runs here;
+        a plugin with a pass of its own should too, to be split, counted and bounded by the batch alike.
+        """
+        from auditkit.distributed import world
+        w = world()
+        local: dict[int, Any] = {}
+        for k, idx in enumerate(self.plan(ids, batch_size)):
+            if not w.mine(k):
+                continue
+            inp, mask = self.tensors(ids, idx)
+            values = fn(idx, inp, mask)
+            if len(values) != len(idx):
+                raise RuntimeError(f"a batch function returned {len(values)} values for {len(idx)} rows")
+            local.update(zip(idx, values))
+        merged = w.gather(local)
+        return [merged[i] for i in range(len(ids))]
+
+    def batches(self, ids: list[list[int]]):
+        """Yield (indices, input_ids, attention_mask) batches sorted by length (right padding), on the device.
+
+        Runs every batch in this process; :meth:`map_batches` is the same loop, split across processes.
+        """
+        for idx in self.plan(ids):
+            inp, mask = self.tensors(ids, idx)
+            yield idx, inp, mask
 
     def _forward(self, texts: Sequence[str] | None, *, attentions: bool = False, hidden: bool = False,
                  ids: list[list[int]] | None = None) -> dict:
@@ -366,45 +424,43 @@ class ModelHandle:
         import torch
         ids = ids if ids is not None else self._encode(texts)
         n = len(ids)
-        logits_out: list = [None] * n
-        att_out: list = [None] * n
-        hid_out: list = [None] * n
         if attentions:
             self.ensure_eager()
         self.stats["forward_passes"] += 1
-        with torch.inference_mode():
-            for idx, inp, mask in self.batches(ids):
-                out = self.model(input_ids=inp, attention_mask=mask, output_attentions=attentions, **self._no_kv_cache(),
-                                 output_hidden_states=hidden)
+        lm = self.task == "causal-lm"
+
+        def run(idx, inp, mask):
+            with torch.inference_mode():
+                out = self.model(input_ids=inp, attention_mask=mask, output_attentions=attentions,
+                                 output_hidden_states=hidden, **self._no_kv_cache())
                 logits = out.logits.float()
+                if lm:
+                    # per-token log-probs of each next token; keep only these, not full vocab logits
+                    tok_lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, inp[:, 1:].unsqueeze(-1)).squeeze(-1)
+                rows = []
                 for row, i in enumerate(idx):
                     length = len(ids[i])
-                    if self.task == "causal-lm":
-                        logits_out[i] = logits[row, :length]
-                    else:
-                        logits_out[i] = logits[row].cpu().numpy()
-                    if attentions:
-                        att_out[i] = torch.stack([a[row, :, :length, :length].float() for a in out.attentions]).cpu().numpy()
+                    first = tok_lp[row, :length - 1].cpu().numpy() if lm else logits[row].cpu().numpy()
+                    att = torch.stack([a[row, :, :length, :length].float() for a in out.attentions]).cpu().numpy() \
+                        if attentions else None
+                    hid = None
                     if hidden:
                         m = mask[row, :length].unsqueeze(-1).float()
-                        hid_out[i] = torch.stack([(h[row, :length].float() * m).sum(0) / m.sum()
-                                                  for h in out.hidden_states]).cpu().numpy()
-                if self.task == "causal-lm":
-                    # per-token log-probs of each next token; keep only these, not full vocab logits
-                    lp = torch.log_softmax(logits[:, :-1], dim=-1)
-                    tgt = inp[:, 1:].unsqueeze(-1)
-                    tok_lp = lp.gather(-1, tgt).squeeze(-1)
-                    for row, i in enumerate(idx):
-                        logits_out[i] = tok_lp[row, :len(ids[i]) - 1].cpu().numpy()
-        result = {"ids": ids}
-        if self.task == "causal-lm":
-            result["token_logprobs"] = logits_out
+                        hid = torch.stack([(h[row, :length].float() * m).sum(0) / m.sum()
+                                           for h in out.hidden_states]).cpu().numpy()
+                    rows.append((first, att, hid))
+                return rows
+
+        rows = self.map_batches(ids, run)
+        result: dict = {"ids": ids}
+        if lm:
+            result["token_logprobs"] = [r[0] for r in rows]
         else:
-            result["logits"] = np.stack(logits_out) if n else np.zeros((0, self.num_labels))
+            result["logits"] = np.stack([r[0] for r in rows]) if n else np.zeros((0, self.num_labels))
         if attentions:
-            result["attentions"] = att_out
+            result["attentions"] = [r[1] for r in rows]
         if hidden:
-            result["hidden"] = np.stack(hid_out, axis=1) if n else None
+            result["hidden"] = np.stack([r[2] for r in rows], axis=1) if n else None
         return result
 
     def _no_kv_cache(self) -> dict:
@@ -419,16 +475,16 @@ class ModelHandle:
     def _last_token_logprobs(self, contexts: list[list[int]], targets: list[list[int]]) -> list[np.ndarray]:
         """For each context, the log-probs of its candidate next tokens after its last position."""
         import torch
-        out: list = [None] * len(contexts)
         self.stats["forward_passes"] += 1
-        with torch.inference_mode():
-            for idx, inp, mask in self.batches(contexts):
+
+        def run(idx, inp, mask):
+            with torch.inference_mode():
                 logits = self.model(input_ids=inp, attention_mask=mask, **self._no_kv_cache()).logits
                 last = torch.tensor([len(contexts[i]) - 1 for i in idx], device=logits.device)
                 rows = torch.log_softmax(logits[torch.arange(len(idx), device=logits.device), last].float(), dim=-1)
-                for row, i in enumerate(idx):
-                    out[i] = rows[row, targets[i]].cpu().numpy()
-        return out
+                return [rows[row, targets[i]].cpu().numpy() for row, i in enumerate(idx)]
+
+        return self.map_batches(contexts, run)
 
     def ensure_eager(self) -> None:
         """Switch to eager attention (sdpa returns no attention weights)."""

@@ -23,6 +23,7 @@ from auditkit.data import Dataset, load_dataset
 from auditkit.errors import AuditInputError, TrainingDiverged
 from auditkit.gates import evaluate
 from auditkit.models import ModelHandle, check_model_source, load_model, resolve_device
+from auditkit.distributed import world
 from auditkit.results import SCHEMA, write_json_atomic
 from auditkit.suite import CheckSpec, Suite
 
@@ -246,8 +247,10 @@ class Runner:
             raise self._located(exc) from None
         finally:
             self.progress.train_done()
-        ft.save_finetuned(res.model, base.tokenizer, model_dir, fp=fp, record=res.record, base_spec=base_spec,
-                          canaries=canaries)
+        if world().main:
+            ft.save_finetuned(res.model, base.tokenizer, model_dir, fp=fp, record=res.record, base_spec=base_spec,
+                              canaries=canaries)
+        world().barrier()
         model = ft.for_audit(res.model, self.device)
         handle = ModelHandle(model=model, tokenizer=base.tokenizer, task=base.task, source="finetuned:" + base_spec,
                              device=self.device, batch_size=base.batch_size, max_length=base.max_length)
@@ -323,13 +326,11 @@ class Runner:
         return entry, duration
 
     # ------------------------------------------------------------------ main
-    def run(self) -> RunOutcome:
+    def preflight(self) -> list[CheckSpec]:
+        """Everything that can be checked before a model loads: the checks selected, every dataset,
+        the baseline a check needs, and the model folders. Returns the checks to run."""
         suite, opts = self.suite, self.opts
-        started = time.time()
-        seed_everything(suite.seed)
         checks = self._selected()
-        # --resume reads the earlier results before the stale reports are removed
-        self.previous = self._previous() if opts.resume else {}
         # validate every dataset before any model loads
         for i, spec in enumerate(checks):
             if spec.data:
@@ -342,6 +343,24 @@ class Runner:
                                   fix="add finetune:, model.baseline: or --baseline")
         if suite.finetune:
             self.load_data(suite.finetune.data, suite.finetune.columns, self.where("finetune", "data"))
+        if any(c.cls.needs_model for c in checks):
+            base_place = "--model" if opts.model else self.where("model", "base")
+            # a missing, pickle-only or corrupt model folder is bad input: say so before anything loads
+            check_model_source(opts.model or suite.model.base, self.registry, allow_pickle=suite.model.allow_pickle,
+                               file=self.file, place=base_place)
+            if baseline_spec and not suite.finetune:
+                check_model_source(baseline_spec, self.registry, allow_pickle=suite.model.allow_pickle,
+                                   file=self.file, place="--baseline" if opts.baseline else self.where("model", "baseline"))
+        return checks
+
+    def run(self) -> RunOutcome:
+        suite, opts = self.suite, self.opts
+        started = time.time()
+        seed_everything(suite.seed)
+        # --resume reads the earlier results before the stale reports are removed
+        self.previous = self._previous() if opts.resume else {}
+        checks = self.preflight()
+        baseline_spec = opts.baseline or suite.model.baseline
 
         if not any(c.cls.needs_model for c in checks):
             # every check reads data only: no model loads and no fine-tune runs (--model/--baseline have
@@ -351,12 +370,6 @@ class Runner:
         base_place = "--model" if opts.model else self.where("model", "base")
         base_spec = opts.model or suite.model.base
         baseline_place = "--baseline" if opts.baseline else self.where("model", "baseline")
-        # a missing, pickle-only or corrupt model folder is bad input: say so before anything loads
-        check_model_source(base_spec, self.registry, allow_pickle=suite.model.allow_pickle, file=self.file,
-                           place=base_place)
-        if baseline_spec and not suite.finetune:
-            check_model_source(baseline_spec, self.registry, allow_pickle=suite.model.allow_pickle, file=self.file,
-                               place=baseline_place)
         self._prepare_out()
         base = self._load(base_spec, base_place)
         if not suite.finetune:  # a fine-tune trains whatever head the base lacks
@@ -421,7 +434,7 @@ class Runner:
             fd, probe = tempfile.mkstemp(prefix=".auditkit-probe-", dir=out)
             os.close(fd)
             os.unlink(probe)
-            for name in REPORT_FILES:
+            for name in REPORT_FILES if world().main else ():
                 target = out / name
                 if target.is_symlink() or target.exists():
                     target.unlink()
@@ -472,6 +485,8 @@ class Runner:
         }
 
     def _finish(self, results: dict, code: int) -> RunOutcome:
+        if not world().main:  # process 0 alone writes the reports
+            return RunOutcome(results=results, exit_code=code)
         out = self.opts.out_dir
         out.mkdir(parents=True, exist_ok=True)
         written = render_reports(results, out, self.registry, self.opts.formats,
