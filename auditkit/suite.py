@@ -17,7 +17,12 @@ from auditkit.gates import Gate, GateSyntaxError, parse_gate
 
 SUITE_KEYS = ("name", "description", "seed", "device", "model", "finetune", "checks")
 MODEL_KEYS = ("base", "task", "num_labels", "baseline", "trust_remote_code", "allow_pickle",
-              "allow_new_head", "max_length", "batch_size")
+              "allow_new_head", "max_length", "batch_size", "backend", "device_map", "quantization",
+              "tensor_parallel_size", "endpoint", "name", "api_key_env", "concurrency", "chat_template")
+#: ``model.backend``: in-process transformers, or vLLM (causal LMs, ``auditkit[vllm]``)
+BACKENDS = ("hf", "vllm")
+#: ``model.base`` naming a model behind an OpenAI-compatible HTTP API (``endpoint``, ``name``, ``api_key_env``)
+API_BASE = "openai-compatible"
 #: a suite file larger than this is refused before it is parsed
 MAX_SUITE_BYTES = 1 << 20
 #: YAML nodes a suite may expand to once its aliases are followed (a "billion laughs" file has ~10^9)
@@ -37,6 +42,25 @@ class ModelSpec:
     allow_new_head: bool = True
     max_length: int = 256
     batch_size: int = 32
+    #: "hf" (transformers in this process) or "vllm"
+    backend: str = "hf"
+    #: "auto": spread one model over the machine's GPUs (accelerate's big-model inference)
+    device_map: str | None = None
+    #: bitsandbytes k-bit loading: 4 or 8 (None: the device's usual dtype)
+    quantization_bits: int | None = None
+    #: vLLM's tensor parallel degree
+    tensor_parallel_size: int = 1
+    #: an OpenAI-compatible API model (``base: openai-compatible``)
+    endpoint: str | None = None
+    name: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = 8
+    #: apply the tokenizer's chat template to generation prompts when it has one
+    chat_template: bool = True
+
+    @property
+    def is_api(self) -> bool:
+        return self.base == API_BASE
 
 
 @dataclass
@@ -284,6 +308,7 @@ def load_suite(path: str | Path, registry) -> Suite:
         max_length=cx.positive(model_raw.get("max_length", 256), ("model", "max_length"), "model.max_length"),
         batch_size=cx.positive(model_raw.get("batch_size", 32), ("model", "batch_size"), "model.batch_size"),
     )
+    _parse_scale_keys(model, model_raw, cx)
     if model.num_labels is not None and model.num_labels < 1:
         raise cx.fail(("model", "num_labels"), f"num_labels must be >= 1, got {model.num_labels}")
     baseline = model_raw.get("baseline")
@@ -312,6 +337,58 @@ def load_suite(path: str | Path, registry) -> Suite:
         checks.append(spec)
     return Suite(name=name, path=path, model=model, checks=checks, seed=seed, device=device,
                  description=raw.get("description", "") or "", finetune=finetune, lines=cx.lines)
+
+
+def _parse_scale_keys(model: ModelSpec, raw: dict, cx: _Ctx) -> None:
+    """The backend, placement, quantization and API keys of ``model:`` (what the machine can serve is
+    decided later, by :mod:`auditkit.backends`, still before anything loads)."""
+    backend = raw.get("backend", "hf")
+    if backend not in BACKENDS:
+        raise cx.fail(("model", "backend"), f"model.backend must be one of {', '.join(BACKENDS)}, got {backend!r}",
+                      did_you_mean(str(backend), BACKENDS))
+    model.backend = backend
+    if "device_map" in raw:
+        dm = raw["device_map"]
+        if dm != "auto":
+            raise cx.fail(("model", "device_map"), f"model.device_map must be auto, got {dm!r}",
+                          "use device_map: auto, or leave it out for one device")
+        model.device_map = dm
+    if "quantization" in raw:
+        q = raw["quantization"]
+        if not isinstance(q, dict) or set(q) != {"bits"} or q["bits"] not in (4, 8) or isinstance(q["bits"], bool):
+            raise cx.fail(("model", "quantization"), f"model.quantization must be {{bits: 4}} or {{bits: 8}}, got {q!r}",
+                          "write quantization: {bits: 4}")
+        model.quantization_bits = q["bits"]
+    if "tensor_parallel_size" in raw:
+        model.tensor_parallel_size = cx.positive(raw["tensor_parallel_size"], ("model", "tensor_parallel_size"),
+                                                 "model.tensor_parallel_size")
+        if backend != "vllm":
+            raise cx.fail(("model", "tensor_parallel_size"), "tensor_parallel_size is a vLLM setting",
+                          "add backend: vllm, or use device_map: auto to spread an hf model over GPUs")
+    if "concurrency" in raw:
+        model.concurrency = cx.positive(raw["concurrency"], ("model", "concurrency"), "model.concurrency")
+    if "chat_template" in raw:
+        model.chat_template = cx.typed(raw["chat_template"], bool, ("model", "chat_template"), "model.chat_template")
+    api_keys = ("endpoint", "name", "api_key_env")
+    for key in api_keys:
+        if key in raw:
+            setattr(model, key, cx.typed(raw[key], str, ("model", key), f"model.{key}"))
+    if model.base == API_BASE:
+        for key in ("endpoint", "name"):
+            if not getattr(model, key):
+                raise cx.fail(("model",), f"an {API_BASE} model needs model.{key}",
+                              "e.g. endpoint: http://127.0.0.1:8000/v1 and name: the server's model name")
+        if not model.endpoint.startswith(("http://", "https://")):
+            raise cx.fail(("model", "endpoint"), f"model.endpoint must be an http(s) URL, got {model.endpoint!r}",
+                          "e.g. http://127.0.0.1:8000/v1")
+        if backend != "hf" or model.device_map or model.quantization_bits:
+            raise cx.fail(("model", "base"), f"an {API_BASE} model runs on its server: backend, device_map and "
+                          "quantization do not apply", "remove them")
+    else:
+        for key in api_keys:
+            if key in raw:
+                raise cx.fail(("model", key), f"model.{key} is for base: {API_BASE} models",
+                              f"set base: {API_BASE}, or remove {key}")
 
 
 def _at_param(cx: _Ctx, path: tuple, params: dict, exc: AuditInputError) -> AuditInputError:
