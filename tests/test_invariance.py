@@ -1,0 +1,88 @@
+"""Scores do not depend on the batch size or on the number of processes (issue 10, item 5 and 2).
+
+The same suite at model.batch_size 1, 7 and 32 in one process, and at 32 in two CPU processes
+(``--processes 2``: torch.distributed.run with gloo), gives the same statuses and gate results and
+every metric within 1e-6. Every check that reads the model is in the suites, except cost (its
+figures are timings).
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from auditkit.cli import main
+from tests.conftest import write_jsonl, write_suite
+
+CLASSIFIER = """
+name: inv-bert
+seed: 5
+model: {{base: "builtin:tiny-bert", max_length: 32, batch_size: {bs}, allow_new_head: true}}
+checks:
+  - {{uses: accuracy, data: "builtin:reviews#test", bootstrap: 200}}
+  - {{uses: calibration, data: "builtin:reviews#test"}}
+  - {{uses: bias.groups, data: "builtin:reviews#test", bootstrap: 200, min_group_size: 5}}
+  - {{uses: bias.counterfactual, data: "builtin:reviews#test", bootstrap: 200, max_examples: 40}}
+  - {{uses: bias.pairs, max_examples: 24}}
+  - {{uses: robustness, data: "builtin:reviews#test", max_examples: 40, bootstrap: 200}}
+  - {{uses: explainability, data: "builtin:reviews#test", max_examples: 6, ig_steps: 8}}
+"""
+
+CAUSAL = """
+name: inv-gpt2
+seed: 5
+model: {{base: "builtin:tiny-gpt2", task: causal-lm, max_length: 32, batch_size: {bs}, baseline: "builtin:tiny-gpt2"}}
+checks:
+  - {{uses: accuracy, data: mc.jsonl, bootstrap: 200}}
+  - {{uses: forgetting, max_examples: 16}}
+  - {{uses: bias.pairs, max_examples: 24}}
+  - {{uses: bias.counterfactual, max_examples: 30, bootstrap: 200}}
+  - {{uses: robustness, data: mc.jsonl, bootstrap: 200}}
+  - {{uses: explainability, data: mc.jsonl, max_examples: 4, ig_steps: 8}}
+"""
+
+
+def _write_mc(folder):
+    words = ["tea", "bread", "film", "park", "hotel", "desk", "radio", "boat", "lamp", "train", "garden", "shop"]
+    write_jsonl(folder / "mc.jsonl", [{"question": f"Question: Where is the {w}?\nAnswer:",
+                                       "choices": ["here", "over there", "nowhere at all", "in the old town"],
+                                       "label": i % 4} for i, w in enumerate(words)])
+
+
+def _run(tmp_path, template: str, bs: int, processes: int = 1) -> dict:
+    suite = write_suite(tmp_path, template.format(bs=bs), name=f"suite-{bs}-{processes}.yaml")
+    out = tmp_path / f"out-{bs}-{processes}"
+    argv = ["run", str(suite), "--out", str(out), "--device", "cpu"]
+    if processes > 1:
+        argv += ["--processes", str(processes)]
+    code = main(argv)
+    assert code in (0, 1), code
+    return json.loads((out / "results.json").read_text())
+
+
+def _assert_same(a: dict, b: dict, tol: float = 1e-6) -> None:
+    assert a["status"] == b["status"]
+    assert [c["id"] for c in a["checks"]] == [c["id"] for c in b["checks"]]
+    for ca, cb in zip(a["checks"], b["checks"]):
+        assert ca["status"] == cb["status"], (ca["id"], ca.get("error"), cb.get("error"))
+        assert ca["status"] != "error", ca.get("error")
+        assert [(g["expr"], g["status"]) for g in ca["gates"]] == [(g["expr"], g["status"]) for g in cb["gates"]]
+        assert set(ca["metrics"]) == set(cb["metrics"]), ca["id"]
+        for name, m in ca["metrics"].items():
+            for field in ("value", "ci_low", "ci_high"):
+                x, y = m.get(field), cb["metrics"][name].get(field)
+                if isinstance(x, float) and isinstance(y, float) and not (math.isnan(x) and math.isnan(y)):
+                    assert abs(x - y) <= tol, (ca["id"], name, field, x, y)
+                else:
+                    assert x == y, (ca["id"], name, field, x, y)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "causal"])
+def test_batch_size_and_process_count_do_not_change_results(tmp_path, kind):
+    template = CLASSIFIER if kind == "classifier" else CAUSAL
+    _write_mc(tmp_path)
+    ref = _run(tmp_path, template, 32)
+    for bs in (1, 7):
+        _assert_same(ref, _run(tmp_path, template, bs))
+    _assert_same(ref, _run(tmp_path, template, 32, processes=2))
