@@ -1,6 +1,85 @@
 """Requests: reductions of the next-token distribution against a second model."""
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Sequence
+
+import numpy as np
+
+from auditkit.errors import AuditInputError
+
 
 class DistributionRequests:
     """Mixin of ModelHandle: reductions of the next-token distribution against a second model."""
+
+    def next_token_kl(self, other, texts: Sequence[str]) -> list[np.ndarray]:
+        """Per text, ``KL(p_other || p_self)`` of the full next-token distributions at every position.
+
+        Implements the forgetting KL of DESIGN.md (``KL(p_base || p_ft)`` per position on neutral
+        prompts, with ``other`` the base and ``self`` the fine-tune; ``KL(m, m) = 0``):
+        ``sum_v p_other(v) (log p_other(v) - log p_self(v))`` at each of the text's T positions (the
+        distribution after token t, the last position included), in nats, clamped at 0 against rounding.
+        Both models read the same token ids in the same batches of :meth:`map_batches` (``other`` on its
+        own device), so only one batch of vocabulary-sized logits per model is alive at a time and the
+        values do not depend on the batch size or the number of processes. Both must be causal LMs with
+        one shared tokenization; cached on ``self`` under ``other``'s weights fingerprint.
+        """
+        self._require("causal-lm", "next_token_kl")
+        if getattr(other, "task", None) != "causal-lm":
+            raise AuditInputError(f"next_token_kl compares two causal LMs, but the second model "
+                                  f"{getattr(other, 'source', other)} is loaded as {getattr(other, 'task', '?')}",
+                                  place="model.task", fix="compare the candidate with a causal-LM base model")
+        texts = list(texts)
+        ids = self.token_ids(texts)
+        if other.token_ids(texts) != ids:
+            raise AuditInputError(f"{other.source} and {self.source} tokenize the same texts differently: a "
+                                  "per-position KL needs one shared tokenizer", place="model.base",
+                                  fix="compare a fine-tune with the base model it was trained from (same tokenizer)")
+        mine, theirs = _vocab_size(self.model), _vocab_size(other.model)
+        if mine and theirs and mine != theirs:  # before the pass: every process refuses alike
+            raise AuditInputError(f"{other.source} and {self.source} have different vocabularies ({theirs} vs "
+                                  f"{mine} logits): a KL needs one", place="model.base",
+                                  fix="compare a fine-tune with the base model it was trained from")
+        other_config = hashlib.blake2b(json.dumps(other._pass_config(), sort_keys=True).encode(),
+                                       digest_size=8).hexdigest()
+
+        def compute() -> list[np.ndarray]:
+            import torch
+            import torch.nn.functional as F
+
+            self.stats["forward_passes"] += 1
+            other.stats["forward_passes"] += 1
+
+            def run(idx, inp, mask):
+                with torch.inference_mode():
+                    lc = F.log_softmax(self.model(input_ids=inp, attention_mask=mask,
+                                                  **self._no_kv_cache()).logits.float(), -1)
+                    lb = other.model(input_ids=inp.to(other.device), attention_mask=mask.to(other.device),
+                                     **other._no_kv_cache()).logits
+                    lb = F.log_softmax(lb.float().to(lc.device), -1)
+                    if lb.shape != lc.shape:
+                        raise AuditInputError(f"{other.source} and {self.source} have different vocabularies "
+                                              f"({lb.shape[-1]} vs {lc.shape[-1]} logits): a KL needs one",
+                                              place="model.base",
+                                              fix="compare a fine-tune with the base model it was trained from")
+                    kl = F.kl_div(lc, lb, reduction="none", log_target=True).sum(-1).clamp_min(0.0)
+                    kl = kl.cpu().numpy().astype(np.float64)
+                    del lc, lb
+                return [kl[row, :len(ids[i])].copy() for row, i in enumerate(idx)]
+
+            return self.map_batches(ids, run)
+
+        return self.memo("next_token_kl", texts, compute, persist=True, other=other.fingerprint,
+                         other_config=other_config)
+
+
+def _vocab_size(model) -> int | None:
+    """The number of logits the model's LM head gives (None when it cannot be told without a pass)."""
+    try:
+        head = model.get_output_embeddings()
+        if head is not None and getattr(head, "weight", None) is not None:
+            return int(head.weight.shape[0])
+    except (AttributeError, NotImplementedError):
+        pass
+    return None

@@ -5,8 +5,9 @@ Causal LMs
 - perplexity on a general-text corpus before (base) and after (candidate), PPL = exp(-sum log p / #tokens)
   over the corpus, and ``ppl_ratio`` = after / before (a paired bootstrap over texts gives the CIs);
 - ``kl_neutral``: the mean over token positions of KL(p_base || p_cand) between the two models' full
-  next-token distributions on neutral prompts (KL of a model against itself is 0). Both models run on
-  the same token ids batch by batch, so memory stays bounded by one batch of logits per model;
+  next-token distributions on neutral prompts (KL of a model against itself is 0), through the handle's
+  ``next_token_kl`` request: both models run on the same token ids batch by batch, so memory stays
+  bounded by one batch of logits per model;
 - accuracy on a general multiple-choice set before and after (lm-eval ``acc``: argmax of the summed
   log-likelihood of each choice) and backward transfer for two tasks, BWT = acc_after - acc_before
   (Lopez-Paz & Ranzato 2017, "Gradient Episodic Memory for Continual Learning"), with a paired bootstrap
@@ -114,36 +115,11 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 def neutral_kl(base, cand, texts: list[str]) -> list[np.ndarray]:
     """Per text, KL(p_base || p_cand) of the next-token distributions at every position.
 
-    Both models see the same token ids in the same length-sorted batches; only one batch of logits
-    per model is alive at a time. Cached on the candidate's handle under the base's fingerprint.
+    The engine's :meth:`~auditkit.models.ModelHandle.next_token_kl` request: both models read the same
+    token ids batch by batch, and the answer is cached on the candidate's handle under the base's
+    fingerprint.
     """
-    import torch
-    import torch.nn.functional as F
-
-    ids = cand.token_ids(texts)
-    if base.token_ids(texts) != ids:
-        raise ValueError("the base and the candidate tokenize the neutral prompts differently: "
-                         "KL needs one shared vocabulary")
-
-    def compute() -> list[np.ndarray]:
-        out: list = [None] * len(ids)
-        base.stats["forward_passes"] += 1
-        cand.stats["forward_passes"] += 1
-        with torch.inference_mode():
-            for idx, inp, mask in cand.batches(ids):
-                lc = F.log_softmax(cand.model(input_ids=inp, attention_mask=mask).logits.float(), -1)
-                lb = base.model(input_ids=inp.to(base.device), attention_mask=mask.to(base.device)).logits
-                lb = F.log_softmax(lb.float().to(lc.device), -1)
-                if lb.shape != lc.shape:
-                    raise ValueError(f"the base and the candidate have different vocabularies "
-                                     f"({lb.shape[-1]} vs {lc.shape[-1]} logits)")
-                kl = F.kl_div(lc, lb, reduction="none", log_target=True).sum(-1).clamp_min(0.0)
-                for row, i in enumerate(idx):
-                    out[i] = kl[row, :len(ids[i])].cpu().numpy().astype(np.float64)
-                del lc, lb, kl
-        return out
-
-    return cand.memo("forgetting.kl_to_base", texts, compute, persist=True, base=base.fingerprint)
+    return cand.next_token_kl(base, texts)
 
 
 def corpus_logprobs(handle, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -7,9 +7,10 @@ Rows have ``sent_more`` (the more stereotyping sentence), ``sent_less``, ``stere
   prefix, through the handle's cached ``continuation_logprobs`` with an empty context);
 - masked LMs: the CrowS-Pairs pseudo-log-likelihood (Salazar et al. 2020): the sum over the tokens
   the two sentences share (``difflib`` matching blocks of the two token sequences) of
-  ``log P(token | sentence with that one token masked)``. It needs an MLM head: the model's own, or
-  the one in the checkpoint the classifier was loaded from (then the audited encoder's weights are
-  put under that head). A model with neither gets a clear input error.
+  ``log P(token | sentence with that one token masked)``, from the handle's ``pseudo_log_likelihood``
+  request. It needs an MLM head (``masked_lm_head``): the model's own, or the one in the checkpoint the
+  classifier was loaded from (then the audited encoder's weights are put under that head). A model
+  with neither gets a clear input error.
 
 stereotype_score = share of pairs whose ``sent_more`` scores strictly higher (0.5 = no preference),
 with a 95% percentile-bootstrap CI resampling pairs, overall, per bias type
@@ -23,8 +24,6 @@ the stereotype beyond 0.1 over no preference, shown by the data) and WARNS when 
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
-
 import numpy as np
 
 from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
@@ -127,93 +126,29 @@ class BiasPairs(Check):
 
     # ------------------------------------------------------------------ masked LMs
     def _pll(self, ctx: CheckContext, more: list[str], less: list[str]) -> np.ndarray:
+        """Per sentence (``more + less``), the PLL summed over the tokens the pair's sentences share."""
         handle = ctx.model
-        mlm, note = _mlm_model(handle)
+        mlm, note = handle.masked_lm_head()
         if mlm is None:
             raise AuditInputError(f"bias.pairs needs a causal LM or a masked LM head, and {handle.source} has none "
                                   f"({note})", place=f"checks: {ctx.check_id or self.name}",
                                   fix="audit a causal LM (model.task: causal-lm), use a checkpoint with an MLM head, "
                                       "or drop bias.pairs from this suite")
-        tok = handle.tokenizer
-        if tok.mask_token_id is None:
+        if handle.tokenizer.mask_token_id is None:
             raise AuditInputError(f"the tokenizer of {handle.source} has no mask token, so no pseudo-log-likelihood",
                                   place=f"checks: {ctx.check_id or self.name}", fix="use a causal LM for bias.pairs")
-        pairs = list(zip(more, less))
-        bs = ctx.params["batch_size"]
-
-        def compute():
-            jobs = []  # (sentence index, masked ids, position, original token)
-            sents = more + less
-            for k, (a, b) in enumerate(pairs):
-                ia = tok(a, truncation=True, max_length=handle.max_length)["input_ids"]
-                ib = tok(b, truncation=True, max_length=handle.max_length)["input_ids"]
-                sm = difflib.SequenceMatcher(None, ia[1:-1], ib[1:-1], autojunk=False)
-                for blk in sm.get_matching_blocks():
-                    for off in range(blk.size):
-                        for s_idx, ids, pos in ((k, ia, blk.a + off + 1), (k + len(pairs), ib, blk.b + off + 1)):
-                            masked = list(ids)
-                            masked[pos] = tok.mask_token_id
-                            jobs.append((s_idx, masked, pos, ids[pos]))
-            return _score_masked(mlm, jobs, len(sents), tok.pad_token_id or 0, handle.device, bs,
-                                 lambda f: ctx.progress(0.1 + 0.8 * f))
-
-        return handle.memo("bias.pairs.pll", pairs, compute)
-
-
-def _mlm_model(handle):
-    """The model's own MLM head, or the checkpoint's head over the audited encoder; (None, why) if neither."""
-    model = handle.model
-    if type(model).__name__.endswith("ForMaskedLM"):
-        return model, "own head"
-    location = getattr(model.config, "_name_or_path", "") or ""
-    if not location or not Path(location).is_dir():
-        return None, "its checkpoint folder is not known"
-
-    def load():
-        from transformers import AutoModelForMaskedLM
-        try:
-            mlm, info = AutoModelForMaskedLM.from_pretrained(location, output_loading_info=True)
-        except (OSError, ValueError) as exc:
-            return None, f"cannot load a masked LM from {location}: {str(exc).splitlines()[0]}"
-        prefix = mlm.base_model_prefix
-        if any(not k.startswith(prefix) for k in info["missing_keys"]):
-            return None, "the checkpoint has no trained masked-LM head"
-        encoder = getattr(model, prefix, None)
-        if encoder is None:
-            return None, f"the audited model has no {prefix!r} encoder to put under the head"
-        missing, _ = mlm.base_model.load_state_dict(encoder.state_dict(), strict=False)
-        if missing:
-            return None, "the audited encoder does not match the checkpoint's masked-LM architecture"
-        mlm.to(handle.device).eval()
-        return mlm, "checkpoint head over the audited encoder"
-
-    return handle.memo("bias.pairs.mlm", [location], load)
-
-
-def _score_masked(mlm, jobs: list, n_sents: int, pad: int, device: str, batch_size: int, progress) -> np.ndarray:
-    """Sum of log P(original token | masked copy) per sentence, batched by length."""
-    import torch
-    total = np.zeros(n_sents)
-    order = sorted(range(len(jobs)), key=lambda j: (len(jobs[j][1]), j))
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            width = max(len(jobs[j][1]) for j in idx)
-            inp = torch.full((len(idx), width), pad, dtype=torch.long)
-            att = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, j in enumerate(idx):
-                ids = jobs[j][1]
-                inp[r, :len(ids)] = torch.tensor(ids)
-                att[r, :len(ids)] = 1
-            logits = mlm(input_ids=inp.to(device), attention_mask=att.to(device)).logits.float()
-            rows = torch.arange(len(idx))
-            pos = torch.tensor([jobs[j][2] for j in idx])
-            tgt = torch.tensor([jobs[j][3] for j in idx], device=logits.device)
-            lp = torch.log_softmax(logits[rows, pos], dim=-1).gather(-1, tgt[:, None]).squeeze(-1).cpu().numpy()
-            for r, j in enumerate(idx):
-                total[jobs[j][0]] += float(lp[r])
-            progress(min(1.0, (start + batch_size) / max(len(order), 1)))
-    return total
+        ids = handle.token_ids(more + less)
+        n = len(more)
+        pos_more, pos_less = [], []
+        for ia, ib in zip(ids[:n], ids[n:]):
+            # shared tokens between the special tokens at both ends ([CLS] ... [SEP])
+            sm = difflib.SequenceMatcher(None, ia[1:-1], ib[1:-1], autojunk=False)
+            blocks = [b for b in sm.get_matching_blocks() if b.size]
+            pos_more.append([b.a + off + 1 for b in blocks for off in range(b.size)])
+            pos_less.append([b.b + off + 1 for b in blocks for off in range(b.size)])
+        ctx.progress(0.1)
+        lps = handle.pseudo_log_likelihood(more + less, pos_more + pos_less, batch_size=ctx.params["batch_size"])
+        return np.array([float(np.sum(lp)) for lp in lps])
 
 
 def _bars_svg(wins: list, seed: int) -> str:
