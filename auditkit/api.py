@@ -17,6 +17,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from auditkit.models import ModelHandle
 
 TASKS = ("sequence-classification", "causal-lm")
+#: what a model backend can serve; checks name what they need beyond plain scoring in ``Check.needs``
+#: (``weights``: the parameters themselves, e.g. to count them or fine-tune them)
+CAPABILITIES = ("logits", "logprobs", "generate", "hidden_states", "attentions", "gradients", "weights")
 #: what a check ends with: info when it had no gate to decide (never counted as pass)
 STATUSES = ("info", "pass", "warn", "fail", "error")
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
@@ -225,6 +228,8 @@ class Check:
     default_data: ClassVar[str | None] = None
     #: set when the check reads the fine-tuning record (the suite must have a finetune: section)
     needs_training: ClassVar[bool] = False
+    #: set when the check reads the fine-tune's validation curve (the fine-tune must have validation data)
+    needs_validation: ClassVar[bool] = False
     #: set when the check compares against the baseline itself (then it is not re-run on the base)
     uses_baseline: ClassVar[bool] = False
     #: set when the check cannot run without a baseline model (the run stops with exit 2 before loading)
@@ -232,10 +237,19 @@ class Check:
     #: False for a check that reads only data (e.g. data quality): a run whose checks all say so, and that
     #: has no fine-tune, loads no model (``ctx.model`` is None) and the suite may omit ``model:``
     needs_model: ClassVar[bool] = True
+    #: what the check asks of the model beyond plain scoring (class logits, log-probs, generation), from
+    #: :data:`CAPABILITIES`: a backend that cannot serve one of them (vLLM, an API model) is refused for
+    #: this check before anything loads; :meth:`needs_for` may narrow it by the entry's parameters
+    needs: ClassVar[frozenset[str]] = frozenset()
     #: the gates applied when a suite entry has no ``gates:`` key (``gates: []`` means none): a list of
     #: ``"METRIC OP VALUE"`` strings (severity fail) or ``{"when": "...", "severity": "warn"}`` dicts, or
     #: a dict ``{task: [...]}`` where they differ by task kind (``"*"`` for any other task)
     default_gates: ClassVar[Sequence | Mapping[str, Sequence]] = ()
+
+    @classmethod
+    def needs_for(cls, params: dict, task: str) -> frozenset[str]:
+        """What this entry needs from the model (:attr:`needs` unless a check narrows it by its params)."""
+        return frozenset(cls.needs)
 
     @classmethod
     def validate_params(cls, params: dict, base_dir: str | None = None, prefix: str = "") -> None:

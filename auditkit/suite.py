@@ -330,6 +330,10 @@ def load_suite(path: str | Path, registry) -> Suite:
         if spec.cls.needs_training and finetune is None:
             raise cx.fail(("checks", i, "uses"), f"check {spec.uses!r} reads the fine-tuning record",
                           "add a finetune: section to the suite")
+        if spec.cls.needs_validation and finetune is not None and not finetune.validation_spec:
+            raise cx.fail(("finetune", "data"), f"check {spec.uses!r} reads the validation curve, but the "
+                          f"fine-tune has no validation data ({finetune.data} has no #validation split)",
+                          "add finetune.validation: a file or builtin:NAME#split")
         try:
             spec.cls.validate_suite(spec.params, has_finetune=finetune is not None, data=spec.data)
         except AuditInputError as exc:

@@ -339,3 +339,18 @@ def test_exponent_numbers_are_floats_not_strings(registry, tmp_path, data):
     assert s.finetune.learning_rate == 5e-4 and s.finetune.weight_decay == 0.01
     assert s.finetune.epochs == 1 and s.checks[0].params["bootstrap"] == 100
     assert s.checks[0].gates[0].right == 0.5
+
+
+def test_overfitting_without_validation_data_is_exit_2_before_loading(tmp_path, capsys):
+    from auditkit.cli import main
+    from tests.conftest import write_jsonl, write_suite
+    write_jsonl(tmp_path / "t.jsonl", [{"text": "a b c"}] * 4)
+    suite = write_suite(tmp_path, """
+        name: x
+        model: {base: "builtin:tiny-gpt2", task: causal-lm}
+        finetune: {data: t.jsonl}
+        checks: [{uses: overfitting}]
+        """)
+    assert main(["run", str(suite), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "validation" in err[0] and "finetune.data" in err[0]

@@ -64,6 +64,7 @@ class Overfitting(Check):
     }
     needs_data = False
     needs_training = True
+    needs_validation = True
     # see the module docstring
     default_gates = {
         "sequence-classification": ["loss_gap <= 0.5", {"when": "gl <= 20", "severity": "warn"},
