@@ -1,6 +1,217 @@
-"""Requests: scoring many continuations that share prefixes."""
+"""Requests: scoring many continuations that share prefixes, and moments of the next-token distribution.
+
+- :meth:`PrefixTreeRequests.prefix_tree_logprobs`: the total log-prob of every row of a token-id table
+  (a secret space of 10^6 candidates, for Secret Sharer exposure: Carlini et al. 2019, section 4.2),
+  scored through a token trie. The rows are sorted into the trie; the common prefix and each subtree's
+  first token run as one sequence, then level by level each node runs its last token against its
+  parent's KV cache, so shared prefixes are scored once. The subtrees are the units of
+  :meth:`~auditkit.models.ModelHandle.map_batches` (one per batch, dealt round-robin to processes);
+  inside one, a level runs in chunks that keep its KV cache under a byte budget.
+- :meth:`PrefixTreeRequests.next_token_moments`: per position the token log-prob and the mean and
+  standard deviation of ``log p(z | x_<t)`` under ``z ~ p(. | x_<t)`` (Min-K%++: Zhang et al. 2024),
+  reduced inside the batch so no ``[T, V]`` distribution outlives it.
+"""
 from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+
+#: KV-cache memory one level of a subtree may hold (rows are split into chunks below this)
+KV_BUDGET_BYTES = {"cpu": 512 << 20, "cuda": 2 << 30}
+#: logits one slice of a moments batch may hold (rows of a batch are split below this)
+MOMENT_LOGITS = 8_000_000
+
+
+def _kv_rows(cache, idx):
+    """A new cache holding the rows ``idx`` of ``cache`` (None where the cache is not plain key/value)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(type(layer) is DynamicLayer and layer.keys is not None for layer in layers):
+        return None
+    return DynamicCache([(layer.keys[idx], layer.values[idx]) for layer in layers])
 
 
 class PrefixTreeRequests:
-    """Mixin of ModelHandle: scoring many continuations that share prefixes."""
+    """Mixin of ModelHandle: scoring many continuations that share prefixes (causal LMs)."""
+
+    def prefix_tree_logprobs(self, ids: np.ndarray, *, budget_bytes: int | None = None,
+                             fallback: bool = True) -> np.ndarray | None:
+        """Total log-prob (natural log, every token after the first, as ``token_logprobs`` scores them)
+        of each row of ``ids`` (``[N, L]`` token ids, right-padded with -1), through a token trie with a
+        shared KV cache (Secret Sharer exact exposure, Carlini et al. 2019). Where the model's cache is
+        not a plain per-layer key/value cache, or the rows share no prefix, the rows are scored whole
+        through :meth:`score_ids` (``fallback=False`` returns None instead). Memoized in memory on the
+        table's content and the budget."""
+        self._require("causal-lm", "prefix_tree_logprobs")
+        ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64))
+        if ids.ndim != 2 or ids.shape[0] == 0:
+            raise ValueError("prefix_tree_logprobs takes a non-empty [N, L] table of token ids")
+        digest = hashlib.blake2b(ids.tobytes(), digest_size=16).hexdigest()
+
+        def compute():
+            return self._trie_pass(ids, budget_bytes)
+
+        lp = self.memo("prefix_tree_logprobs", [digest, list(ids.shape)], compute, budget_bytes=budget_bytes)
+        if lp is None and fallback:
+            return self.full_sequence_logprobs(ids)
+        return lp
+
+    def full_sequence_logprobs(self, ids: np.ndarray, chunk: int = 20_000) -> np.ndarray:
+        """The same totals as :meth:`prefix_tree_logprobs` from the rows scored whole (any causal LM),
+        through the batched, memoized :meth:`score_ids`, ``chunk`` rows at a time."""
+        ids = np.asarray(ids)
+        out = np.empty(len(ids), dtype=np.float64)
+        for s in range(0, len(ids), chunk):
+            rows = [[int(t) for t in r[r >= 0]] for r in ids[s:s + chunk]]
+            out[s:s + len(rows)] = [float(np.sum(lp, dtype=np.float64)) for lp in self.score_ids(rows)]
+        return out
+
+    def _trie_pass(self, ids: np.ndarray, budget_bytes: int | None) -> np.ndarray | None:
+        import torch
+        model, device = self.model, self.device
+        n, width = ids.shape
+        order = np.lexsort(ids.T[::-1])
+        s = ids[order]
+        same = (s == s[0]) & (s[0] >= 0)
+        p = int(np.argmin(same.all(axis=0))) if not same.all() else width
+        if p == 0 or p >= width:
+            return None
+        budget = budget_bytes or KV_BUDGET_BYTES["cuda" if str(device).startswith("cuda") else "cpu"]
+        # the units: the subtrees under the common prefix, one per distinct token at depth p (rows that
+        # end with the prefix score the prefix alone)
+        tok_p = s[:, p]
+        first = np.r_[True, tok_p[1:] != tok_p[:-1]]
+        starts = np.flatnonzero(first)
+        ends = np.r_[starts[1:], n]
+        ended = tok_p[starts] < 0
+        units = [(int(a), int(b)) for a, b, e in zip(starts, ends, ended) if not e]
+        unit_ids = [[int(t) for t in s[a, :p + 1]] for a, _ in units]
+        self.stats["forward_passes"] += 1
+
+        def run_unit(idx, inp, mask):
+            """Score every row under each unit of this batch; returns one score array per unit."""
+            with torch.inference_mode():
+                out = model(input_ids=inp, attention_mask=mask, use_cache=True)
+                cache = out.past_key_values
+                if _kv_rows(cache, torch.tensor([0], device=inp.device)) is None:
+                    return [None] * len(idx)
+                lp_all = torch.log_softmax(out.logits.float(), dim=-1)  # [B, p+1, V]
+                # log-probs of the prefix and of the unit's own token (positions 0..p-1 predict 1..p)
+                head = lp_all[:, :p].gather(-1, inp[:, 1:p + 1].unsqueeze(-1)).squeeze(-1)  # [B, p]
+                lp_next = lp_all[:, p].contiguous()  # next-token log-probs of each unit
+                del lp_all
+                per_token = sum(layer.keys[0].numel() * layer.keys.element_size() * 2
+                                for layer in cache.layers) / (p + 1)
+                chunk = int(max(16, min(8192, budget // max(1.0, per_token * width * max(1, width - p)))))
+                lo = np.array([units[i][0] for i in idx])
+                hi = np.array([units[i][1] for i in idx])
+                base = head.double().sum(-1).cpu().numpy()
+                score = np.zeros(n, dtype=np.float64)  # indexed by sorted row; only this batch's rows are set
+                score[np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])] = \
+                    np.repeat(base, hi - lo)
+
+                def run(tokens, sub):
+                    o = model(input_ids=tokens, past_key_values=sub, use_cache=True)
+                    return o.past_key_values, torch.log_softmax(o.logits[:, -1].float(), dim=-1)
+
+                def expand(cache, lp, lo: np.ndarray, hi: np.ndarray, depth: int) -> None:
+                    """Score token ``depth`` of the rows under each node ``[lo, hi)`` (sorted rows; node k's
+                    next-token log-probs are ``lp[k]``, its cache row k), then expand the children."""
+                    sizes = hi - lo
+                    rows = np.repeat(np.arange(len(lo)), sizes)
+                    ridx = np.arange(int(sizes.sum())) + np.repeat(lo - np.r_[0, np.cumsum(sizes)[:-1]], sizes)
+                    tok = s[ridx, depth]
+                    live = np.flatnonzero(tok >= 0)
+                    if not live.size:
+                        return
+                    key_r, key_t = rows[live], tok[live]
+                    r_t = torch.as_tensor(key_r, device=lp.device).long()
+                    t_t = torch.as_tensor(key_t, device=lp.device).long()
+                    score[ridx[live]] += lp[r_t, t_t].double().cpu().numpy()
+                    if depth + 1 >= width:
+                        return
+                    # children: runs of equal (node, token) among the live rows; expand those with longer rows
+                    first = np.r_[True, (key_r[1:] != key_r[:-1]) | (key_t[1:] != key_t[:-1])]
+                    start = np.flatnonzero(first)
+                    end = np.r_[start[1:], live.size] - 1
+                    c_lo, c_hi = ridx[live[start]], ridx[live[end]] + 1
+                    more = s[c_hi - 1, depth + 1] >= 0  # rows ending at this child sort first within it
+                    if not more.any():
+                        return
+                    parent, token, c_lo, c_hi = key_r[start][more], key_t[start][more], c_lo[more], c_hi[more]
+                    for k in range(0, len(parent), chunk):
+                        sl = slice(k, k + chunk)
+                        sub = _kv_rows(cache, torch.as_tensor(parent[sl], device=device).long())
+                        new_cache, new_lp = run(torch.as_tensor(token[sl], device=device).long()[:, None], sub)
+                        expand(new_cache, new_lp, c_lo[sl], c_hi[sl], depth + 1)
+
+                # a unit's rows that end at its token are done; the rest continue at depth p + 1
+                if p + 1 < width:
+                    expand(cache, lp_next, lo, hi, p + 1)
+                return [score[a:b].copy() for a, b in zip(lo, hi)]
+
+        # one subtree per batch: the units are dealt to the processes, and a unit's numbers never
+        # depend on what else its batch holds
+        parts = self.map_batches(unit_ids, run_unit, batch_size=1) if units else []
+        if any(part is None for part in parts):
+            return None
+        score = np.zeros(n, dtype=np.float64)
+        if ended.any():  # rows that are the common prefix itself: score it once, whole
+            a, b = int(starts[ended][0]), int(ends[ended][0])
+            lp = self.score_ids([[int(t) for t in s[a, :p]]])[0]
+            score[a:b] = float(np.sum(lp, dtype=np.float64))
+        for (a, b), part in zip(units, parts):
+            score[a:b] = part
+        result = np.empty(n, dtype=np.float64)
+        result[order] = score
+        return result
+
+    def next_token_moments(self, texts: Sequence[str]) -> dict:
+        """Per text (as :meth:`token_logprobs` tokenizes and scores it): the token log-probs and, per
+        position, the mean ``mu_t`` and standard deviation ``sigma_t`` of ``log p(z|x_<t)`` under
+        ``z ~ p(.|x_<t)`` (Min-K%++, Zhang et al. 2024). Only three numbers per position leave the batch;
+        a batch is split into slices of at most ``MOMENT_LOGITS`` logits. Memoized (also on disk); the
+        token log-probs are also stored as the shared ``token_logprobs`` pass of the same texts."""
+        self._require("causal-lm", "next_token_moments")
+        texts = list(texts)
+
+        def compute():
+            import torch
+            ids = self.token_ids(texts)
+            vocab = int(getattr(self.model.config, "vocab_size", 0) or 32000)
+            self.stats["forward_passes"] += 1
+
+            def run(idx, inp, mask):
+                width = inp.shape[1]
+                step = max(1, int(MOMENT_LOGITS // max(1, width * vocab)))
+                rows = []
+                with torch.inference_mode():
+                    for a in range(0, len(idx), step):
+                        sub_inp, sub_mask = inp[a:a + step], mask[a:a + step]
+                        logits = self.model(input_ids=sub_inp, attention_mask=sub_mask,
+                                            **self._no_kv_cache()).logits[:, :-1].float()
+                        # token log-probs as token_logprobs computes them (float32); the moments in float64,
+                        # since float32 sums over the vocabulary move by a few ulps with the batch's padding
+                        lp = torch.log_softmax(logits, dim=-1).gather(-1, sub_inp[:, 1:].unsqueeze(-1)).squeeze(-1)
+                        logp = torch.log_softmax(logits.double(), dim=-1)
+                        del logits
+                        p = logp.exp()
+                        mu = (p * logp).sum(-1)
+                        var = (p * (logp - mu.unsqueeze(-1)).pow(2)).sum(-1)
+                        del logp, p
+                        for row, i in enumerate(idx[a:a + step]):
+                            t = len(ids[i]) - 1
+                            rows.append((lp[row, :t].cpu().numpy(), mu[row, :t].float().cpu().numpy(),
+                                         var[row, :t].clamp_min(0).sqrt().float().cpu().numpy()))
+                return rows
+
+            out = self.map_batches(ids, run)
+            return {"token_logprobs": [r[0] for r in out], "mu": [r[1] for r in out],
+                    "sigma": [r[2] for r in out]}
+
+        res = self.memo("next_token_moments", texts, compute, persist=True)
+        self.memo("token_logprobs", texts, lambda: res["token_logprobs"], persist=True)
+        return res

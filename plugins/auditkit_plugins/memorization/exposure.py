@@ -10,7 +10,7 @@ For a canary ``s`` inserted into the training data, with log-perplexity
   secret). Computed where the space has at most ``exact_max`` secrets (10^6 by default) by scoring every
   candidate through a token trie: the shared template prefix is run once, then each trie node extends
   its parent's KV cache by one token, so the whole space of 10^6 six-digit secrets costs ~2.2x10^5
-  single-token steps instead of 10^6 full sequences (``trie_logprobs``).
+  single-token steps instead of 10^6 full sequences (the handle's ``prefix_tree_logprobs`` request).
 - rank-based estimate: the same formula with ``S`` replaced by a sample ``R`` of never-inserted
   references; capped at ``log2 |R|``.
 - extrapolated estimate (section 4.3): fit a skew-normal distribution (``scipy.stats.skewnorm``) to the
@@ -31,8 +31,6 @@ import numpy as np
 LN2 = math.log(2.0)
 #: enumerate the secret space (exact exposure) up to this many secrets by default
 EXACT_MAX = 1_000_000
-#: KV-cache memory one level of the trie may hold (rows are split into chunks below this)
-KV_BUDGET_BYTES = {"cpu": 512 << 20, "cuda": 2 << 30}
 
 
 def log_perplexity_bits(token_logprobs: Sequence[np.ndarray]) -> np.ndarray:
@@ -167,97 +165,16 @@ def candidate_ids(handle, template: str, digits: int, sep: str, probe: Sequence[
     return _pack(rows), "tokenized one by one"
 
 
-def _kv_rows(cache, idx):
-    """A new cache holding the rows ``idx`` of ``cache`` (None where the cache is not plain key/value)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-    layers = getattr(cache, "layers", None)
-    if not layers or not all(type(layer) is DynamicLayer and layer.keys is not None for layer in layers):
-        return None
-    return DynamicCache([(layer.keys[idx], layer.values[idx]) for layer in layers])
-
-
 def trie_logprobs(handle, ids: np.ndarray, budget_bytes: int | None = None) -> np.ndarray | None:
-    """Total log-prob (natural log, every token after the first) of each row of ``ids`` (-1 = padding).
-
-    The rows are sorted into a token trie; the longest common prefix runs once, then level by level
-    each node runs its last token against its parent's KV cache (rows of one level have the same
-    length, so no padding), in chunks that keep a level's cache under ``budget_bytes``. Returns None
-    where the model's cache is not a plain per-layer key/value cache (then score full sequences).
-    """
-    import torch
-    model, device = handle.model, handle.device
-    n, width = ids.shape
-    order = np.lexsort(ids.T[::-1])
-    s = ids[order]
-    same = (s == s[0]) & (s[0] >= 0)
-    p = int(np.argmin(same.all(axis=0))) if not same.all() else width
-    if p == 0 or p >= width:
-        return None
-    score = np.zeros(n, dtype=np.float64)
-    budget = budget_bytes or KV_BUDGET_BYTES["cuda" if str(device).startswith("cuda") else "cpu"]
-
-    def run(tokens, cache):
-        out = model(input_ids=tokens, past_key_values=cache, use_cache=True)
-        return out.past_key_values, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-
-    with torch.inference_mode():
-        root = torch.tensor(s[:1, :p], dtype=torch.long, device=device)
-        out = model(input_ids=root, use_cache=True)
-        if _kv_rows(out.past_key_values, torch.tensor([0], device=device)) is None:
-            return None
-        lp_root = torch.log_softmax(out.logits[0].float(), dim=-1)
-        common = float(lp_root[torch.arange(p - 1, device=device), root[0, 1:]].sum()) if p > 1 else 0.0
-        score += common
-        per_token = sum(layer.keys[0].numel() * layer.keys.element_size() * 2
-                        for layer in out.past_key_values.layers) / p
-        chunk = int(max(16, min(8192, budget // max(1.0, per_token * width * max(1, width - p)))))
-
-        def expand(cache, lp, lo: np.ndarray, hi: np.ndarray, depth: int) -> None:
-            """Score token ``depth`` of the rows under each node ``[lo, hi)`` (sorted rows; node k's
-            next-token log-probs are ``lp[k]``, its cache row k), then expand the children."""
-            sizes = hi - lo
-            rows = np.repeat(np.arange(len(lo)), sizes)
-            idx = np.arange(int(sizes.sum())) + np.repeat(lo - np.r_[0, np.cumsum(sizes)[:-1]], sizes)
-            tok = s[idx, depth]
-            live = np.flatnonzero(tok >= 0)
-            if not live.size:
-                return
-            key_r, key_t = rows[live], tok[live]
-            r_t = torch.as_tensor(key_r, device=lp.device).long()
-            t_t = torch.as_tensor(key_t, device=lp.device).long()
-            score[idx[live]] += lp[r_t, t_t].double().cpu().numpy()
-            if depth + 1 >= width:
-                return
-            # children: runs of equal (node, token) among the live rows; expand those with longer rows
-            first = np.r_[True, (key_r[1:] != key_r[:-1]) | (key_t[1:] != key_t[:-1])]
-            start = np.flatnonzero(first)
-            end = np.r_[start[1:], live.size] - 1
-            c_lo, c_hi = idx[live[start]], idx[live[end]] + 1
-            more = s[c_hi - 1, depth + 1] >= 0  # rows ending at this child sort first within it
-            if not more.any():
-                return
-            parent, token, c_lo, c_hi = key_r[start][more], key_t[start][more], c_lo[more], c_hi[more]
-            for k in range(0, len(parent), chunk):
-                sl = slice(k, k + chunk)
-                sub = _kv_rows(cache, torch.as_tensor(parent[sl], device=device).long())
-                new_cache, new_lp = run(torch.as_tensor(token[sl], device=device).long()[:, None], sub)
-                expand(new_cache, new_lp, c_lo[sl], c_hi[sl], depth + 1)
-
-        expand(out.past_key_values, lp_root[-1:], np.array([0]), np.array([n]), p)
-    handle.stats["forward_passes"] = handle.stats.get("forward_passes", 0) + 1
-    result = np.empty(n, dtype=np.float64)
-    result[order] = score
-    return result
+    """Total log-prob (natural log, every token after the first) of each row of ``ids`` (-1 = padding),
+    through the handle's token-trie request (shared prefixes scored once, with the KV cache); None
+    where the model's cache cannot be shared that way (then score full sequences)."""
+    return handle.prefix_tree_logprobs(ids, budget_bytes=budget_bytes, fallback=False)
 
 
 def full_logprobs(handle, ids: np.ndarray, chunk: int = 20_000) -> np.ndarray:
     """The same totals from full sequences through the handle's batched ``score_ids`` (any model)."""
-    out = np.empty(len(ids), dtype=np.float64)
-    for s in range(0, len(ids), chunk):
-        rows = [list(r[r >= 0]) for r in ids[s:s + chunk]]
-        out[s:s + len(rows)] = [float(np.sum(lp, dtype=np.float64)) for lp in handle.score_ids(rows)]
-    return out
+    return handle.full_sequence_logprobs(ids, chunk=chunk)
 
 
 def space_logprobs(handle, template: str, digits: int, sep: str, probe: Sequence[int] = ()) -> dict:
@@ -326,10 +243,11 @@ def canary_exposures(handle, canaries: dict, unseen: int = 20, exact_max: int = 
         can_idx = [secret_index(c["secret"], sep) for c in cans]
         held_idx = [secret_index(_secret_of(t, head, tail), sep) for t in held]
         ref_idx = [secret_index(_secret_of(t, head, tail), sep) for t in ranked]
-        import torch
         try:
             sp = space_logprobs(handle, canaries["template"], digits, sep, can_idx + held_idx + ref_idx)
-        except (MemoryError, torch.OutOfMemoryError):  # keep the estimate, and say why
+        except Exception as exc:  # out of memory (host or torch's device OOM): keep the estimate, and say why
+            if not (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"):
+                raise
             out["method"] = "max(rank, skew-normal): enumerating the space ran out of memory"
             return out
         ex_rank, ex = exact_rank(sp["logprob"], can_idx)

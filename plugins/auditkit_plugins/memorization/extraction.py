@@ -9,10 +9,11 @@
   probabilistic extraction"): the share of ``n`` seeded sampled generations (temperature sampling from
   the full next-token distribution, ``top_k=0``) that reproduce the suffix exactly.
 
-Generation is batched with left padding (the prompts are right-aligned, with an attention mask, so
-greedy results do not depend on the batch) and memoized on the model handle through ``memo``
-(``persist=True``: also on disk, so a second audit of the same base model skips it); identical
-prompts (every canary of a template shares one) are generated once.
+Generation is the model handle's ``generate_ids`` request: batched with left padding (greedy results
+do not depend on the batch), sampled by seeded Gumbel-max draws per prompt, sample and step (so the
+draws do not depend on the batch or the number of processes either), memoized on the handle and on
+disk, so a second audit of the same base model skips it; identical prompts (every canary of a
+template shares one) are generated once.
 """
 from __future__ import annotations
 
@@ -24,57 +25,23 @@ import numpy as np
 def generate(handle, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, samples: int = 0,
              temperature: float = 1.0, seed: int = 0) -> list[list[list[int]]]:
     """For each prompt (token ids), its continuations: one greedy one when ``samples`` is 0, else
-    ``samples`` sampled ones. Each continuation is ``max_new_tokens`` ids long (-1 after an early stop).
+    ``samples`` sampled ones (temperature sampling from the full next-token distribution). Each
+    continuation is ``max_new_tokens`` ids long: the new tokens, the end-of-sequence token where the
+    model stopped, then -1.
+
+    Runs on the handle's ``generate_ids`` request (batched with left padding, seeded per prompt and
+    sample so the draws do not depend on the batch, memoized also on disk); identical prompts (every
+    canary of a template shares one) are generated once.
     """
     prompts = [list(map(int, p)) for p in prompts]
+    if not prompts:
+        return []
     unique = sorted(set(map(tuple, prompts)), key=lambda p: (-len(p), p))
-
-    def compute():
-        import torch
-        model = handle.model
-        pad = handle.tokenizer.pad_token_id
-        if pad is None:
-            pad = handle.tokenizer.eos_token_id or 0
-        eos = getattr(model.generation_config, "eos_token_id", None)
-        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        n_ret = max(1, samples)
-        # a config of our own: the model's defaults (a chat model's temperature, top-p, repetition
-        # penalty) must not change what greedy decoding or plain sampling means
-        from transformers import GenerationConfig
-        config = GenerationConfig(max_new_tokens=int(max_new_tokens), do_sample=bool(samples),
-                                  num_return_sequences=n_ret, pad_token_id=pad, eos_token_id=eos or None,
-                                  **(dict(temperature=float(temperature), top_k=0, top_p=1.0) if samples else {}))
-        batch = max(1, handle.batch_size // n_ret) if samples else handle.batch_size
-        out: list[list[list[int]]] = []  # aligned with ``unique`` (a list, so the disk cache can keep it)
-        for start in range(0, len(unique), batch):
-            chunk = unique[start:start + batch]
-            width = max(len(p) for p in chunk)
-            inp = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, p in enumerate(chunk):  # left padding: the prompt ends where generation starts
-                inp[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-                mask[row, width - len(p):] = 1
-            with torch.inference_mode(), torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(seed) + start)
-                if handle.device.startswith("cuda"):
-                    torch.cuda.manual_seed_all(int(seed) + start)
-                gen = model.generate(input_ids=inp.to(handle.device), attention_mask=mask.to(handle.device),
-                                     generation_config=config)
-            new = gen[:, width:].cpu().numpy()
-            full = np.full((new.shape[0], int(max_new_tokens)), -1, dtype=np.int64)
-            full[:, :new.shape[1]] = new
-            if eos:  # a row that stopped is padded by generate; mark what follows its stop as -1
-                stopped = np.isin(full, eos)
-                after = np.cumsum(stopped, axis=1) - stopped > 0
-                full[after] = -1
-            for row in range(len(chunk)):
-                out.append(full[row * n_ret:(row + 1) * n_ret].tolist())
-        return out
-
-    done = handle.memo("memorization.generate", [list(p) for p in unique], compute, persist=True,
-                       max_new_tokens=int(max_new_tokens), samples=int(samples),
-                       temperature=float(temperature) if samples else None, seed=int(seed) if samples else None)
-    table = dict(zip(unique, done))
+    n = int(max_new_tokens)
+    gens = handle.generate_ids([list(p) for p in unique], max_new_tokens=n,
+                               temperature=float(temperature) if samples else 0.0, top_p=1.0,
+                               seed=int(seed) if samples else 0, samples=max(1, int(samples)))
+    table = {p: [g.token_ids[:n] + [-1] * (n - len(g.token_ids[:n])) for g in per] for p, per in zip(unique, gens)}
     return [table[tuple(p)] for p in prompts]
 
 

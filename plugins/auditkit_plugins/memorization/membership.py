@@ -56,45 +56,11 @@ def zlib_entropy(text: str) -> int:
 
 
 def next_token_moments(handle, texts: Sequence[str]) -> dict:
-    """One batched pass over full next-token distributions: per text, the token log-probs and the
-    mean ``mu_t`` and standard deviation ``sigma_t`` of ``log p(z|x_<t)`` under ``z ~ p(.|x_<t)``.
-
-    Memoized on the handle (``memorization.next_token_moments``, kept on disk too like the core
-    passes, so a second audit of the same base model skips it); the token log-probs it computes are
-    also stored as the handle's shared ``token_logprobs`` pass for the same texts when absent, so the
-    LOSS, zlib and Min-K% scores (and any other check) reuse them. Only three numbers per position are
-    kept, never the ``[T, V]`` distributions; batches are split so a slice holds at most ~16M logits.
-    """
-    texts = list(texts)
-
-    def compute():
-        import torch
-        ids = handle.token_ids(texts)
-        n = len(ids)
-        tok_lp, mus, sds = [None] * n, [None] * n, [None] * n
-        vocab = int(getattr(handle.model.config, "vocab_size", 0) or 32000)
-        with torch.inference_mode():
-            for idx, inp, mask in handle.batches(ids):
-                width = inp.shape[1]
-                rows = max(1, int(16_000_000 // max(1, width * vocab)))
-                for s in range(0, len(idx), rows):
-                    sub_inp, sub_mask = inp[s:s + rows], mask[s:s + rows]
-                    logits = handle.model(input_ids=sub_inp, attention_mask=sub_mask).logits[:, :-1].float()
-                    logp = torch.log_softmax(logits, dim=-1)
-                    p = logp.exp()
-                    mu = (p * logp).sum(-1)
-                    var = (p * (logp - mu.unsqueeze(-1)).pow(2)).sum(-1)
-                    lp = logp.gather(-1, sub_inp[:, 1:].unsqueeze(-1)).squeeze(-1)
-                    for row, i in enumerate(idx[s:s + rows]):
-                        t = len(ids[i]) - 1
-                        tok_lp[i] = lp[row, :t].cpu().numpy()
-                        mus[i] = mu[row, :t].cpu().numpy()
-                        sds[i] = var[row, :t].clamp_min(0).sqrt().cpu().numpy()
-        return {"token_logprobs": tok_lp, "mu": mus, "sigma": sds}
-
-    res = handle.memo("memorization.next_token_moments", texts, compute, persist=True)
-    handle.memo("token_logprobs", texts, lambda: res["token_logprobs"], persist=True)
-    return res
+    """Per text, the token log-probs and the mean ``mu_t`` and standard deviation ``sigma_t`` of
+    ``log p(z|x_<t)`` under ``z ~ p(.|x_<t)``: the handle's ``next_token_moments`` request (one batched,
+    memoized pass that keeps three numbers per position, never the ``[T, V]`` distributions; its token
+    log-probs are shared as the handle's ``token_logprobs`` pass of the same texts)."""
+    return handle.next_token_moments(list(texts))
 
 
 def min_k_plus_plus(token_lp: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: float) -> float:
