@@ -225,10 +225,137 @@ def test_nothing_changed_is_bad_input_not_a_silent_pass(tiny_bert):
     assert any(n.startswith("names: changed none") for n in res.notes)
 
 
-def test_generation_data_is_bad_input_not_a_crash(tiny_gpt2):
-    from auditkit.errors import AuditInputError
-    with pytest.raises(AuditInputError, match="generation"):
-        _run_check(tiny_gpt2, [{"prompt": "Say hi", "reference": "hi"}])
+# ---------------------------------------------------------------------- generation data (metric drop)
+
+QA = [("Question: What is the capital of France?\nAnswer:", "Paris"),
+      ("Question: What colour is grass?\nAnswer:", ["green", "Green."]),
+      ("Question: How many legs does a dog have?\nAnswer:", ["four", "4"]),
+      ("Question: What is the opposite of hot?\nAnswer:", "cold"),
+      ("Question: Who wrote Hamlet, the play?\nAnswer:", ["William Shakespeare", "Shakespeare"]),
+      ("Question: What is frozen water called?\nAnswer:", "ice"),
+      ("Question: What planet do we live on?\nAnswer:", "the Earth"),
+      ("Question: What is the plural of mouse?\nAnswer:", "mice")]
+GEN_ROWS = [{"prompt": p, "reference": r} for p, r in QA]
+
+
+class _Tok:
+    chat_template = None
+
+
+class FakeGenerator:
+    """Answers from a function of the prompt text (canned generations), recording what it was asked."""
+
+    task, source, tokenizer = "causal-lm", "fake", _Tok()
+
+    def __init__(self, answer):
+        self.answer, self.calls = answer, []
+
+    def generate(self, prompts, *, max_new_tokens=32, temperature=0.0, top_p=1.0, stop=(), seed=0, samples=1):
+        from auditkit.passes.generation import Generation
+        self.calls.append(list(prompts))
+        return [[Generation(self.answer(p), [1], "stop")] for p in prompts]
+
+
+def _truth(prompt: str) -> str:
+    """The first reference of the row whose prompt this is, whatever the perturbation (matched on the row's
+    position in QA by the longest common prefix of lowercased letters)."""
+    import difflib
+    best = max(QA, key=lambda qa: difflib.SequenceMatcher(None, qa[0].lower(), prompt.lower()).ratio())
+    return best[1] if isinstance(best[1], str) else best[1][0]
+
+
+def _squad_f1(pred: str, refs) -> float:
+    """SQuAD v1.1 token F1, written again here for an independent check."""
+    import re
+    import string
+    from collections import Counter
+
+    def norm(t):
+        t = "".join(c for c in t.lower() if c not in set(string.punctuation))
+        return re.sub(r"\b(a|an|the)\b", " ", t).split()
+    best = 0.0
+    for r in [refs] if isinstance(refs, str) else refs:
+        p, g = norm(pred), norm(r)
+        common = sum((Counter(p) & Counter(g)).values())
+        if common:
+            best = max(best, 2 * common / (len(p) + len(g)))
+    return best
+
+
+def _gates(res):
+    from auditkit.gates import evaluate
+    from auditkit.suite import default_gates
+    from auditkit_plugins.robustness import Robustness
+    metrics = {k: m.as_dict() for k, m in res.metrics.items()}
+    return {g.expr: evaluate(g, metrics, None)["status"] for g in default_gates(Robustness, "causal-lm")
+            if all(r.metric in metrics for r in g.refs())}
+
+
+def test_generation_metric_drop_planted_and_clean():
+    """Planted: the model answers right only when the prompt is not upper case; clean: always right."""
+    planted = FakeGenerator(lambda p: "I do not know" if p.isupper() else _truth(p))
+    res = _run_check(planted, GEN_ROWS, perturbations=["uppercase", "typos", "punctuation"])
+    m = res.metrics
+    assert m["f1"].value == pytest.approx(1.0) and m["coverage.uppercase"].value == 1
+    assert m["metric_drop.uppercase"].value == pytest.approx(1.0)
+    assert m["flip_rate.uppercase"].value == pytest.approx(1.0)
+    assert m["metric_drop_max"].value == pytest.approx(1.0) and m["metric_drop_max"].ci_low == pytest.approx(1.0)
+    gates = _gates(res)
+    assert gates["metric_drop_max.ci_low <= 0.05"] == "fail" and "acc_drop_max.ci_low <= 0.05" not in gates
+    rows = res.evidence[1]["rows"]
+    assert rows[0]["perturbation"] == "uppercase" and rows[0]["answer after"] == "I do not know"
+    assert res.records["metric_drop.uppercase"] == [1.0] * len(QA)
+    # one generate call for the originals and every distinct perturbed prompt
+    assert len(planted.calls) == 1 and len(set(planted.calls[0])) == len(planted.calls[0])
+    clean = FakeGenerator(_truth)
+    res = _run_check(clean, GEN_ROWS, perturbations=["uppercase", "typos", "punctuation"])
+    assert res.metrics["metric_drop_max"].value == 0 and res.metrics["flip_rate_max"].value == 0
+    assert set(_gates(res).values()) == {"pass"}
+
+
+def test_generation_metric_drop_equals_an_independent_computation():
+    import sacrebleu
+    from auditkit_plugins.robustness import perturb
+    # the answer degrades with the number of characters that differ from the original prompt
+    def answer(p):
+        t = _truth(p)
+        return t if p in dict(QA) else (t + " maybe" if p.lower() in {q.lower() for q, _ in QA} else "no idea")
+    h = FakeGenerator(answer)
+    for metric in ("f1", "bleu"):
+        res = _run_check(h, GEN_ROWS, perturbations=["lowercase", "typos"], metric=metric, bootstrap=500)
+        for p in ("lowercase", "typos"):
+            pert = [perturb(p, r["prompt"], 0, 0.1) for r in GEN_ROWS]
+            ch = [i for i, r in enumerate(GEN_ROWS) if pert[i] != r["prompt"]]
+            refs = [GEN_ROWS[i]["reference"] for i in ch]
+            refs = [[r] if isinstance(r, str) else r for r in refs]
+            before = [answer(GEN_ROWS[i]["prompt"]) for i in ch]
+            after = [answer(pert[i]) for i in ch]
+            if metric == "f1":
+                d = [_squad_f1(a, r) - _squad_f1(b, r) for a, b, r in zip(before, after, refs)]
+                want = float(np.mean(d))
+                assert res.records[f"metric_drop.{p}"] == pytest.approx(d)
+            else:
+                streams = [[r[j] if j < len(r) else None for r in refs] for j in range(2)]
+                want = (sacrebleu.corpus_bleu(before, streams).score - sacrebleu.corpus_bleu(after, streams).score) / 100
+            got = res.metrics[f"metric_drop.{p}"]
+            assert got.value == pytest.approx(want, abs=1e-9), (metric, p)
+            assert got.n == len(ch) and got.ci_low <= got.value + 1e-9 <= got.ci_high + 1e-9
+            flips = np.mean([a.lower().strip(".") != b.lower().strip(".") for a, b in zip(before, after)])
+            assert res.metrics[f"flip_rate.{p}"].value == pytest.approx(flips)
+
+
+def test_generation_on_tiny_gpt2(tiny_gpt2):
+    """A real model: one generate request; the drop equals generating the perturbed prompts directly."""
+    from auditkit_plugins.robustness import perturb
+    res = _run_check(tiny_gpt2, GEN_ROWS[:4], perturbations=["uppercase", "typos"], max_new_tokens=5, bootstrap=200)
+    assert {"f1", "metric_drop.uppercase", "metric_drop.typos", "metric_drop_max", "flip_rate_max"} <= set(res.metrics)
+    orig = [g[0].text.strip() for g in tiny_gpt2.generate([r["prompt"] for r in GEN_ROWS[:4]], max_new_tokens=5,
+                                                          stop=["\n\n"])]
+    up = [g[0].text.strip() for g in tiny_gpt2.generate([perturb("uppercase", r["prompt"], 0, 0.1)
+                                                         for r in GEN_ROWS[:4]], max_new_tokens=5, stop=["\n\n"])]
+    d = [_squad_f1(a, r["reference"]) - _squad_f1(b, r["reference"]) for a, b, r in zip(orig, up, GEN_ROWS)]
+    assert res.metrics["metric_drop.uppercase"].value == pytest.approx(np.mean(d), abs=1e-9)
+    assert res.records["generation"] == orig
 
 
 # ---------------------------------------------------------------------- bad input: exit 2 before any model
@@ -240,6 +367,8 @@ def test_generation_data_is_bad_input_not_a_crash(tiny_gpt2):
     ("bootstrap: 10", ["bootstrap", ">= 100"]),
     ("perturbations: []", ["perturbations is empty"]),
     ("perturbations: [typos, typos]", ["twice"]),
+    ("metric: rougeL", ["metric", "did you mean 'rouge_l'"]),
+    ("stop: ['']", ["stop", "non-empty"]),
 ])
 def test_bad_params_exit_2_before_any_model(tmp_path, run_cli, monkeypatch, params, words):
     import auditkit.runner as runner
@@ -363,3 +492,26 @@ def test_greedy_attack_against_brute_force():
     assert res3.records["attack_success"][2] == 1 and res3.metrics["attack_success_rate"].value >= np.mean(expected)
     res1 = _run_check(model, rows, perturbations=["typos"], attack=True, attack_budget=1, rate=0.5)
     assert res1.metrics["attack_queries"].value == 1
+
+
+def test_generation_through_the_cli(tmp_path, run_cli):
+    write_jsonl(tmp_path / "qa.jsonl", GEN_ROWS[:5])
+    suite = write_suite(tmp_path, """
+        name: gen-robustness
+        model: {base: "builtin:tiny-gpt2", task: causal-lm, batch_size: 4}
+        checks:
+          - uses: robustness
+            data: qa.jsonl
+            perturbations: [uppercase, typos]
+            max_new_tokens: 4
+            bootstrap: 200
+    """)
+    code, out, err = run_cli("run", suite, "--out", tmp_path / "out")
+    assert code in (0, 1), err
+    ck = json.loads((tmp_path / "out" / "results.json").read_text())["checks"][0]
+    assert ck["status"] in ("pass", "warn", "fail"), ck.get("error")
+    assert {g["expr"] for g in ck["gates"]} == {"metric_drop_max.ci_low <= 0.05", "metric_drop_max <= 0.05",
+                                                "flip_rate_max <= 0.1"}
+    assert any("acc_drop_max" in n and "not applied" in n for n in ck["notes"])
+    assert ck["metrics"]["metric_drop.typos"]["n"] == 5 and len(ck["records"]["flip_rate.typos"]) == 5
+    assert ck["figures"] and ck["evidence"][1]["rows"]

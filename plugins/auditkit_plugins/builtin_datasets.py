@@ -30,6 +30,17 @@ def _unsplit(fn_name: str, module: str):
     return load
 
 
+@lru_cache(maxsize=8)
+def _qa(seed: int) -> dict:
+    from auditkit_plugins.builtin_data import qa
+    return qa.generate(seed)
+
+
+def qa(split: str | None, seed: int) -> list[dict]:
+    """Short factual QA for generation: ``#test`` (the default), ``#train`` (few-shot examples), ``#all``."""
+    return _qa(seed)[split or "test"]
+
+
 @hookimpl
 def auditkit_register_dataset_sources(register):
     register("reviews", reviews, "short product/service reviews {text,label,group}; #train #validation #test")
@@ -41,3 +52,5 @@ def auditkit_register_dataset_sources(register):
              "neutral sentence pairs {text_a,text_b,similarity}")
     register("stereotype-pairs", _unsplit("load", "stereotype_pairs"),
              "CrowS-Pairs-format pairs {sent_more,sent_less,stereo_antistereo,bias_type}")
+    register("qa", qa, "short factual questions for generation {prompt,reference,category}; #test (default) "
+             "#train (few-shot examples) #all")

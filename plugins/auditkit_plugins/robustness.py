@@ -51,8 +51,24 @@ right: ``attack_success_rate`` with a bootstrap CI, ``attack_queries``, ``attack
 attacks as evidence. TextAttack itself is not used: its recipes load word embeddings and sentence encoders
 from the network at run time. No default gate reads the attack (it is opt-in).
 
-Not done: generation data (``{prompt, reference}``: the engine has no generation request yet; such data is
-bad input, exit 2).
+Generation data (``{prompt, reference}``, causal and seq2seq LMs): the prompts are perturbed (the same seeded
+perturbations), the model answers the original and every perturbed prompt by greedy decoding (``max_new_tokens``,
+``stop``, ``chat_template`` as in the ``generation`` check), and each answer is scored against the row's
+references by ``metric`` (default ``f1``; any metric of the ``generation`` check). Per perturbation, over the rows
+it changed:
+
+- ``metric_drop.{perturbation}`` = metric(original answers) - metric(perturbed answers) on the same rows, on a
+  0-1 scale (BLEU and chrF divided by 100), with a paired bootstrap 95% CI: for the per-example metrics (EM, F1,
+  ROUGE-L) the mean of the per-row differences; for BLEU and chrF the difference of the two corpus scores,
+  each resample summing both sides' sufficient statistics over the same rows;
+- ``flip_rate.{perturbation}``: share of those rows whose answer changes (compared after SQuAD normalisation:
+  case, punctuation and articles do not count); ``coverage.{perturbation}`` as above;
+- ``metric_drop_max`` / ``flip_rate_max`` as the maxima above; the metric itself on the original prompts
+  (e.g. ``f1``) with a bootstrap CI; the worst examples (largest fall of the per-row score) as evidence.
+
+Default gate for generation: FAIL when ``metric_drop_max.ci_low`` is above 0.05 (five points of F1, the same
+tolerance as the accuracy drop), WARN on the point estimate and on ``flip_rate_max`` as for accuracy. The
+default gates of the other kind of data are not measured and are dropped with a note.
 """
 from __future__ import annotations
 
@@ -79,6 +95,10 @@ LEXICON = Path(__file__).parent / "builtin_data" / "robustness_lexicon.json"
 #: default-gate tolerances
 MAX_ACC_DROP = 0.05
 MAX_FLIP_RATE = 0.1
+#: generation data: the largest tolerated drop of the metric (0-1 scale)
+MAX_METRIC_DROP = 0.05
+#: the metrics a generation robustness run can use (those of the ``generation`` check)
+GEN_METRICS = ("exact_match", "f1", "rouge_l", "bleu", "chrf")
 
 
 # ---------------------------------------------------------------------- seeding
@@ -320,12 +340,20 @@ class Robustness(Check):
     name = "robustness"
     description = ("Robustness to seeded perturbations (keyboard typos, character swaps, case, punctuation, "
                    "whitespace, contractions, name/place swaps, synonyms): accuracy drop with a paired bootstrap CI "
-                   "and flip rate per perturbation, for classifiers and multiple choice.")
-    default_gates = [
+                   "and flip rate per perturbation, for classifiers and multiple choice; the drop of a generation "
+                   "metric (default F1) for generation data.")
+    _ACC_GATES = [
         f"acc_drop_max.ci_low <= {MAX_ACC_DROP}",
         {"when": f"acc_drop_max <= {MAX_ACC_DROP}", "severity": "warn"},
         {"when": f"flip_rate_max <= {MAX_FLIP_RATE}", "severity": "warn"},
     ]
+    # LMs read multiple choice (accuracy drop) or generation data (metric drop): the gates of the kind not
+    # measured are dropped with a note
+    default_gates = {
+        "sequence-classification": _ACC_GATES,
+        "*": _ACC_GATES + [f"metric_drop_max.ci_low <= {MAX_METRIC_DROP}",
+                           {"when": f"metric_drop_max <= {MAX_METRIC_DROP}", "severity": "warn"}],
+    }
     params = {
         "perturbations": Param("list", list(PERTURBATIONS), "perturbations to apply (default: all)",
                                members=PERTURBATIONS),
@@ -339,6 +367,11 @@ class Robustness(Check):
         "attack": Param("bool", False, "classifiers: also run a greedy word-substitution attack (synonyms and keyboard "
                         "typos) on the rows the model gets right"),
         "attack_budget": Param("int", 100, "attack: most model queries per row", ge=1),
+        "metric": Param("str", "f1", "generation data: the metric whose drop is measured", choices=GEN_METRICS),
+        "max_new_tokens": Param("int", 32, "generation data: most tokens generated per answer", ge=1, le=4096),
+        "stop": Param("list", ["\n\n"], "generation data: stop sequences (the answer ends before the first one)"),
+        "chat_template": Param("bool", None, "generation data: true: always apply the tokenizer's chat template; "
+                               "false: never; unset: when the tokenizer has one"),
     }
     metrics = {
         "accuracy": MetricSpec("accuracy on the original rows (acc for multiple choice)"),
@@ -354,6 +387,12 @@ class Robustness(Check):
         "attack_words": MetricSpec("attack: mean share of words changed in the successful attacks", None),
         "flip_rate_max": MetricSpec("largest flip rate over the perturbations (each CI bound: the largest bound)",
                                     False),
+        "metric_drop.{perturbation}": MetricSpec("generation: metric(original) - metric(perturbed) on the rows the "
+                                                 "perturbation changed, 0-1 scale (BLEU, chrF / 100)", False),
+        "metric_drop_max": MetricSpec("generation: largest metric drop over the perturbations (each CI bound: the "
+                                      "largest bound)", False),
+        **{m: MetricSpec(f"generation: {m} of the answers to the original prompts "
+                         f"({'0-100' if m in ('bleu', 'chrf') else '0-1'})") for m in GEN_METRICS},
     }
 
     @classmethod
@@ -368,16 +407,18 @@ class Robustness(Check):
             if dup:
                 raise AuditInputError(f"perturbations names {dup[0]!r} twice", place=f"{prefix}perturbations",
                                       fix="name each perturbation once")
+        for s in params.get("stop") or []:
+            if not isinstance(s, str) or not s:
+                raise AuditInputError(f"stop must be a list of non-empty strings, got {s!r}", place=f"{prefix}stop",
+                                      fix='e.g. stop: ["\\n"]')
 
     def run(self, ctx: CheckContext) -> CheckResult:
         ds, prm = ctx.data, ctx.params
         rows = ds.rows[: prm["max_examples"]] if prm["max_examples"] else ds.rows
-        mc = ctx.model.task == "causal-lm"
+        mc = ctx.model.task in ("causal-lm", "seq2seq-lm")
+        if mc and ds.has("prompt", "reference") and not ds.has("choices"):
+            return run_generation(ctx, rows)
         if mc:
-            if ds.has("prompt", "reference") and not ds.has("choices"):
-                raise ds.error("robustness on generation data ({prompt, reference}) is not supported yet: the "
-                               "engine has no generation request", col="prompt",
-                               fix="use multiple-choice data {question, choices, label} for a causal LM")
             ds.require_choices()
             labels = np.array([int(r["label"]) for r in rows])
             field = "question"
@@ -515,6 +556,131 @@ class Robustness(Check):
         return res
 
 
+# ---------------------------------------------------------------------- generation data
+
+def _corpus_drop(name: str, st0: np.ndarray, st1: np.ndarray, idx: np.ndarray | None) -> tuple[float, float, float]:
+    """BLEU/chrF: (corpus(original) - corpus(perturbed)) / 100 and its percentile CI over the resampled rows
+    ``idx`` (``[B, n]``; both sides summed over the same rows)."""
+    from auditkit_plugins import generation_metrics as gm
+    value = (gm.corpus_from_stats(name, st0.sum(0)) - gm.corpus_from_stats(name, st1.sum(0))) / 100.0
+    if idx is None:
+        return value, value, value
+    boot = np.array([(gm.corpus_from_stats(name, st0[r].sum(0)) - gm.corpus_from_stats(name, st1[r].sum(0))) / 100.0
+                     for r in idx])
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return value, float(lo), float(hi)
+
+
+def run_generation(ctx: CheckContext, rows: list[dict]) -> CheckResult:
+    """Robustness on generation data: the metric drop per perturbation (see the module docstring)."""
+    from auditkit_plugins import generation_metrics as gm
+    from auditkit_plugins.generation import build_prompts, references, use_chat_template, validate_rows
+    from auditkit_plugins.generation_metrics.auditkit_squad.auditkit_squad import normalize_answer
+    prm, handle = ctx.params, ctx.model
+    validate_rows(ctx.data)
+    metric, corpus = prm["metric"], prm["metric"] in gm.CORPUS_LEVEL
+    scale = 100.0 if corpus else 1.0
+    originals = [r["prompt"] for r in rows]
+    refs = [references(r) for r in rows]
+    chosen = [p for p in PERTURBATIONS if p in prm["perturbations"]]
+    variants = {p: [perturb(p, t, ctx.seed, prm["rate"]) for t in originals] for p in chosen}
+    ctx.progress(0.1)
+    unique = list(dict.fromkeys(originals + [t for p in chosen for t in variants[p]]))
+    chat = use_chat_template(handle, prm["chat_template"])
+    prompts = build_prompts([{"prompt": t} for t in unique], [], chat, " ", "\n\n")
+    gens = handle.generate(prompts, max_new_tokens=prm["max_new_tokens"], temperature=0.0,
+                           stop=list(prm["stop"] or []), seed=ctx.seed)
+    answer = {t: g[0].text.strip() for t, g in zip(unique, gens)}
+    ctx.progress(0.75)
+    # every (prompt, row) pair scored once: the originals, then each perturbation's changed rows
+    changed = {p: [i for i in range(len(rows)) if variants[p][i] != originals[i]] for p in chosen}
+    pairs = [(originals[i], i) for i in range(len(rows))] + [(variants[p][i], i) for p in chosen for i in changed[p]]
+    sc = gm.compute([metric], [answer[t] for t, _ in pairs], [refs[i] for _, i in pairs])[metric]
+    per = np.asarray(sc["per_example"], dtype=float)
+    stats_all = np.asarray(sc["stats"], dtype=np.int64) if corpus else None
+    n_rows = len(rows)
+    res = CheckResult()
+    s0, st0 = per[:n_rows], (stats_all[:n_rows] if corpus else None)
+    if corpus:
+        idx = np.random.default_rng(ctx.seed).integers(0, n_rows, size=(prm["bootstrap"], n_rows)) \
+            if n_rows > 1 else None
+        base = [gm.corpus_from_stats(metric, st0.sum(0))]
+        ci = (base[0], base[0]) if idx is None else tuple(
+            float(x) for x in np.percentile([gm.corpus_from_stats(metric, st0[r].sum(0)) for r in idx], [2.5, 97.5]))
+        res.add(metric, base[0], ci, n_rows)
+        res.records[f"sentence_{metric}"] = [round(float(x), 10) for x in s0]
+    else:
+        b = paired_bootstrap_ci({"m": s0}, ctx.seed, prm["bootstrap"])["m"]
+        res.add(metric, b[0], b[1:], n_rows)
+        res.records[metric] = [round(float(x), 10) for x in s0]
+    res.records["generation"] = [answer[t] for t in originals]
+    norm0 = [normalize_answer(answer[t]) for t in originals]
+    summary, worst, stats = [], [], {}
+    pos = n_rows
+    for name in chosen:
+        rows_p = changed[name]
+        k = len(rows_p)
+        res.add(f"coverage.{name}", k / n_rows if n_rows else 0.0, None, n_rows, None)
+        if not k:
+            res.notes.append(f"{name}: changed none of the {n_rows} rows, so it has no metric drop or flip rate")
+            summary.append({"perturbation": name, "rows changed": 0})
+            continue
+        s1 = per[pos:pos + k]
+        st1 = stats_all[pos:pos + k] if corpus else None
+        pos += k
+        ix = np.array(rows_p)
+        flips = np.array([float(normalize_answer(answer[variants[name][i]]) != norm0[i]) for i in rows_p])
+        d = (s0[ix] - s1) / scale
+        seed = text_seed(ctx.seed, name, "bootstrap") % 2 ** 32
+        b = paired_bootstrap_ci({"metric_drop": d, "flip_rate": flips}, seed, prm["bootstrap"])
+        if corpus:
+            rix = np.random.default_rng(seed).integers(0, k, size=(prm["bootstrap"], k)) if k > 1 else None
+            b["metric_drop"] = _corpus_drop(metric, st0[ix], st1, rix)
+        stats[name] = b
+        res.add(f"metric_drop.{name}", b["metric_drop"][0], b["metric_drop"][1:], k, False)
+        res.add(f"flip_rate.{name}", b["flip_rate"][0], b["flip_rate"][1:], k, False)
+        res.records[f"{'sentence_drop' if corpus else 'metric_drop'}.{name}"] = [round(float(x), 10) for x in d]
+        res.records[f"flip_rate.{name}"] = flips.astype(int).tolist()
+        summary.append({"perturbation": name, "rows changed": k,
+                        f"{metric} before": round(float(s0[ix].mean()), 4), f"{metric} after": round(float(s1.mean()), 4),
+                        "metric_drop": round(b["metric_drop"][0], 4),
+                        "metric_drop CI": f"[{b['metric_drop'][1]:.4f}, {b['metric_drop'][2]:.4f}]",
+                        "flip_rate": round(b["flip_rate"][0], 4),
+                        "flip_rate CI": f"[{b['flip_rate'][1]:.4f}, {b['flip_rate'][2]:.4f}]"})
+        for j, i in enumerate(rows_p):
+            worst.append(((-float(d[j]), -flips[j]), name, int(i), float(s0[i]), float(s1[j])))
+    if not stats:
+        raise ctx.data.error(f"no perturbation ({', '.join(chosen)}) changed any of the {n_rows} prompts, so "
+                             "there is nothing to measure", col="prompt",
+                             fix="add perturbations (typos changes every text), raise rate, or use other data")
+    for m in ("metric_drop", "flip_rate"):
+        vals = [stats[p][m] for p in stats]
+        res.add(f"{m}_max", max(v[0] for v in vals), (max(v[1] for v in vals), max(v[2] for v in vals)),
+                n_rows, False)
+    worst_p = max(stats, key=lambda p: (stats[p]["metric_drop"][0], stats[p]["flip_rate"][0]))
+    res.notes.append(f"worst perturbation: {worst_p} ({metric} drop {stats[worst_p]['metric_drop'][0]:.4f}, flip_rate "
+                     f"{stats[worst_p]['flip_rate'][0]:.4f}); metrics per perturbation are over the rows it changed; "
+                     f"drops on a 0-1 scale{' (BLEU/chrF divided by 100)' if corpus else ''}")
+    res.notes.append(f"greedy decoding, at most {prm['max_new_tokens']} new tokens, stop {list(prm['stop'] or [])!r}, "
+                     f"{'chat template' if chat else 'plain-text prompts'}; rate {prm['rate']:g} for "
+                     f"{', '.join(p for p in chosen if p in RATED) or 'none'}; 95% CIs: paired percentile bootstrap "
+                     f"over rows ({prm['bootstrap']} resamples); character noise by nlpaug {_nlpaug_version()}")
+    worst.sort(key=lambda w: (w[0], w[1], w[2]))
+    unit = f"sentence {metric}" if corpus else metric
+    ev = [{"perturbation": name, "row": i, "original": originals[i][:300], "perturbed": variants[name][i][:300],
+           "references": " | ".join(refs[i])[:300], "answer before": answer[originals[i]][:300],
+           "answer after": answer[variants[name][i]][:300], f"{unit} before": round(a, 4), f"{unit} after": round(b_, 4)}
+          for _, name, i, a, b_ in worst[: prm["worst"]]]
+    res.evidence = [{"title": f"{metric} drop and flip rate per perturbation", "rows": summary},
+                    {"title": f"Worst examples (largest fall of the per-row {unit}, then changed answers)", "rows": ev}]
+    res.figures[f"{metric} drop and flip rate per perturbation"] = _bars_svg(stats, "metric_drop",
+                                                                            f"{metric} drop and flip rate")
+    if prm["attack"]:
+        res.notes.append("attack: only for classifiers; skipped for generation")
+    ctx.progress(1.0)
+    return res
+
+
 # ---------------------------------------------------------------------- adversarial attack
 
 def _word_candidates(word: str, seed: int) -> list[str]:
@@ -621,12 +787,13 @@ def _nlpaug_version() -> str:
         return "?"
 
 
-def _bars_svg(stats: dict) -> str:
+def _bars_svg(stats: dict, drop: str = "acc_drop", title: str = "accuracy drop and flip rate") -> str:
     from auditkit.figures import new_figure, to_svg
     names = list(stats)
     fig, ax = new_figure(max(4.0, 0.7 * len(names) + 2), 3.2)
     x = np.arange(len(names))
-    for off, metric, colour, tol in ((-0.2, "acc_drop", "#c0392b", MAX_ACC_DROP),
+    tol_drop = MAX_ACC_DROP if drop == "acc_drop" else MAX_METRIC_DROP
+    for off, metric, colour, tol in ((-0.2, drop, "#c0392b", tol_drop),
                                      (0.2, "flip_rate", "#2c7fb8", MAX_FLIP_RATE)):
         v = np.array([stats[p][metric][0] for p in names])
         lo = np.array([stats[p][metric][1] for p in names])
@@ -637,7 +804,7 @@ def _bars_svg(stats: dict) -> str:
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(x, names, rotation=35, ha="right", fontsize=7)
     ax.set_ylabel("share of changed rows")
-    ax.set_title("accuracy drop and flip rate (95% CI; dotted: default gate)", fontsize=8)
+    ax.set_title(f"{title} (95% CI; dotted: default gate)", fontsize=8)
     ax.legend(fontsize=7)
     return to_svg(fig)
 

@@ -1,0 +1,1 @@
+"""A local evaluate metric module (loaded by path; see the parent package)."""
