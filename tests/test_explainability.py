@@ -136,18 +136,22 @@ def test_rollout_rows_sum_to_one(tiny_bert):
     np.testing.assert_allclose(attention_rollout(np.broadcast_to(np.eye(4), (2, 2, 4, 4))), np.eye(4))
 
 
-def test_rollout_needs_no_forward_pass_once_attentions_are_cached(tiny_bert):
+def test_rollout_stats_and_logits_share_one_attention_pass(tiny_bert):
+    """The handle's one eager attention pass answers rollout, the head statistics and the logits."""
     from auditkit.data import Dataset
+    from auditkit_plugins.explainability.attention_stats import head_statistics_of
     from auditkit_plugins.explainability.rollout import rollout_scores
     from auditkit_plugins.explainability.targets import prepare
-    texts = ["cached attention maps are reused", "no second pass"]
+    texts = ["cached attention reductions are reused", "no second pass"]
     ds = Dataset("mem", [{"text": t, "label": 0} for t in texts], "mem")
-    tiny_bert.attentions(texts)
+    tiny_bert.attention_rollout(texts)
     before = tiny_bert.stats["forward_passes"]
     ex = prepare(tiny_bert, ds, [0, 1], texts, "classification")  # logits came with the attention pass
     scores = rollout_scores(tiny_bert, ex, texts)
+    stats = head_statistics_of(tiny_bert, texts)
     assert tiny_bert.stats["forward_passes"] == before
     assert [len(s) for s in scores] == [len(e.ids) for e in ex]
+    assert stats["entropy"].shape == (2, 2)
 
 
 def test_gradient_methods_are_batch_invariant(tiny_bert):

@@ -1,6 +1,105 @@
-"""Requests: gradients with respect to the embeddings."""
+"""Requests: gradients with respect to the embeddings.
+
+- :meth:`GradientRequests.integrated_gradients`: Integrated Gradients (Sundararajan, Taly & Yan 2017,
+  "Axiomatic Attribution for Deep Networks") of the target's log-probability
+  (:func:`target_logprob`) on the input (word) embedding layer, through captum's
+  ``LayerIntegratedGradients`` (Gauss-Legendre steps), with captum's convergence delta
+  ``sum(attributions) - (F(x) - F(baseline))`` (the completeness axiom).
+
+The baseline replaces the chosen positions (default: every non-special token) by one baseline token
+(default :func:`default_baseline_token`: padding, else end-of-sequence, else unknown) and keeps the
+others, as captum's BERT tutorial does. A token's attribution is its embedding attribution summed over
+the hidden dimension. The examples of a batch of :meth:`~auditkit.models.ModelHandle.map_batches` and
+their ``n_steps`` interpolation points run through the model in chunks of ``internal_batch_size``
+rows (example x step), so memory is bounded by the batch and the chunk, never by the data.
+"""
 from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def target_logprob(task: str, logits, lengths, targets):
+    """log p(target) per row (torch, float64): classifier logits ``[B, C]``, or causal-LM logits at each
+    row's last real token (``lengths - 1``, right padding) for a next-token target."""
+    import torch
+    # float64 from the logits on: a log-prob near -log|V| has a float32 spacing of ~5e-7, which alone
+    # would move F(x) - F(baseline) by 1e-6 between batch compositions
+    logits = logits.double()
+    if task == "causal-lm":
+        logits = logits[torch.arange(logits.shape[0], device=logits.device), lengths - 1]
+    return torch.log_softmax(logits, -1).gather(1, targets.unsqueeze(1)).squeeze(1)
+
+
+def default_baseline_token(tokenizer) -> int:
+    """The token an IG baseline (or an ERASER fill) puts in place of a token: pad, else eos, else unk, else 0."""
+    for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if t is not None:
+            return int(t)
+    return 0
 
 
 class GradientRequests:
     """Mixin of ModelHandle: gradients with respect to the embeddings."""
+
+    def integrated_gradients(self, items: Sequence, targets: Sequence[int], *,
+                             positions: Sequence[Sequence[int]] | None = None, baseline_token: int | None = None,
+                             n_steps: int = 32, internal_batch_size: int = 256
+                             ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """Integrated Gradients (Sundararajan et al. 2017; captum ``LayerIntegratedGradients`` on the input
+        embeddings) of log p(target): per example the token attributions (float64, one per token), the
+        signed convergence delta, and ``F(x) - F(baseline)`` (= sum of attributions - delta).
+
+        ``items``: texts or token-id lists; ``targets``: class indices (classifiers) or next tokens (causal
+        LMs); ``positions``: per example the positions the baseline replaces (default: non-special tokens).
+        Memoized (``internal_batch_size`` is a speed knob, not part of the key)."""
+        from auditkit.passes.attention import _as_ids
+        ids, _ = _as_ids(self, items)
+        targets = [int(t) for t in targets]
+        if len(targets) != len(ids):
+            raise ValueError(f"{len(targets)} targets for {len(ids)} inputs")
+        if positions is None:
+            special = set(self.tokenizer.all_special_ids or [])
+            positions = [[j for j, t in enumerate(x) if t not in special] for x in ids]
+        positions = [[int(j) for j in p] for p in positions]
+        ref_id = default_baseline_token(self.tokenizer) if baseline_token is None else int(baseline_token)
+        key = [[x, t, p] for x, t, p in zip(ids, targets, positions)]
+
+        def compute():
+            import torch
+            from captum.attr import LayerIntegratedGradients
+
+            model, task = self.model, self.task
+            self.stats["forward_passes"] += 1
+            nokv = self._no_kv_cache()
+
+            def forward(input_ids, attention_mask, tgt):
+                logits = model(input_ids=input_ids, attention_mask=attention_mask, **nokv).logits
+                return target_logprob(task, logits, attention_mask.sum(1), tgt)
+
+            lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
+
+            def run(idx, inp, mask):
+                ref = inp.clone()
+                for row, i in enumerate(idx):
+                    if positions[i]:
+                        ref[row, torch.as_tensor(positions[i], device=inp.device)] = ref_id
+                tgt = torch.tensor([targets[i] for i in idx], device=inp.device)
+                with torch.enable_grad():
+                    attr, d = lig.attribute(inp, baselines=ref, additional_forward_args=(mask, tgt),
+                                            n_steps=n_steps, internal_batch_size=max(1, internal_batch_size),
+                                            return_convergence_delta=True)
+                tok_attr = attr.double().sum(-1).detach().cpu().numpy()
+                d = d.double().detach().cpu().numpy()
+                rows = []
+                for row, i in enumerate(idx):
+                    a = tok_attr[row, :len(ids[i])].astype(np.float64)
+                    rows.append((a, float(d[row]), float(a.sum()) - float(d[row])))
+                return rows
+
+            rows = self.map_batches(ids, run)
+            return ([r[0] for r in rows], np.array([r[1] for r in rows], dtype=np.float64),
+                    np.array([r[2] for r in rows], dtype=np.float64))
+
+        return self.memo("integrated_gradients", key, compute, persist=True, n_steps=int(n_steps), baseline=ref_id)

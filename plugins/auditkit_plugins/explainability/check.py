@@ -14,11 +14,11 @@ from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
 from auditkit.errors import AuditInputError
 from auditkit.stats import bootstrap_ci, mean_ci, paired_bootstrap
 from auditkit_plugins.explainability.agreement import agreement
-from auditkit_plugins.explainability.attention_stats import head_statistics
+from auditkit_plugins.explainability.attention_stats import head_statistics_of
 from auditkit_plugins.explainability.faithfulness import faithfulness, random_rankings, ranking
 from auditkit_plugins.explainability.integrated_gradients import baseline_token, integrated_gradients
 from auditkit_plugins.explainability.rollout import grad_rollout_scores, rollout_scores
-from auditkit_plugins.explainability.targets import context_texts, prepare, token_texts
+from auditkit_plugins.explainability.targets import context_texts, prepare, query_position, token_texts
 
 METHODS = ("rollout", "grad_rollout", "ig")
 TITLES = {"rollout": "attention rollout", "grad_rollout": "gradient-weighted attention (Chefer 2021)",
@@ -88,6 +88,14 @@ class Explainability(Check):
     default_gates = ["comprehensiveness_vs_random.ci_low > 0"]
     needs_data = True
     default_data = "builtin:reviews#test"
+    #: what the check asks of the engine beyond plain scoring (a backend must serve both)
+    needs = frozenset({"gradients", "attentions"})
+
+    @classmethod
+    def needs_for(cls, params: dict, task: str) -> frozenset[str]:
+        """Attention maps always (rollout and the head statistics); gradients for grad_rollout and ig."""
+        methods = set(params.get("methods") or METHODS)
+        return frozenset({"attentions"} | ({"gradients"} if methods & {"grad_rollout", "ig"} else set()))
 
     # ------------------------------------------------------------------ params
     @classmethod
@@ -136,8 +144,9 @@ class Explainability(Check):
         rows = list(range(min(limit, len(ds))))
         rows += [r for r in named if r not in rows]
         texts = [all_texts[r] for r in rows]
-        # one eager pass gives the attention maps (and, for classifiers, the logits) everything reuses
-        atts = handle.attentions(texts)
+        # one eager pass gives the rollout rows, the head statistics and (classifiers) the logits everything
+        # reuses; the handle reduces the attention maps inside the pass, batch by batch
+        handle.attention_rollout(texts, [query_position(handle, x) for x in handle.token_ids(texts)])
         examples = prepare(handle, ds, rows, texts, kind, p["delimiter"])
         if not examples:
             raise ds.error("no row has a token to explain", fix="give the check rows with text")
@@ -189,7 +198,7 @@ class Explainability(Check):
                 if v.size:
                     res.add(f"{key}.{a}.{b}", v.mean(), mean_ci(v, ctx.seed), v.size, None)
 
-        stats = head_statistics(atts, handle.token_ids(texts), handle.tokenizer, handle.task == "causal-lm")
+        stats = head_statistics_of(handle, texts)
         if stats:
             special = stats["special_mass"] > p["special_threshold"]
             res.add("attention_entropy", stats["normalised_entropy"].mean(), None, stats["entropy"].size, None)

@@ -1,16 +1,20 @@
-"""Attention-based token relevance.
+"""Attention-based token relevance, asked of the model handle (the reductions run inside its pass:
+:mod:`auditkit.passes.attention`; no attention map per example is kept).
 
 - Attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers"): per layer
   the head-mean attention plus the identity (the residual connection), each row re-normalised to
   sum to 1, multiplied through the layers: ``R = Â_L · … · Â_1``, ``Â_l = rownorm(mean_h A_l + I)``.
-  Every row of ``R`` sums to 1. The relevance of token j is ``R[query, j]``. It reads the attention
-  maps the model handle already caches (``ModelHandle.attentions``): no forward pass of its own.
+  Every row of ``R`` sums to 1. The relevance of token j is ``R[query, j]``
+  (``ModelHandle.attention_rollout``: the same eager pass gives the head statistics and the logits).
 - Gradient-weighted attention (Chefer, Gur & Wolf 2021, "Generic Attention-model Explainability for
   Interpreting Bi-Modal and Encoder-Decoder Transformers", rule for self-attention):
   ``Ā_l = E_h[(∇A_l ⊙ A_l)^+]`` with ∇A_l the gradient of the target score w.r.t. the attention
   probabilities, ``R ← R + Ā_l · R`` from ``R = I``, first layer to last; the relevance of token j is
-  ``(R - I)[query, j]`` (the identity only credits the query token with itself). Gradients come from
-  one batched forward/backward pass per batch (eager attention), memoized on the handle.
+  ``(R - I)[query, j]`` (the identity only credits the query token with itself)
+  (``ModelHandle.grad_weighted_attention``: one forward + backward per batch, memoized).
+
+:func:`attention_rollout` and :func:`chefer_relevance` are the same definitions on full maps, in
+numpy, for whoever holds maps already (and as the reference the tests check the requests against).
 """
 from __future__ import annotations
 
@@ -41,50 +45,22 @@ def chefer_relevance(att: np.ndarray, grad: np.ndarray) -> np.ndarray:
 
 
 def rollout_scores(handle, examples, texts=None) -> list[np.ndarray]:
-    """Attention rollout relevance per token, from the handle's cached attention maps of ``texts``
-    (default: the examples' texts); pass the list the attentions were asked for to hit the cache."""
+    """Attention rollout relevance per token of each example's query row. ``texts``: the list the
+    check's shared attention pass was asked for (default: the examples' texts), to hit its cache."""
     texts = [e.text for e in examples] if texts is None else list(texts)
-    by_text = dict(zip(texts, handle.attentions(texts)))
-    return [attention_rollout(by_text[e.text])[e.query] for e in examples]
-
-
-def _target_logprob(handle, logits, lengths, targets):
-    """log p(target) per row: classifier logits ``[B, C]`` or LM logits at each row's last token."""
-    import torch
-    logits = logits.float()
-    if handle.task == "causal-lm":
-        logits = logits[torch.arange(logits.shape[0], device=logits.device), lengths - 1]
-    return torch.log_softmax(logits, -1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    ids = handle.token_ids(texts)
+    from auditkit.passes.attention import default_query
+    by_text = dict(zip(texts, handle.attention_rollout(texts, [default_query(handle, x) for x in ids])))
+    out = []
+    for e in examples:
+        row = by_text[e.text]
+        if e.query != default_query(handle, e.ids):  # another query row than the shared pass's
+            row = handle.attention_rollout([e.ids], [e.query])[0]
+        out.append(row)
+    return out
 
 
 def grad_rollout_scores(handle, examples) -> list[np.ndarray]:
-    """Chefer et al. (2021) relevance per token: one forward + backward per batch, memoized."""
-    items = [[e.ids, e.target, e.query] for e in examples]
-
-    def compute():
-        import torch
-        handle.ensure_eager()
-        model = handle.model
-        embed = model.get_input_embeddings()
-        out: list = [None] * len(examples)
-        with torch.enable_grad():
-            for idx, inp, mask in handle.batches([e.ids for e in examples]):
-                # gradients flow from the embeddings only: the weights' gradients are never computed
-                emb = embed(inp).detach().requires_grad_(True)
-                res = model(inputs_embeds=emb, attention_mask=mask, output_attentions=True)
-                atts = list(res.attentions)
-                if not atts:
-                    raise RuntimeError("the model returned no attention maps (eager attention unsupported?)")
-                targets = torch.tensor([examples[i].target for i in idx], device=inp.device)
-                score = _target_logprob(handle, res.logits, mask.sum(1), targets)
-                # rows are independent, so the gradient of the sum is each row's own gradient
-                grads = torch.autograd.grad(score.sum(), atts)
-                for row, i in enumerate(idx):
-                    n = len(examples[i].ids)
-                    a = torch.stack([x[row, :, :n, :n] for x in atts]).float().detach().cpu().numpy()
-                    g = torch.stack([x[row, :, :n, :n] for x in grads]).float().cpu().numpy()
-                    rel = chefer_relevance(a, g) - np.eye(n)
-                    out[i] = rel[examples[i].query]
-        return out
-
-    return handle.memo("explain.grad_rollout", items, compute, persist=True)
+    """Chefer et al. (2021) relevance per token of each example's query row, for its target."""
+    return handle.grad_weighted_attention([e.ids for e in examples], [e.target for e in examples],
+                                          [e.query for e in examples])

@@ -54,10 +54,9 @@ def token_texts(tokenizer, ids: list[int]) -> list[str]:
 
 
 def query_position(handle, ids: list[int]) -> int:
-    tok = handle.tokenizer
-    if handle.task != "causal-lm" and tok.cls_token_id is not None and ids and ids[0] == tok.cls_token_id:
-        return 0
-    return len(ids) - 1
+    """``[CLS]`` for classifiers that put one first, else the last token (the handle's default query)."""
+    from auditkit.passes.attention import default_query
+    return default_query(handle, ids)
 
 
 def score_ids(handle, ids: list[list[int]], targets: list[int]) -> np.ndarray:
@@ -88,22 +87,9 @@ def score_ids(handle, ids: list[list[int]], targets: list[int]) -> np.ndarray:
 
 
 def _next_tokens(handle, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy next token after each sequence and its log-prob (one batched pass, memoized)."""
-    import torch
-
-    def compute():
-        tok, lp = np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids))
-        with torch.inference_mode():
-            for idx, inp, mask in handle.batches(ids):
-                logits = handle.model(input_ids=inp, attention_mask=mask).logits.float()
-                last = mask.sum(1) - 1
-                logp = torch.log_softmax(logits[torch.arange(len(idx)), last], -1)
-                best = logp.max(-1)
-                for row, i in enumerate(idx):
-                    tok[i], lp[i] = int(best.indices[row]), float(best.values[row])
-        return tok, lp
-
-    return handle.memo("explain.next_token", ids, compute, persist=True)
+    """Greedy next token after each sequence and its log-prob (the handle's next-token request)."""
+    tokens, logps = handle.next_token_topk(ids, k=1)
+    return tokens[:, 0], logps[:, 0]
 
 
 def context_texts(ds, task: str) -> tuple[list[str], str]:
