@@ -258,6 +258,8 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
     #: parameters drawn at load time because the checkpoint lacked them and the task's output reads
     #: them (a new classification head): see :func:`new_head_weights`
     new_weights: list[str] = field(default_factory=list)
+    #: False: the suite said ``model.chat_template: false`` (prompts are sent as written)
+    chat_template: bool = True
 
     # ------------------------------------------------------------------ identity
     @property
@@ -420,7 +422,11 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
 
     def _forward(self, texts: Sequence[str] | None, *, attentions: bool = False, hidden: bool = False,
                  ids: list[list[int]] | None = None) -> dict:
-        """One batched pass; fills the logits cache and whichever extra outputs were asked for."""
+        """One batched pass; fills the logits cache and whichever extra outputs were asked for.
+
+        Causal LMs: the LM head and the log-softmax run only at the positions that predict a real token
+        (not the last one, not the padding): see :meth:`_lm_logits`.
+        """
         import torch
         ids = ids if ids is not None else self._encode(texts)
         n = len(ids)
@@ -428,19 +434,26 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
             self.ensure_eager()
         self.stats["forward_passes"] += 1
         lm = self.task == "causal-lm"
+        extra = {"output_attentions": attentions, "output_hidden_states": hidden}
 
         def run(idx, inp, mask):
             with torch.inference_mode():
-                out = self.model(input_ids=inp, attention_mask=mask, output_attentions=attentions,
-                                 output_hidden_states=hidden, **self._no_kv_cache())
-                logits = out.logits.float()
                 if lm:
+                    lengths = mask.sum(1)
+                    pos = torch.arange(inp.shape[1], device=inp.device)
+                    keep = pos[None, :] < (lengths - 1)[:, None]  # position t predicts token t + 1
+                    logits, out = self._lm_logits(inp, mask, keep, **extra)
+                    target = inp[:, 1:][keep[:, :-1]]
                     # per-token log-probs of each next token; keep only these, not full vocab logits
-                    tok_lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, inp[:, 1:].unsqueeze(-1)).squeeze(-1)
+                    tok_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target[:, None])[:, 0]
+                    per_row = torch.split(tok_lp, (lengths - 1).clamp(min=0).tolist())
+                else:
+                    out = self.model(input_ids=inp, attention_mask=mask, **extra)
+                    logits = out.logits.float()
                 rows = []
                 for row, i in enumerate(idx):
                     length = len(ids[i])
-                    first = tok_lp[row, :length - 1].cpu().numpy() if lm else logits[row].cpu().numpy()
+                    first = per_row[row].cpu().numpy() if lm else logits[row].cpu().numpy()
                     att = torch.stack([a[row, :, :length, :length].float() for a in out.attentions]).cpu().numpy() \
                         if attentions else None
                     hid = None
@@ -463,6 +476,64 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
             result["hidden"] = np.stack([r[2] for r in rows], axis=1) if n else None
         return result
 
+    #: config attributes of models that rescale or cap their logits after the LM head
+    _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "logit_softcapping",
+                             "output_multiplier_scale", "mup_width_multiplier")
+    #: per model class: how the LM head is applied to some positions only ("keep", "hidden" or "full")
+    _head_modes = {}  # noqa: RUF012  (a class attribute, not a dataclass field)
+
+    def _head_mode(self) -> str:
+        """How :meth:`_lm_logits` applies the LM head to the needed positions only.
+
+        ``keep``: the model's forward takes transformers' ``logits_to_keep`` and slices with
+        ``slice_logits_to_keep`` (a boolean ``[B, T]`` mask keeps exactly those positions, and the model's
+        own post-processing, e.g. Gemma's soft-capping, still applies). ``hidden``: no ``logits_to_keep``, but
+        the model is a backbone (``base_model``) plus ``get_output_embeddings()`` with no known logit
+        post-processing: the head runs on the gathered hidden states. ``full``: anything else computes all
+        logits and gathers the positions afterwards.
+        """
+        import inspect
+        cls = type(self.model)
+        mode = self._head_modes.get(cls)
+        if mode is None:
+            mode = "full"
+            try:
+                fwd = cls.forward
+                if "logits_to_keep" in inspect.signature(fwd).parameters and \
+                        "slice_logits_to_keep" in inspect.getsource(fwd):
+                    mode = "keep"
+            except (TypeError, OSError, ValueError):
+                pass
+            if mode == "full":
+                cfg = self.model.config
+                post = any(getattr(cfg, a, None) not in (None, 1, 1.0) for a in self._LOGIT_POSTPROCESSING)
+                base = getattr(self.model, "base_model", None)
+                head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+                if not post and head is not None and base is not None and base is not self.model:
+                    mode = "hidden"
+            self._head_modes[cls] = mode
+        return mode
+
+    def _lm_logits(self, inp, mask, keep, **extra):
+        """``(logits [K, V], outputs)``: the LM's logits at the ``K`` True positions of the boolean ``keep``
+        ``[B, T]`` (row-major order), the LM head applied only there (:meth:`_head_mode`); no KV cache."""
+        kw = {"input_ids": inp, "attention_mask": mask, **self._no_kv_cache(), **extra}
+        mode = self._head_mode()
+        k = int(keep.sum())
+        if mode == "keep":
+            out = self.model(**kw, logits_to_keep=keep)
+            if out.logits.dim() == 2 and out.logits.shape[0] == k:
+                return out.logits, out
+            self._head_modes[type(self.model)] = "full"  # not the slicing we expected: never again
+        elif mode == "hidden":
+            out = self.model.base_model(**kw)
+            last = getattr(out, "last_hidden_state", None)
+            if last is not None:
+                return self.model.get_output_embeddings()(last[keep]), out
+            self._head_modes[type(self.model)] = "full"  # a wrapper whose base_model is no backbone
+        out = self.model(**kw)
+        return out.logits[keep], out
+
     def _no_kv_cache(self) -> dict:
         """Scoring passes never decode further: building a KV cache is wasted work (causal LMs)."""
         return {"use_cache": False} if self.task == "causal-lm" else {}
@@ -479,9 +550,10 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
 
         def run(idx, inp, mask):
             with torch.inference_mode():
-                logits = self.model(input_ids=inp, attention_mask=mask, **self._no_kv_cache()).logits
-                last = torch.tensor([len(contexts[i]) - 1 for i in idx], device=logits.device)
-                rows = torch.log_softmax(logits[torch.arange(len(idx), device=logits.device), last].float(), dim=-1)
+                lengths = mask.sum(1)
+                keep = torch.arange(inp.shape[1], device=inp.device)[None, :] == (lengths - 1)[:, None]
+                logits, _ = self._lm_logits(inp, mask, keep)
+                rows = torch.log_softmax(logits.float(), dim=-1)
                 return [rows[row, targets[i]].cpu().numpy() for row, i in enumerate(idx)]
 
         return self.map_batches(contexts, run)
@@ -507,57 +579,151 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         self._require("causal-lm", "token_logprobs")
         return self.memo("token_logprobs", texts, lambda: self._forward(texts)["token_logprobs"], persist=True)
 
-    def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
+    def _tok_encode(self, texts: list[str], add_special_tokens: bool | None = None) -> list[list[int]]:
+        """lm-eval's ``HFLM.tok_encode`` over a list (one batched call): the tokenizer's own special tokens
+        unless ``add_special_tokens`` is given, and none for a text that already starts with the prefix token
+        (BOS, else EOS) as text."""
+        if not texts:
+            return []
+        if add_special_tokens is not None:
+            return self.tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+        prefix = self.tokenizer.decode(self._prefix_token_id())
+        plain = [i for i, t in enumerate(texts) if not (prefix and t.startswith(prefix))]
+        out: list = [None] * len(texts)
+        for i, ids in zip(plain, self.tokenizer([texts[i] for i in plain])["input_ids"] if plain else []):
+            out[i] = ids
+        rest = [i for i in range(len(texts)) if out[i] is None]
+        for i, ids in zip(rest, self.tokenizer([texts[i] for i in rest], add_special_tokens=False)["input_ids"]
+                          if rest else []):
+            out[i] = ids
+        return out
+
+    def _prefix_token_id(self) -> int:
+        """lm-eval's ``prefix_token_id``: what an empty context reads (BOS, else EOS)."""
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+        """``(context ids, continuation ids)`` of each pair, exactly as lm-eval's ``TemplateLM.loglikelihood``
+        tokenizes them (``_encode_pair``): trailing spaces of the context move to the continuation,
+        ``cont = enc(ctx + cont)[len(enc(ctx)):]``; an empty context is the prefix token (BOS, else EOS) before
+        ``enc(cont)`` without special tokens (or the continuation's own first token when that is the prefix)."""
+        prefix = self._prefix_token_id()
+        moved = []
+        for ctx, cont in pairs:
+            n_sp = len(ctx) - len(ctx.rstrip())
+            moved.append((ctx[:-n_sp], ctx[-n_sp:] + cont) if ctx and n_sp else (ctx, cont))
+        full = [i for i, (ctx, _) in enumerate(moved) if ctx != ""]
+        empty = [i for i, (ctx, _) in enumerate(moved) if ctx == ""]
+        ctx_enc = self._tok_encode([moved[i][0] for i in full])
+        whole_enc = self._tok_encode([moved[i][0] + moved[i][1] for i in full])
+        cont_enc = self._tok_encode([moved[i][1] for i in empty], add_special_tokens=False)
+        out: list = [None] * len(pairs)
+        for i, c, w in zip(full, ctx_enc, whole_enc):
+            out[i] = (c, w[len(c):])
+        for i, c in zip(empty, cont_enc):
+            out[i] = ([prefix], c) if c[:1] != [prefix] else (c[:1], c[1:])
+        return out
+
+    def _score_token_pairs(self, reqs: list[tuple[list[int], list[int]]]) -> dict:
+        """lm-eval's ``_loglikelihood_tokens`` (causal) on the engine, for token-id pairs ``(ctx, cont)``.
+
+        The model reads ``(ctx + cont)[-(max_length + 1):][:-1]``, so at most ``max_length`` tokens (lm-eval's
+        ``max_length`` is the handle's); the log-softmax and the LM head run only at the last ``len(cont)``
+        positions (:meth:`_lm_logits`). Requests that read the same input (e.g. the single-token choices of
+        one question) share one row, which is scored at the most positions any of them needs. Returns
+        ``{"logprobs": [float32 array per request], "greedy": bool array}`` (greedy as lm-eval's is_greedy:
+        every continuation token is the argmax). An empty continuation scores an empty array.
+        """
+        import torch
+        limit = self.max_length + 1
+        n = len(reqs)
+        logprobs: list = [None] * n
+        greedy = np.ones(n, dtype=bool)
+        rows: dict[tuple, int] = {}
+        inputs: list[list[int]] = []
+        need: list[int] = []
+        members: list[list[tuple[int, list[int]]]] = []
+        for i, (ctx, cont) in enumerate(reqs):
+            ctx, cont = [int(t) for t in ctx], [int(t) for t in cont]
+            if not cont:
+                logprobs[i] = np.zeros(0, dtype=np.float32)
+                continue
+            if len(cont) > self.max_length:
+                raise AuditInputError(f"a continuation of {len(cont)} tokens is longer than max_length "
+                                      f"({self.max_length})", place="model.max_length",
+                                      fix="raise model.max_length or shorten the continuation")
+            if not ctx:
+                raise AuditInputError("a continuation to score needs at least one context token",
+                                      fix="give a context (an empty context string reads the BOS token)")
+            inp = tuple((ctx + cont)[-limit:][:-1])
+            j = rows.get(inp)
+            if j is None:
+                j = rows[inp] = len(inputs)
+                inputs.append(list(inp))
+                need.append(0)
+                members.append([])
+            need[j] = max(need[j], len(cont))
+            members[j].append((i, cont))
+        if inputs:
+            self.stats["forward_passes"] += 1
+
+            def run(idx, inp, mask):
+                with torch.inference_mode():
+                    lengths = mask.sum(1)
+                    pos = torch.arange(inp.shape[1], device=inp.device)[None, :]
+                    first = lengths - torch.tensor([need[j] for j in idx], device=inp.device)
+                    keep = (pos < lengths[:, None]) & (pos >= first[:, None])
+                    logits, _ = self._lm_logits(inp, mask, keep)
+                    lp = torch.log_softmax(logits.float(), dim=-1)
+                    best = lp.argmax(-1)
+                    out = []
+                    start = 0
+                    for j in idx:
+                        stop = start + need[j]
+                        vals = []
+                        for _, cont in members[j]:
+                            t = torch.tensor(cont, device=lp.device)
+                            span = slice(stop - len(cont), stop)
+                            vals.append((lp[span].gather(-1, t[:, None])[:, 0].cpu().numpy(),
+                                         bool((best[span] == t).all())))
+                        out.append(vals)
+                        start = stop
+                    return out
+
+            for j, vals in enumerate(self.map_batches(inputs, run)):
+                for (i, _), (v, g) in zip(members[j], vals):
+                    logprobs[i], greedy[i] = v, g
+        return {"logprobs": logprobs, "greedy": greedy}
+
+    def continuation_logprobs(self, pairs: Sequence[tuple[str, str]], *, greedy: bool = False) -> list:
         """Per-token log-probs of ``continuation`` given ``context``, as lm-eval's loglikelihood.
 
-        Tokenized like lm-eval's ``_encode_pair``: trailing spaces of the context move to the
-        continuation, ``cont = enc(ctx + cont)[len(enc(ctx)):]``, the model reads ``enc(ctx) + cont``
-        (left-truncated to max_length + 1), and an empty context reads the BOS (else EOS) token.
-        Single-token continuations of one context (multiple choice) share one pass over the context.
+        Tokenized like lm-eval's ``_encode_pair`` (:meth:`encode_pairs`): trailing spaces of the context move
+        to the continuation, ``cont = enc(ctx + cont)[len(enc(ctx)):]``, and an empty context reads the BOS
+        (else EOS) token. The model reads ``(ctx + cont)[:-1]`` left-truncated to ``max_length`` tokens, as
+        lm-eval's HFLM with ``max_length`` = the handle's; the LM head runs only at the continuation's
+        positions, and choices reading the same input (single-token continuations of one context) share one
+        row. With ``greedy=True`` each item is ``(log-probs, is_greedy)`` (lm-eval's second answer).
         """
         self._require("causal-lm", "continuation_logprobs")
         pairs = [tuple(p) for p in pairs]
+        res = self.memo("continuation_logprobs", pairs,
+                        lambda: self._score_token_pairs(self.encode_pairs(pairs)), persist=True)
+        if greedy:
+            return [(lp, bool(g)) for lp, g in zip(res["logprobs"], res["greedy"])]
+        return list(res["logprobs"])
 
-        def compute():
-            prefix = self.tokenizer.bos_token_id
-            if prefix is None:
-                prefix = self.tokenizer.eos_token_id
-            limit = self.max_length + 1
-            out: list = [None] * len(pairs)
-            shared: dict[tuple, list[tuple[int, int]]] = {}  # context ids -> [(pair index, token)]
-            full_ids, full_owner = [], []
-            for i, (ctx, cont) in enumerate(pairs):
-                if ctx == "":
-                    cont_ids = self.tokenizer(cont)["input_ids"]
-                    ctx_ids = [prefix] if cont_ids[:1] != [prefix] else cont_ids[:1]
-                    cont_ids = cont_ids if cont_ids[:1] != [prefix] else cont_ids[1:]
-                else:
-                    n_sp = len(ctx) - len(ctx.rstrip())
-                    if n_sp:
-                        cont, ctx = ctx[-n_sp:] + cont, ctx[:-n_sp]
-                    ctx_ids = self.tokenizer(ctx)["input_ids"]
-                    cont_ids = self.tokenizer(ctx + cont)["input_ids"][len(ctx_ids):]
-                if not cont_ids:
-                    out[i] = np.zeros(0, dtype=np.float32)
-                elif len(cont_ids) == 1 and len(ctx_ids) + 1 <= limit:
-                    shared.setdefault(tuple(ctx_ids), []).append((i, cont_ids[0]))
-                else:
-                    full = (ctx_ids + cont_ids)[-limit:]
-                    full_ids.append(full)
-                    full_owner.append((i, len(cont_ids)))
-            if full_ids:
-                lps = self._forward(None, ids=full_ids)["token_logprobs"]
-                for lp, (i, n) in zip(lps, full_owner):
-                    out[i] = lp[-n:]
-            if shared:
-                contexts = [list(c) for c in shared]
-                last = self._last_token_logprobs(contexts, [[t for _, t in shared[tuple(c)]] for c in contexts])
-                for c, values in zip(contexts, last):
-                    for (i, _), v in zip(shared[tuple(c)], values):
-                        out[i] = np.array([v], dtype=np.float32)
-            return out
-
-        return self.memo("continuation_logprobs", pairs, compute, persist=True)
+    def continuation_logprobs_ids(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                                  greedy: bool = False) -> list:
+        """:meth:`continuation_logprobs` for pairs already tokenized: ``(context ids, continuation ids)``, as
+        lm-eval's ``_loglikelihood_tokens`` takes them (e.g. the rolling windows of a perplexity task)."""
+        self._require("causal-lm", "continuation_logprobs_ids")
+        reqs = [([int(t) for t in c], [int(t) for t in x]) for c, x in pairs]
+        res = self.memo("continuation_logprobs_ids", reqs, lambda: self._score_token_pairs(reqs), persist=True)
+        if greedy:
+            return [(lp, bool(g)) for lp, g in zip(res["logprobs"], res["greedy"])]
+        return list(res["logprobs"])
 
     def attentions(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Per example ``[layers, heads, T, T]`` attention maps (switches to eager attention)."""

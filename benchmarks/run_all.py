@@ -22,6 +22,7 @@ BENCHMARKS = (
     ("bias", "bench_bias.py", ["--repeats", "2", "--rows", "200"]),
     ("memorization", "bench_memorization.py", ["--n", "500"]),
     ("explainability", "bench_explainability.py", ["--n", "8"]),
+    ("mc_speed", "bench_mc_speed.py", ["--n", "64", "--repeat", "3"]),
 )
 
 

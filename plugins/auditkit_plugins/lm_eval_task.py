@@ -1,5 +1,7 @@
-"""The ``lm_eval`` check: any lm-evaluation-harness task run through lm-eval itself on the model
-already in memory (``HFLM(pretrained=<loaded model>)``), its metrics and stderr mapped into our schema
+"""The ``lm_eval`` check: any lm-evaluation-harness task run through lm-eval itself, its model requests
+answered by auditkit's engine (:class:`auditkit_plugins.lm_eval_adapter.EngineLM`: the same numbers as
+lm-eval's HFLM with ``max_length`` = the model's, but split across processes, cached and batch-size
+invariant), its metrics and stderr mapped into our schema
 (95% CI = value ± 1.96 stderr). ``task`` is a task name, a path to a task YAML (relative to the suite),
 or ``builtin:NAME`` for a built-in multiple-choice dataset wrapped as an lm-eval task.
 A task YAML that is missing or unreadable and an unknown ``builtin:NAME`` are exit 2 when the suite loads
@@ -124,7 +126,7 @@ class LmEvalTask(Check):
         "task": Param("str", None, "lm-eval task name, path to a task YAML, or builtin:NAME", required=True),
         "num_fewshot": Param("int", 0, "few-shot examples", ge=0),
         "limit": Param("int", 0, "evaluate at most this many documents (0 = all)", ge=0),
-        "batch_size": Param("int", 16, "lm-eval batch size", ge=1),
+        "batch_size": Param("int", 16, "batch size of the model's passes for this check", ge=1),
         "metric": Param("str", "", "the task's main metric, reported as score (default: the first it reports)"),
     }
     metrics = {
@@ -145,8 +147,9 @@ class LmEvalTask(Check):
 
     def run(self, ctx: CheckContext) -> CheckResult:
         import lm_eval
-        from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
+
+        from auditkit_plugins.lm_eval_adapter import EngineLM
 
         task = ctx.params["task"]
         self.validate_params(ctx.params, ctx.base_dir, f"{ctx.check_id or self.name}.")
@@ -171,14 +174,18 @@ class LmEvalTask(Check):
                 if task not in tm.all_tasks:
                     tm = None
             tm = tm or (TaskManager(include_path=include) if include else TaskManager())
-            lm = HFLM(pretrained=ctx.model.model, tokenizer=ctx.model.tokenizer, batch_size=ctx.params["batch_size"],
-                      max_length=ctx.model.max_length + 1)
-            out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=tm,
-                                          num_fewshot=ctx.params["num_fewshot"] or None,
-                                          limit=ctx.params["limit"] or None, bootstrap_iters=1000,
-                                          random_seed=ctx.seed, numpy_random_seed=ctx.seed,
-                                          torch_random_seed=ctx.seed, fewshot_random_seed=ctx.seed,
-                                          log_samples=True, verbosity="ERROR")
+            lm = EngineLM(ctx.model)
+            saved = ctx.model.batch_size
+            ctx.model.batch_size = ctx.params["batch_size"]  # speed and memory only: passes are batch invariant
+            try:
+                out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=tm,
+                                              num_fewshot=ctx.params["num_fewshot"] or None,
+                                              limit=ctx.params["limit"] or None, bootstrap_iters=1000,
+                                              random_seed=ctx.seed, numpy_random_seed=ctx.seed,
+                                              torch_random_seed=ctx.seed, fewshot_random_seed=ctx.seed,
+                                              log_samples=True, verbosity="ERROR")
+            finally:
+                ctx.model.batch_size = saved
         res = CheckResult()
         scores = out["results"].get(task) or next(iter(out["results"].values()))
         n = (out.get("n-samples", {}).get(task) or {}).get("effective")
