@@ -247,6 +247,10 @@ class Check:
     default_gates: ClassVar[Sequence | Mapping[str, Sequence]] = ()
 
     @classmethod
+    def validate_data(cls, data: "Dataset", params: dict) -> None:
+        """Check the entry's dataset before any model loads (columns, value types): raise AuditInputError."""
+
+    @classmethod
     def needs_for(cls, params: dict, task: str) -> frozenset[str]:
         """What this entry needs from the model (:attr:`needs` unless a check narrows it by its params)."""
         return frozenset(cls.needs)

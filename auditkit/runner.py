@@ -195,6 +195,7 @@ class Runner:
                                 trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
                                 file=self.file, place=place)
         handle.batch_size, handle.max_length = m.batch_size, m.max_length
+        handle.chat_template = m.chat_template
         return handle
 
     def _check_head(self, handle: ModelHandle, place: str, role: str) -> None:
@@ -332,9 +333,16 @@ class Runner:
         suite, opts = self.suite, self.opts
         checks = self._selected()
         # validate every dataset before any model loads
-        for i, spec in enumerate(checks):
+        for spec in checks:
             if spec.data:
-                self.load_data(spec.data, spec.columns, self.where("checks", suite.checks.index(spec), "data"))
+                place = self.where("checks", suite.checks.index(spec), "data")
+                ds = self.load_data(spec.data, spec.columns, place)
+                try:
+                    spec.cls.validate_data(ds, spec.params)
+                except AuditInputError as exc:
+                    exc.file = exc.file or ds.file or self.file
+                    exc.place = exc.place or place
+                    raise
         baseline_spec = opts.baseline or suite.model.baseline
         if any(c.needs_baseline or c.cls.requires_baseline for c in checks) and not (baseline_spec or suite.finetune):
             bad = next(c for c in checks if c.needs_baseline or c.cls.requires_baseline)
