@@ -76,7 +76,8 @@ def test_flops_per_token_match_a_hand_count_for_gpt2(tiny_gpt2):
     cfg = tiny_gpt2.model.config
     T, d, L, V = 12, cfg.n_embd, cfg.n_layer, cfg.vocab_size
     inner = cfg.n_inner or 4 * d
-    hand = L * (2 * T * d * 3 * d + 2 * T * d * d + 2 * 2 * T * T * d + 2 * 2 * T * d * inner) + 2 * T * d * V
+    # a scoring pass applies the LM head only where a next token is predicted: T - 1 positions
+    hand = L * (2 * T * d * 3 * d + 2 * T * d * d + 2 * 2 * T * T * d + 2 * 2 * T * d * inner) + 2 * (T - 1) * d * V
     ids = synthetic_ids(tiny_gpt2.tokenizer, 1, T, 0)[0]
     assert flops_per_token(tiny_gpt2, ids) * T == hand
 

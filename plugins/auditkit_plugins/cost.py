@@ -132,7 +132,10 @@ def synthetic_ids(tokenizer, n: int, length: int, seed: int) -> list[list[int]]:
 
 
 def flops_per_token(handle, ids: list[int]) -> float:
-    """FLOPs of one forward pass over ``ids`` (FlopCounterMode, through the handle) / len(ids)."""
+    """FLOPs of one scoring pass over ``ids`` (FlopCounterMode, through the handle) / len(ids).
+
+    For a causal LM the scoring pass applies the LM head at the T - 1 positions that predict a token.
+    """
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
     # the counter knows the flash/efficient/cudnn attention kernels but not every fused CPU kernel
