@@ -53,7 +53,9 @@ class GradientRequests:
 
         ``items``: texts or token-id lists; ``targets``: class indices (classifiers) or next tokens (causal
         LMs); ``positions``: per example the positions the baseline replaces (default: non-special tokens).
-        Memoized (``internal_batch_size`` is a speed knob, not part of the key)."""
+        Memoized. ``internal_batch_size`` (rows of example x step per chunk) also fixes how many examples
+        share a batch (``internal_batch_size // n_steps``), independent of the handle's batch size, so the
+        convergence delta (float rounding of the gradients) does not move with ``model.batch_size``."""
         from auditkit.passes.attention import _as_ids
         ids, _ = _as_ids(self, items)
         targets = [int(t) for t in targets]
@@ -98,7 +100,9 @@ class GradientRequests:
                     rows.append((a, float(d[row]), float(a.sum()) - float(d[row])))
                 return rows
 
-            rows = self.map_batches(ids, run)
+            # the examples of a batch are fixed by the chunk size, not by the handle's batch size: the
+            # padded widths, and so the float rounding of the gradients, are the same whatever model.batch_size
+            rows = self.map_batches(ids, run, batch_size=max(1, int(internal_batch_size) // max(1, int(n_steps))))
             return ([r[0] for r in rows], np.array([r[1] for r in rows], dtype=np.float64),
                     np.array([r[2] for r in rows], dtype=np.float64))
 
