@@ -27,6 +27,9 @@ FT_KEYS = ("data", "validation", "columns", "method", "epochs", "learning_rate",
            "batch_size", "grad_accum", "max_length", "weight_decay", "seed", "eval_every", "early_stopping",
            "lora", "canaries", "max_steps", "train_eval_size")
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+#: full fine-tuning, LoRA (peft), or QLoRA: LoRA on a 4-bit NF4 base (Dettmers et al. 2023), which needs
+#: ``model.quantization: {bits: 4}``, a CUDA GPU and bitsandbytes (checked by :func:`auditkit.backends.preflight`)
+METHODS = ("full", "lora", "qlora")
 CANARY_KEYS = ("count", "repeats", "template", "references", "digits")
 DEFAULT_CANARY_TEMPLATE = "my PIN is {digits}"
 #: a secret is this many random digits joined by CANARY_SEPARATOR ("4-8-1-5-9-2"): a space of 10**digits
@@ -72,7 +75,8 @@ class FinetuneConfig:
 
     @property
     def lr(self) -> float:
-        return self.learning_rate if self.learning_rate is not None else (5e-4 if self.method == "lora" else 2e-5)
+        return self.learning_rate if self.learning_rate is not None else \
+            (5e-4 if self.method in ("lora", "qlora") else 2e-5)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -122,9 +126,9 @@ def parse_finetune(raw, cx, suite_seed: int, task: str) -> FinetuneConfig:
     if raw.get("max_steps") is not None:
         cfg.max_steps = _number(cx, raw, "max_steps", path, int, ge=1)
     cfg.method = raw.get("method", "lora")
-    if cfg.method not in ("full", "lora"):
-        raise cx.fail(path + ("method",), f"method must be full or lora, got {cfg.method!r}",
-                      did_you_mean(cfg.method, ("full", "lora")))
+    if cfg.method not in METHODS:
+        raise cx.fail(path + ("method",), f"method must be full, lora or qlora, got {cfg.method!r}",
+                      did_you_mean(str(cfg.method), METHODS))
     cfg.schedule = raw.get("schedule", "linear")
     if cfg.schedule not in ("linear", "cosine", "constant"):
         raise cx.fail(path + ("schedule",), f"schedule must be linear, cosine or constant, got {cfg.schedule!r}",
@@ -390,14 +394,20 @@ class TrainResult:
     reused: bool = False
 
 
-def _evaluate(model, examples, task: str, pad_id: int, device: str, batch_size: int, amp) -> tuple[float, float | None]:
-    """Mean loss (per example for classification, per token for LMs) and accuracy (classifiers)."""
+def _evaluate(model, examples, task: str, pad_id: int, device: str, batch_size: int, amp,
+              w=None) -> tuple[float, float | None]:
+    """Mean loss (per example for classification, per token for LMs) and accuracy (classifiers).
+
+    Under data parallel (``w.parallel``) the batches are dealt round-robin and the sums all-reduced, so
+    every process gets the numbers of the whole set (the batches are those of one process)."""
     import torch
     model.eval()
     total_loss, total_n, correct = 0.0, 0, 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     with torch.inference_mode(), amp():
-        for s in range(0, len(order), batch_size):
+        for k, s in enumerate(range(0, len(order), batch_size)):
+            if w is not None and w.parallel and not w.mine(k):
+                continue
             batch = [examples[i] for i in order[s:s + batch_size]]
             inp, mask, labels = _collate(batch, pad_id, task, device)
             logits = model(input_ids=inp, attention_mask=mask).logits.float()
@@ -412,6 +422,9 @@ def _evaluate(model, examples, task: str, pad_id: int, device: str, batch_size: 
                 total_n += int((tl != -100).sum())
             total_loss += float(loss)
     model.train()
+    if w is not None and w.parallel:
+        total_loss, total_n, correct = _all_sum([total_loss, total_n, correct], device)
+        total_n, correct = int(round(total_n)), int(round(correct))
     mean = total_loss / max(total_n, 1)
     acc = correct / max(total_n, 1) if task == "sequence-classification" else None
     return mean, acc
@@ -424,11 +437,14 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
     import torch
     from transformers import get_scheduler
 
+    from auditkit.distributed import world
+
     warn = warn or (lambda m: warnings.warn(m))
     task, device, tok = handle.task, handle.device, handle.tokenizer
+    w = world()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    model = copy.deepcopy(handle.model)
+    model = _kbit_base(handle, suite_file) if cfg.method == "qlora" else copy.deepcopy(handle.model)
     if device.startswith("cuda") and cfg.method == "full":
         model.float()  # master weights in fp32; bf16 through autocast
     train_ex = _examples(train_ds, task, tok, cfg.max_length, handle.num_labels or None)
@@ -437,13 +453,21 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
         raise train_ds.error("the training split is empty")
     sub_rng = random.Random(cfg.seed + 1)
     train_eval = sub_rng.sample(train_ex, min(cfg.train_eval_size, len(train_ex)))
-    if cfg.method == "lora":
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+        # casts the layers left in 16 bits (norms, head) to fp32, freezes the base, and checkpoints
+        # activations (QLoRA's memory recipe); non-reentrant checkpointing also works under DDP
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.method in ("lora", "qlora"):
         model = apply_lora(model, task, cfg.lora, suite_file)
         # LoRA on CUDA: the frozen base stays bf16 (no cast kernels per layer), what trains is fp32
         for p in model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
-    model.to(device)
+    from auditkit.backends import placed
+    if not placed(model):  # a k-bit or device-mapped model stays where it was loaded
+        model.to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
@@ -460,6 +484,14 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
         total_steps = min(total_steps, cfg.max_steps)
     sched = get_scheduler(cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup", opt,
                           num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
+    ddp = None
+    if w.parallel:
+        # DDP through accelerate: each process runs its share of every effective batch, DDP averages the
+        # gradients; the scheduler is stepped here once per step (not prepared: accelerate would step it
+        # once per process)
+        from accelerate import Accelerator
+        accelerator = Accelerator(cpu=not device.startswith("cuda"), mixed_precision="no")
+        ddp, opt = accelerator.prepare(model, opt)
     use_amp = device.startswith("cuda")
 
     def amp():
@@ -483,13 +515,13 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
     def do_eval(epoch: float) -> bool:
         nonlocal best, bad_evals, eval_time
         t_eval = time.perf_counter()
-        tr_loss, tr_acc = _evaluate(model, train_eval, task, pad_id, device, max(micro, 32), amp)
+        tr_loss, tr_acc = _evaluate(model, train_eval, task, pad_id, device, max(micro, 32), amp, w)
         entry = {"step": step, "epoch": round(epoch, 4), "train_loss": tr_loss,
                  "train_loss_running": float(sum(window) / len(window)) if window else None}
         if tr_acc is not None:
             entry["train_accuracy"] = tr_acc
         if val_ex:
-            v_loss, v_acc = _evaluate(model, val_ex, task, pad_id, device, max(micro, 32), amp)
+            v_loss, v_acc = _evaluate(model, val_ex, task, pad_id, device, max(micro, 32), amp, w)
             entry["val_loss"] = v_loss
             if v_acc is not None:
                 entry["val_accuracy"] = v_acc
@@ -513,20 +545,25 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
         rng.shuffle(order)
         for s in range(0, len(order), eff_batch):
             chunk = [train_ex[i] for i in order[s:s + eff_batch]]
-            while True:
-                try:
-                    loss_val, ntok = _step(model, chunk, micro, task, pad_id, device, amp)
-                    break
-                except torch.cuda.OutOfMemoryError:
-                    if micro == 1:
-                        raise
-                    opt.zero_grad(set_to_none=True)
-                    torch.cuda.empty_cache()
-                    micro //= 2
-                    accum *= 2
-                    msg = f"CUDA out of memory: micro-batch halved to {micro}, gradient accumulation {accum}"
-                    record["warnings"].append(msg)
-                    warn(msg)
+            if ddp is not None:  # data parallel: no OOM retry (every process must take the same steps)
+                loss_val, ntok = _step_ddp(ddp, chunk, micro, task, pad_id, device, amp, w)
+                loss_val, ntok = _all_sum([loss_val, ntok], device)
+                ntok = int(round(ntok))
+            else:
+                while True:
+                    try:
+                        loss_val, ntok = _step(model, chunk, micro, task, pad_id, device, amp)
+                        break
+                    except torch.cuda.OutOfMemoryError:
+                        if micro == 1:
+                            raise
+                        opt.zero_grad(set_to_none=True)
+                        torch.cuda.empty_cache()
+                        micro //= 2
+                        accum *= 2
+                        msg = f"CUDA out of memory: micro-batch halved to {micro}, gradient accumulation {accum}"
+                        record["warnings"].append(msg)
+                        warn(msg)
             if first_loss is None and math.isfinite(loss_val):
                 first_loss = loss_val
             limit = EXPLOSION_FACTOR * max(first_loss or 0.0, EXPLOSION_FLOOR)
@@ -534,7 +571,7 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
                 record["diverged_at_step"] = step + 1
                 record["diverged_loss"] = loss_val if math.isfinite(loss_val) else str(loss_val)
                 saved = ""
-                if out_dir is not None:
+                if out_dir is not None and w.main:
                     _save_record(out_dir, record)
                     saved = f"; the training record up to there is in {Path(out_dir) / 'training.json'}"
                 what = (f"became {loss_val}" if not math.isfinite(loss_val) else
@@ -577,13 +614,21 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
         if cfg.early_stopping and record["stopped_early"]:
             _load_trainable_state(model, best[2])
             record["restored_best"] = True
+    del ddp  # the DDP wrapper (its gradient hooks stay harmless on the module it wrapped)
     model.eval()
     return TrainResult(model=model, record=record)
 
 
 def for_audit(model, device: str):
-    """Merge a LoRA adapter into its base and cast to the audit dtype (bf16 on CUDA)."""
+    """Merge a LoRA adapter into its base and cast to the audit dtype (bf16 on CUDA).
+
+    A QLoRA model keeps its adapter unmerged over the 4-bit base (merging into NF4 weights would round
+    the update away) and is never cast or moved: it stays where it was loaded."""
     import torch
+    from auditkit.backends import placed
+    if placed(model):
+        model.eval()
+        return model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.eval()
@@ -619,6 +664,89 @@ def _step(model, chunk, micro: int, task: str, pad_id: int, device: str, amp) ->
         total_loss += float(loss.detach()) * weights[k] / denom
         ntok += int(mask.sum())
     return total_loss, ntok
+
+
+def _step_ddp(ddp, chunk, micro: int, task: str, pad_id: int, device: str, amp, w) -> tuple[float, int]:
+    """This process's share of one effective batch under DDP: the loss and token count of its rows.
+
+    The chunk is cut into ``w.size`` contiguous shares, each run in micro-batches; every loss term is the
+    SUM over its rows (examples, or label tokens for LMs) divided by the whole chunk's count, times the
+    number of processes, so DDP's average of the gradients is exactly the gradient of the chunk's mean
+    loss, as one process computes it. Only the last micro-batch synchronises (``no_sync`` before); a
+    process with no rows (a chunk smaller than the world) runs one row with weight 0 so that it still
+    joins the all-reduce. The returned loss is this process's part of the chunk's mean (the caller sums
+    it over processes)."""
+    import torch
+    n = len(chunk)
+    if task == "sequence-classification":
+        denom = n
+    else:
+        denom = max(sum(sum(1 for x in b["labels"][1:] if x != -100) for b in chunk), 1)
+    per = math.ceil(n / w.size)
+    part = chunk[w.rank * per:(w.rank + 1) * per]
+    batches: list = [part[i:i + micro] for i in range(0, len(part), micro)] or [None]
+    total_loss, ntok = 0.0, 0
+    for k, batch in enumerate(batches):
+        dummy = batch is None
+        inp, mask, labels = _collate(chunk[:1] if dummy else batch, pad_id, task, device)
+        with (ddp.no_sync() if k < len(batches) - 1 else _null()):
+            with amp():
+                logits = ddp(input_ids=inp, attention_mask=mask).logits.float()
+            if task == "sequence-classification":
+                loss_sum = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+            else:
+                loss_sum = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
+                                                             labels[:, 1:].reshape(-1), ignore_index=-100,
+                                                             reduction="sum")
+            (loss_sum * (0.0 if dummy else w.size / denom)).backward()
+        if not dummy:
+            total_loss += float(loss_sum.detach()) / denom
+            ntok += int(mask.sum())
+    return total_loss, ntok
+
+
+def _all_sum(values: list, device: str) -> list[float]:
+    """Element-wise sum of a few numbers over the data-parallel processes (float64)."""
+    import torch
+    import torch.distributed as dist
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu().tolist()
+
+
+def _kbit_base(handle, suite_file: str | None = None):
+    """QLoRA's base: the handle's model loaded again in 4 bits (NF4, bf16 compute) with
+    :func:`auditkit.backends.load_kwargs`, its new head (if any) drawn as the runner draws it (seed 0).
+
+    The handle's own model stays the untouched baseline. Exit 2 on a machine without CUDA or bitsandbytes
+    (:func:`auditkit.backends.preflight` says so before anything loads; this is the last guard)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from auditkit import backends
+    from auditkit.suite import ModelSpec
+    if not backends._cuda_available():
+        raise AuditInputError("finetune.method: qlora needs a CUDA GPU (bitsandbytes); this machine has none",
+                              file=suite_file, place="finetune.method", fix="use method: lora on this machine")
+    if not backends._importable("bitsandbytes"):
+        raise AuditInputError("finetune.method: qlora needs bitsandbytes, which is not installed", file=suite_file,
+                              place="finetune.method", fix=backends.GPU_EXTRA)
+    location = getattr(handle, "location", None) or getattr(handle.model.config, "_name_or_path", None)
+    if not location:
+        raise AuditInputError(f"qlora cannot find the folder {handle.source} was loaded from", file=suite_file,
+                              place="finetune.method", fix="use method: lora")
+    spec = ModelSpec(base=handle.source, task=handle.task, quantization_bits=4,
+                     device_map="auto" if len(set((getattr(handle.model, "hf_device_map", None) or {}).values())) > 1
+                     else None)
+    auto = AutoModelForCausalLM if handle.task == "causal-lm" else AutoModelForSequenceClassification
+    extra = {"num_labels": handle.num_labels} if handle.task != "causal-lm" and handle.num_labels else {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = auto.from_pretrained(location, dtype=torch.bfloat16, **backends.load_kwargs(spec, handle.device),
+                                     **extra)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = handle.tokenizer.pad_token_id
+    return model
 
 
 def _trainable_state(model) -> dict:

@@ -271,7 +271,7 @@ def test_duplicate_check_ids(run_cli, tmp_path, data):
 
 
 @pytest.mark.parametrize("snippet,words", [
-    ("method: qlora", "method must be full or lora"),
+    ("method: qlorra", "method must be full, lora or qlora"),
     ("epochs: 0", "epochs must be positive"),
     ("learning_rate: fast", "learning_rate must be"),
     ("schedule: cyclic", "schedule must be"),
