@@ -126,7 +126,8 @@ def cmd_run(args) -> int:
     suite = load_suite(args.suite, reg)
     out = Path(args.out) if args.out else Path("reports") / suite.name
     opts = RunOptions(out_dir=out, model=args.model, baseline=args.baseline, device=args.device, only=args.only,
-                      resume=args.resume, strict=args.strict, show_secrets=args.show_secrets)
+                      resume=args.resume, strict=args.strict, show_secrets=args.show_secrets,
+                      processes=args.processes)
     if args.processes is not None and args.processes > 1 and not distributed.launched():
         # everything that can be checked without a model is checked here, once, before N copies start
         runner = Runner(suite, reg, opts, Progress())

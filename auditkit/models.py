@@ -1000,7 +1000,7 @@ def check_model_source(spec: str, registry, *, allow_pickle: bool = False, file:
 
 def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_labels: int | None = None,
                trust_remote_code: bool = False, allow_pickle: bool = False, file: str | None = None,
-               place: str = "model.base") -> ModelHandle:
+               place: str = "model.base", model_spec=None) -> ModelHandle:
     """Load a model for ``task`` from ``spec`` (safetensors only unless ``allow_pickle``).
 
     Everything wrong with the given model (a corrupt or pickle-only checkpoint, a config that is not
@@ -1021,6 +1021,9 @@ def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_label
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": dtype, "output_loading_info": True}
     if not allow_pickle:
         kwargs["use_safetensors"] = True
+    if model_spec is not None:  # device_map: auto and bitsandbytes k-bit loading (checked by backends.preflight)
+        from auditkit import backends
+        kwargs.update(backends.load_kwargs(model_spec, device))
     auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
     extra = {"num_labels": num_labels} if task != "causal-lm" and num_labels else {}
     weights_folder = Path(base_location) if Path(base_location).is_dir() else None
@@ -1030,7 +1033,10 @@ def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_label
         if adapter:
             from peft import PeftModel
             missing -= _adapter_supplied(local)
-            model = PeftModel.from_pretrained(model, location).merge_and_unload()
+            from auditkit.backends import placed
+            model = PeftModel.from_pretrained(model, location)
+            if not placed(model):  # merging into a k-bit base would round the update away
+                model = model.merge_and_unload()
     except AuditInputError:
         raise
     except (MemoryError, torch.OutOfMemoryError):
@@ -1058,7 +1064,11 @@ def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_label
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    model.to(device)
+    from auditkit.backends import input_device, placed
+    if placed(model):  # quantized or spread over GPUs at load: never moved; inputs go to its embeddings
+        device = input_device(model)
+    else:
+        model.to(device)
     model.eval()
     new = new_head_weights(model, tokenizer, missing) if missing else []
     return ModelHandle(model=model, tokenizer=tokenizer, task=task, source=spec, device=device, new_weights=new)

@@ -57,6 +57,8 @@ class RunOptions:
     resume: bool = False
     strict: bool = False
     show_secrets: bool = False
+    #: --processes N (the parent checks what N processes can serve before launching them)
+    processes: int | None = None
     formats: tuple[str, ...] = ("json", "html", "junit", "markdown")
 
 
@@ -189,11 +191,17 @@ class Runner:
         # weights a checkpoint lacks (a new classification head, BERT's pooler, neither in a LoRA
         # adapter) are drawn at load time: draw them the same way on every load, whatever the RNG
         # state, so a reloaded or reused fine-tune is the model that was trained and audited
+        if m.backend == "vllm":
+            from auditkit.backends import VLLMHandle
+            # two engines in one run (a model and its baseline) must share the GPU: vLLM reserves 90% by default
+            two = bool(self.suite.model.baseline or self.opts.baseline)
+            return VLLMHandle.load(m, self.registry, seed=self.suite.seed, base=spec, file=self.file, place=place,
+                                   gpu_memory_utilization=0.45 if two else None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             handle = load_model(spec, m.task, self.registry, device=self.device, num_labels=m.num_labels,
                                 trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
-                                file=self.file, place=place)
+                                file=self.file, place=place, model_spec=m)
         handle.batch_size, handle.max_length = m.batch_size, m.max_length
         handle.chat_template = m.chat_template
         return handle
@@ -253,8 +261,9 @@ class Runner:
                               canaries=canaries)
         world().barrier()
         model = ft.for_audit(res.model, self.device)
+        from auditkit import backends
         handle = ModelHandle(model=model, tokenizer=base.tokenizer, task=base.task, source="finetuned:" + base_spec,
-                             device=self.device, batch_size=base.batch_size, max_length=base.max_length)
+                             device=backends.input_device(model) if backends.placed(model) else self.device, batch_size=base.batch_size, max_length=base.max_length)
         return handle, dict(res.record, reused=False), canaries
 
     # ------------------------------------------------------------------ checks
@@ -359,6 +368,12 @@ class Runner:
             if baseline_spec and not suite.finetune:
                 check_model_source(baseline_spec, self.registry, allow_pickle=suite.model.allow_pickle,
                                    file=self.file, place="--baseline" if opts.baseline else self.where("model", "baseline"))
+        if any(c.cls.needs_model for c in checks) or suite.finetune:
+            from auditkit import backends
+            backends.preflight(suite.model, self.device, checks,
+                               finetune_method=suite.finetune.method if suite.finetune else None,
+                               file=self.file, registry=self.registry, base=opts.model, where=self.where,
+                               processes=opts.processes)
         return checks
 
     def run(self) -> RunOutcome:

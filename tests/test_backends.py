@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 import sys
@@ -31,27 +30,6 @@ from tests.conftest import write_jsonl, write_suite
 
 CLASSIFIER = 'model: {{base: "builtin:tiny-bert", max_length: 32{extra}}}'
 CAUSAL = 'model: {{base: "builtin:tiny-gpt2", task: causal-lm, max_length: 32{extra}}}'
-
-
-@pytest.fixture(autouse=True)
-def wired(monkeypatch):
-    """Run :func:`auditkit.backends.preflight` at the end of ``Runner.preflight`` when the runner does not
-    call it yet (the wiring the lead adds; a no-op once it is there)."""
-    from auditkit import runner
-    if "backends" in inspect.getsource(runner.Runner.preflight):
-        return
-    original = runner.Runner.preflight
-
-    def preflight(self):
-        checks = original(self)
-        suite = self.suite
-        if any(c.cls.needs_model for c in checks) or suite.finetune:
-            backends.preflight(suite.model, self.device, checks,
-                               finetune_method=suite.finetune.method if suite.finetune else None,
-                               file=self.file, registry=self.registry, base=self.opts.model, where=self.where)
-        return checks
-
-    monkeypatch.setattr(runner.Runner, "preflight", preflight)
 
 
 @pytest.fixture
