@@ -186,6 +186,9 @@ class Runner:
     # ------------------------------------------------------------------ models
     def _load(self, spec: str, place: str) -> ModelHandle:
         m = self.suite.model
+        if getattr(self, "_api", None) is not None and spec == m.base and not self.opts.model:
+            self.progress.stage(f"using {self._api.source} (concurrency {m.concurrency})")
+            return self._api
         import torch
         self.progress.stage(f"loading {spec} on {self.device}")
         # weights a checkpoint lacks (a new classification head, BERT's pooler, neither in a LoRA
@@ -360,7 +363,22 @@ class Runner:
                                   fix="add finetune:, model.baseline: or --baseline")
         if suite.finetune:
             self.load_data(suite.finetune.data, suite.finetune.columns, self.where("finetune", "data"))
-        if any(c.cls.needs_model for c in checks):
+        self._api = None
+        if any(c.cls.needs_model for c in checks) and suite.model.is_api and not opts.model:
+            # a model behind an API: what it cannot serve is refused, and the server is asked now (a bad
+            # endpoint, key or model name is exit 2 before anything runs)
+            from auditkit.remote import open_api_model, preflight_api
+            preflight_api(checks, task=suite.model.task, finetune=bool(suite.finetune), file=self.file,
+                          where=self.where, processes=opts.processes or world().size, all_checks=suite.checks)
+            if baseline_spec:
+                check_model_source(baseline_spec, self.registry, allow_pickle=suite.model.allow_pickle,
+                                   file=self.file,
+                                   place="--baseline" if opts.baseline else self.where("model", "baseline"))
+            try:
+                self._api = open_api_model(suite.model, file=self.file)
+            except AuditInputError as exc:
+                raise self._located(exc) from None
+        elif any(c.cls.needs_model for c in checks):
             base_place = "--model" if opts.model else self.where("model", "base")
             # a missing, pickle-only or corrupt model folder is bad input: say so before anything loads
             check_model_source(opts.model or suite.model.base, self.registry, allow_pickle=suite.model.allow_pickle,

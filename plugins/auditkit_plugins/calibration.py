@@ -82,6 +82,8 @@ def debiased_ece(confidence, correct, bins: int = 15, seed: int = 0,
 
 class Calibration(Check):
     name = "calibration"
+    #: class probabilities of a classifier
+    needs = frozenset({"logits"})
     description = "Expected calibration error, Brier score and NLL of a classifier's probabilities."
     params = {"bins": Param("int", 15, "equal-width confidence bins for ECE", ge=1)}
     metrics = {

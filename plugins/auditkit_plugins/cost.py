@@ -372,6 +372,10 @@ def mean_ci(x, seed: int, n_resamples: int = 1000) -> tuple[float, float]:
 
 class Cost(Check):
     name = "cost"
+    #: counts parameters and times forward passes of the weights themselves
+    needs = frozenset({"weights"})
+    #: FLOPs per token are counted for encoders and decoders; an encoder-decoder's (seq2seq-lm) are not
+    tasks = ("sequence-classification", "causal-lm")
     description = ("What the candidate costs against its baseline: parameters (trainable for LoRA), FLOPs per "
                    "token, latency p50/p95 and tokens/s per batch size, peak memory, the fine-tune's tokens and "
                    "time; the two models timed interleaved in one run.")

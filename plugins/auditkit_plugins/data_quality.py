@@ -307,6 +307,11 @@ class DataQuality(Check):
                    "duplicates within a split, conflicting labels, label issues by confident learning "
                    "(cleanlab), 13-gram contamination as lm-eval defines it, class balance and length.")
     needs_model = False
+
+    @classmethod
+    def needs_for(cls, params: dict, task: str) -> frozenset[str]:
+        """Only ``label_model: model`` asks the model for anything: its class probabilities."""
+        return frozenset({"logits"}) if params.get("label_model") == "model" else frozenset()
     needs_data = False
     params = {
         "train": Param("str", "", "the training data (builtin:NAME#split or a file); default: finetune.data"),

@@ -107,7 +107,9 @@ def build_prompts(rows: list[dict], shots: list[dict], chat: bool, delimiter: st
 def use_chat_template(handle, setting) -> bool:
     """``setting`` True/False as given; None (auto): when the tokenizer has a chat template (and the handle
     does not carry the suite's ``model.chat_template: false``)."""
-    has = bool(getattr(getattr(handle, "tokenizer", None), "chat_template", None))
+    has = getattr(handle, "has_chat_template", None)  # an API model: its server holds the template
+    if has is None:
+        has = bool(getattr(getattr(handle, "tokenizer", None), "chat_template", None))
     if setting is None:
         return has and getattr(handle, "chat_template", True) is not False
     if setting and not has:
@@ -253,7 +255,8 @@ class GenerationAccuracy(Check):
             rec = f"sentence_{name}" if name in gm.CORPUS_LEVEL else name
             res.records[rec] = [round(float(x), 10) for x in s["per_example"]]
         lengths = np.array([len(g[0].token_ids) for g in gens], dtype=float)
-        res.add("gen_tokens", float(lengths.mean()), None, n, None)
+        if lengths.any():  # an API server returns text without token ids: no length to report
+            res.add("gen_tokens", float(lengths.mean()), None, n, None)
         res.add("truncated", float(np.mean([g[0].finish_reason == "length" for g in gens])), None, n, None)
         res.records.update(prompt=[r["prompt"] for r in rows], references=refs, generation=texts)
         self._evidence(res, rows, refs, texts, scores, metrics, prm["worst"])

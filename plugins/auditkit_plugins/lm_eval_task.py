@@ -121,6 +121,8 @@ def check_task(task, base_dir: str | None, place: str) -> None:
 
 class LmEvalTask(Check):
     name = "lm_eval"
+    #: lm-eval's requests are scored on token ids by the in-process engine (EngineLM): an hf model
+    needs = frozenset({"weights"})
     description = "Run an lm-evaluation-harness task through lm-eval on the loaded model; metrics with stderr CIs."
     params = {
         "task": Param("str", None, "lm-eval task name, path to a task YAML, or builtin:NAME", required=True),

@@ -176,6 +176,8 @@ def observed_rates(y, p, correct, codes, k: int) -> dict[str, np.ndarray]:
 
 class BiasGroups(Check):
     name = "bias.groups"
+    #: class predictions of a classifier
+    needs = frozenset({"logits"})
     description = ("Group fairness of a classifier (fairlearn MetricFrame): selection rate, accuracy, TPR and FPR "
                    "per group; demographic parity difference/ratio and equalized odds difference with group-"
                    "stratified bootstrap CIs and the smallest difference the data could detect.")
