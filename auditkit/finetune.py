@@ -352,7 +352,9 @@ def default_target_modules(model) -> list[str]:
     if mtype in MAP:
         return list(MAP[mtype])
     names = _linear_names(model)
-    for pair in (["q_proj", "v_proj"], ["query", "value"], ["c_attn"]):
+    # DistilBERT's attention projections; XLNet keeps its q/k/v as bare parameters, so LoRA takes its
+    # feed-forward layers (layer_1, layer_2)
+    for pair in (["q_proj", "v_proj"], ["query", "value"], ["c_attn"], ["q_lin", "v_lin"], ["layer_1", "layer_2"]):
         if all(p in names for p in pair):
             return pair
     raise AuditInputError(f"no default LoRA target modules for model type {mtype!r}", place="finetune.lora",

@@ -501,7 +501,8 @@ class Cost(Check):
         for prefix, h in models:
             cfg = getattr(h.model, "config", None)
             positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-            limit = min(int(h.max_length), int(positions)) if positions else int(h.max_length)
+            # XLNet (relative positions) says -1: no limit but max_length
+            limit = min(int(h.max_length), int(positions)) if positions and positions > 0 else int(h.max_length)
             seq[prefix] = min(int(p["seq_len"]), limit)
             if seq[prefix] < p["seq_len"]:
                 res.notes.append(f"{'baseline' if prefix else 'model'}: seq_len {p['seq_len']} is over what the "
