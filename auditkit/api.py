@@ -16,7 +16,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from auditkit.data import Dataset
     from auditkit.models import ModelHandle
 
-TASKS = ("sequence-classification", "causal-lm")
+#: the task kinds a model may be loaded as (``model.task``); a check declares the ones it supports in
+#: ``Check.tasks`` (default: all of them, so a check that cannot run on one must say so)
+TASKS = ("sequence-classification", "causal-lm", "seq2seq-lm")
 #: what a model backend can serve; checks name what they need beyond plain scoring in ``Check.needs``
 #: (``weights``: the parameters themselves, e.g. to count them or fine-tune them)
 CAPABILITIES = ("logits", "logprobs", "generate", "hidden_states", "attentions", "gradients", "weights")

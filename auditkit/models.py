@@ -5,9 +5,19 @@ which need the same pass share it.
 Primitives (all return numpy, in the order of the input):
 
 - ``class_logits(texts)``            -> ``[N, C]`` classifier logits
-- ``token_logprobs(texts)``          -> list of per-token log-probs (causal LM, all tokens after the first)
+- ``token_logprobs(texts)``          -> list of per-token log-probs (causal LM: all tokens after the first;
+  seq2seq LM: every token of the text in the decoder, the encoder reading the prefix token alone)
 - ``continuation_logprobs(pairs)``   -> list of per-token log-probs of each continuation given its
-  context, tokenized exactly as lm-eval's ``_encode_pair`` does (whole = enc(ctx+cont), ctx = enc(ctx))
+  context, tokenized exactly as lm-eval's ``_encode_pair`` does (causal: whole = enc(ctx+cont),
+  ctx = enc(ctx); seq2seq: ctx = enc(ctx) read by the encoder, cont = enc(cont) without special tokens
+  scored by the decoder)
+
+Seq2seq LMs (``seq2seq-lm``: T5, BART) follow lm-eval's HFLM with ``backend="seq2seq"``: in
+``loglikelihood`` the encoder reads the context (``enc(ctx)[-max_length:]``, the tokenizer's own special
+tokens, e.g. T5's closing ``</s>``) and the decoder is teacher-forced on the continuation as ``labels``
+(the model shifts them right behind its decoder start token), so every continuation token is scored and
+no EOS is appended; ``loglikelihood_rolling`` (our ``token_logprobs``) gives the encoder the prefix
+token alone (BOS, else EOS) and scores every token of ``enc(text)`` in the decoder.
 - ``attentions(texts)``              -> list of ``[L, H, T, T]`` attention maps (eager attention)
 - ``hidden_states(texts)``           -> ``[L+1, N, D]`` mean-pooled hidden states per layer
 
@@ -434,11 +444,15 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
             self.ensure_eager()
         self.stats["forward_passes"] += 1
         lm = self.task == "causal-lm"
+        s2s = self.task == "seq2seq-lm"
         extra = {"output_attentions": attentions, "output_hidden_states": hidden}
 
         def run(idx, inp, mask):
             with torch.inference_mode():
-                if lm:
+                if s2s:  # encoder-decoders: the encoder's attentions and hidden states (no decoder pass)
+                    out = self.model.get_encoder()(input_ids=inp, attention_mask=mask, **extra)
+                    logits = None
+                elif lm:
                     lengths = mask.sum(1)
                     pos = torch.arange(inp.shape[1], device=inp.device)
                     keep = pos[None, :] < (lengths - 1)[:, None]  # position t predicts token t + 1
@@ -453,7 +467,7 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
                 rows = []
                 for row, i in enumerate(idx):
                     length = len(ids[i])
-                    first = per_row[row].cpu().numpy() if lm else logits[row].cpu().numpy()
+                    first = None if s2s else per_row[row].cpu().numpy() if lm else logits[row].cpu().numpy()
                     att = torch.stack([a[row, :, :length, :length].float() for a in out.attentions]).cpu().numpy() \
                         if attentions else None
                     hid = None
@@ -468,7 +482,7 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         result: dict = {"ids": ids}
         if lm:
             result["token_logprobs"] = [r[0] for r in rows]
-        else:
+        elif not s2s:
             result["logits"] = np.stack([r[0] for r in rows]) if n else np.zeros((0, self.num_labels))
         if attentions:
             result["attentions"] = [r[1] for r in rows]
@@ -535,11 +549,15 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         return out.logits[keep], out
 
     def _no_kv_cache(self) -> dict:
-        """Scoring passes never decode further: building a KV cache is wasted work (causal LMs)."""
-        return {"use_cache": False} if self.task == "causal-lm" else {}
+        """Scoring passes never decode further: building a KV cache is wasted work (causal and seq2seq LMs)."""
+        return {"use_cache": False} if self.task in ("causal-lm", "seq2seq-lm") else {}
 
     def score_ids(self, ids: list[list[int]]):
-        """Score already-tokenized sequences: classifier logits ``[N, C]`` or per-token log-probs (LMs)."""
+        """Score already-tokenized sequences: classifier logits ``[N, C]`` or per-token log-probs (LMs; a
+        seq2seq LM scores each sequence in the decoder, the encoder reading the prefix token alone)."""
+        if self.task == "seq2seq-lm":
+            prefix = self._prefix_token_id()
+            return self._score_seq2seq([([prefix], [int(t) for t in x]) for x in ids])["logprobs"]
         res = self._forward(None, ids=ids)
         return res["token_logprobs"] if self.task == "causal-lm" else res["logits"]
 
@@ -565,6 +583,8 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
             self.model.set_attn_implementation("eager")
 
     def _store_pass(self, texts: Sequence[str], res: dict) -> None:
+        if self.task == "seq2seq-lm":  # an encoder pass leaves no scores behind
+            return
         key = "token_logprobs" if self.task == "causal-lm" else "class_logits"
         self._put(key, texts, res["token_logprobs" if self.task == "causal-lm" else "logits"])
 
@@ -575,8 +595,16 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         return self.memo("class_logits", texts, lambda: self._forward(texts)["logits"], persist=True)
 
     def token_logprobs(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """Log-prob of every token given its prefix (causal LMs); the first token is not scored."""
-        self._require("causal-lm", "token_logprobs")
+        """Log-prob of every token given its prefix. Causal LMs: the first token is not scored. Seq2seq LMs:
+        lm-eval's ``loglikelihood_rolling`` for ``backend="seq2seq"`` (one window, as the text is cut at
+        ``max_length`` tokens): the encoder reads the prefix token (BOS, else EOS) alone and the decoder scores
+        every token of ``enc(text)`` (the tokenizer's special tokens included), the first one too."""
+        self._require_lm("token_logprobs")
+        if self.task == "seq2seq-lm":
+            def compute():
+                prefix = self._prefix_token_id()
+                return self._score_seq2seq([([prefix], x) for x in self._encode(texts)])["logprobs"]
+            return self.memo("token_logprobs", texts, compute, persist=True)
         return self.memo("token_logprobs", texts, lambda: self._forward(texts)["token_logprobs"], persist=True)
 
     def _tok_encode(self, texts: list[str], add_special_tokens: bool | None = None) -> list[list[int]]:
@@ -606,21 +634,26 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
     def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
         """``(context ids, continuation ids)`` of each pair, exactly as lm-eval's ``TemplateLM.loglikelihood``
         tokenizes them (``_encode_pair``): trailing spaces of the context move to the continuation,
-        ``cont = enc(ctx + cont)[len(enc(ctx)):]``; an empty context is the prefix token (BOS, else EOS) before
+        ``cont = enc(ctx + cont)[len(enc(ctx)):]`` (seq2seq: ``enc(ctx)`` and ``enc(cont)`` without special
+        tokens, encoded apart); an empty context is the prefix token (BOS, else EOS) before
         ``enc(cont)`` without special tokens (or the continuation's own first token when that is the prefix)."""
         prefix = self._prefix_token_id()
         moved = []
+        s2s = self.task == "seq2seq-lm"
         for ctx, cont in pairs:
             n_sp = len(ctx) - len(ctx.rstrip())
             moved.append((ctx[:-n_sp], ctx[-n_sp:] + cont) if ctx and n_sp else (ctx, cont))
         full = [i for i, (ctx, _) in enumerate(moved) if ctx != ""]
         empty = [i for i, (ctx, _) in enumerate(moved) if ctx == ""]
         ctx_enc = self._tok_encode([moved[i][0] for i in full])
-        whole_enc = self._tok_encode([moved[i][0] + moved[i][1] for i in full])
         cont_enc = self._tok_encode([moved[i][1] for i in empty], add_special_tokens=False)
         out: list = [None] * len(pairs)
-        for i, c, w in zip(full, ctx_enc, whole_enc):
-            out[i] = (c, w[len(c):])
+        if s2s:  # lm-eval's seq2seq _encode_pair: the two parts encoded apart, the continuation without specials
+            for i, c, x in zip(full, ctx_enc, self._tok_encode([moved[i][1] for i in full], add_special_tokens=False)):
+                out[i] = (c, x)
+        else:
+            for i, c, w in zip(full, ctx_enc, self._tok_encode([moved[i][0] + moved[i][1] for i in full])):
+                out[i] = (c, w[len(c):])
         for i, c in zip(empty, cont_enc):
             out[i] = ([prefix], c) if c[:1] != [prefix] else (c[:1], c[1:])
         return out
@@ -696,6 +729,65 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
                     logprobs[i], greedy[i] = v, g
         return {"logprobs": logprobs, "greedy": greedy}
 
+    def _score_pairs(self, reqs: list[tuple[list[int], list[int]]]) -> dict:
+        """:meth:`_score_token_pairs` (causal) or :meth:`_score_seq2seq` (encoder-decoders)."""
+        return self._score_seq2seq(reqs) if self.task == "seq2seq-lm" else self._score_token_pairs(reqs)
+
+    def _score_seq2seq(self, reqs: list[tuple[list[int], list[int]]]) -> dict:
+        """lm-eval's ``_loglikelihood_tokens`` for ``backend="seq2seq"`` on the engine: for token-id pairs
+        ``(encoder input, decoder target)`` the encoder reads ``ctx[-max_length:]`` (right-padded, masked) and
+        the decoder is teacher-forced on the target: its input is the target shifted right behind the decoder
+        start token (the model's own ``prepare_decoder_input_ids_from_labels``, as ``labels=`` does), so the
+        log-prob of every target token is read, the first one included. Batches are planned on the encoder
+        inputs by :meth:`map_batches`; each batch's decoder targets are right-padded (the decoder is causal, so
+        padding after a row's last token changes none of its scores); no KV cache. Returns
+        ``{"logprobs": [float32 array per request], "greedy": bool array}`` as :meth:`_score_token_pairs`."""
+        import torch
+        n = len(reqs)
+        logprobs: list = [None] * n
+        greedy = np.ones(n, dtype=bool)
+        enc, dec, owner = [], [], []
+        for i, (ctx, cont) in enumerate(reqs):
+            ctx, cont = [int(t) for t in ctx], [int(t) for t in cont]
+            if not cont:
+                logprobs[i] = np.zeros(0, dtype=np.float32)
+                continue
+            if len(cont) > self.max_length:
+                raise AuditInputError(f"a continuation of {len(cont)} tokens is longer than max_length "
+                                      f"({self.max_length})", place="model.max_length",
+                                      fix="raise model.max_length or shorten the continuation")
+            if not ctx:
+                raise AuditInputError("a continuation to score needs at least one encoder token",
+                                      fix="give a context (an empty context string reads the BOS/EOS token)")
+            enc.append(ctx[-self.max_length:])
+            dec.append(cont)
+            owner.append(i)
+        if enc:
+            self.stats["forward_passes"] += 1
+            model = self.model
+
+            def run(idx, inp, mask):
+                width = max(len(dec[j]) for j in idx)
+                labels = torch.full((len(idx), width), -100, dtype=torch.long)
+                for row, j in enumerate(idx):
+                    labels[row, :len(dec[j])] = torch.tensor(dec[j], dtype=torch.long)
+                labels = labels.to(inp.device)
+                with torch.inference_mode():
+                    dec_in = model.prepare_decoder_input_ids_from_labels(labels=labels)
+                    logits = model(input_ids=inp, attention_mask=mask, decoder_input_ids=dec_in,
+                                   use_cache=False).logits
+                    out = []
+                    for row, j in enumerate(idx):
+                        lp = torch.log_softmax(logits[row, :len(dec[j])].float(), dim=-1)
+                        t = labels[row, :len(dec[j])]
+                        out.append((lp.gather(-1, t[:, None])[:, 0].cpu().numpy(),
+                                    bool((lp.argmax(-1) == t).all())))
+                    return out
+
+            for i, (v, g) in zip(owner, self.map_batches(enc, run)):
+                logprobs[i], greedy[i] = v, g
+        return {"logprobs": logprobs, "greedy": greedy}
+
     def continuation_logprobs(self, pairs: Sequence[tuple[str, str]], *, greedy: bool = False) -> list:
         """Per-token log-probs of ``continuation`` given ``context``, as lm-eval's loglikelihood.
 
@@ -706,10 +798,10 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         positions, and choices reading the same input (single-token continuations of one context) share one
         row. With ``greedy=True`` each item is ``(log-probs, is_greedy)`` (lm-eval's second answer).
         """
-        self._require("causal-lm", "continuation_logprobs")
+        self._require_lm("continuation_logprobs")
         pairs = [tuple(p) for p in pairs]
         res = self.memo("continuation_logprobs", pairs,
-                        lambda: self._score_token_pairs(self.encode_pairs(pairs)), persist=True)
+                        lambda: self._score_pairs(self.encode_pairs(pairs)), persist=True)
         if greedy:
             return [(lp, bool(g)) for lp, g in zip(res["logprobs"], res["greedy"])]
         return list(res["logprobs"])
@@ -717,10 +809,11 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
     def continuation_logprobs_ids(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *,
                                   greedy: bool = False) -> list:
         """:meth:`continuation_logprobs` for pairs already tokenized: ``(context ids, continuation ids)``, as
-        lm-eval's ``_loglikelihood_tokens`` takes them (e.g. the rolling windows of a perplexity task)."""
-        self._require("causal-lm", "continuation_logprobs_ids")
+        lm-eval's ``_loglikelihood_tokens`` takes them (e.g. the rolling windows of a perplexity task). For a
+        seq2seq LM the context ids are the encoder's input and the continuation ids the decoder's target."""
+        self._require_lm("continuation_logprobs_ids")
         reqs = [([int(t) for t in c], [int(t) for t in x]) for c, x in pairs]
-        res = self.memo("continuation_logprobs_ids", reqs, lambda: self._score_token_pairs(reqs), persist=True)
+        res = self.memo("continuation_logprobs_ids", reqs, lambda: self._score_pairs(reqs), persist=True)
         if greedy:
             return [(lp, bool(g)) for lp, g in zip(res["logprobs"], res["greedy"])]
         return list(res["logprobs"])
@@ -744,6 +837,13 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """The token ids each text is scored with (for labelling attention maps)."""
         return self.memo("token_ids", texts, lambda: self._encode(texts))
+
+    def _require_lm(self, op: str) -> None:
+        """A causal or seq2seq LM (the log-likelihood requests serve both)."""
+        if self.task not in ("causal-lm", "seq2seq-lm"):
+            raise AuditInputError(f"{op} needs a causal-lm model (or a seq2seq-lm model) but {self.source} is "
+                                  f"loaded as {self.task}", place="model.task",
+                                  fix=f"set model.task: causal-lm or seq2seq-lm, or use a check for {self.task}")
 
     def _require(self, task: str, op: str) -> None:
         if self.task != task:
@@ -897,8 +997,10 @@ def new_head_weights(model, tokenizer, missing) -> list[str]:
         inp = torch.tensor([ids], device=device)
         for t in tensors:
             t.requires_grad_(True)
+        # an encoder-decoder's decoder reads the same ids (any decoder input reaches its LM head)
+        dec = {"decoder_input_ids": inp} if getattr(model.config, "is_encoder_decoder", False) else {}
         with torch.enable_grad():
-            logits = model(input_ids=inp, attention_mask=torch.ones_like(inp)).logits
+            logits = model(input_ids=inp, attention_mask=torch.ones_like(inp), **dec).logits
             grads = torch.autograd.grad(logits.float().sum(), tensors, allow_unused=True)
         return [n for n, g in zip(names, grads) if g is not None]
     except Exception:  # the probe is advisory: keep them all rather than hide a random head
@@ -1010,7 +1112,8 @@ def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_label
     adapter, the base's missing weights less those the adapter carries (``modules_to_save``).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, \
+        AutoTokenizer
 
     _quiet_transformers()
     src = check_model_source(spec, registry, allow_pickle=allow_pickle, file=file, place=place)
@@ -1024,8 +1127,9 @@ def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_label
     if model_spec is not None:  # device_map: auto and bitsandbytes k-bit loading (checked by backends.preflight)
         from auditkit import backends
         kwargs.update(backends.load_kwargs(model_spec, device))
-    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
-    extra = {"num_labels": num_labels} if task != "causal-lm" and num_labels else {}
+    auto = {"causal-lm": AutoModelForCausalLM, "seq2seq-lm": AutoModelForSeq2SeqLM}.get(
+        task, AutoModelForSequenceClassification)
+    extra = {"num_labels": num_labels} if task == "sequence-classification" and num_labels else {}
     weights_folder = Path(base_location) if Path(base_location).is_dir() else None
     try:
         model, info = auto.from_pretrained(base_location, **kwargs, **extra)

@@ -22,14 +22,20 @@ class DistributionRequests:
         distribution after token t, the last position included), in nats, clamped at 0 against rounding.
         Both models read the same token ids in the same batches of :meth:`map_batches` (``other`` on its
         own device), so only one batch of vocabulary-sized logits per model is alive at a time and the
-        values do not depend on the batch size or the number of processes. Both must be causal LMs with
-        one shared tokenization; cached on ``self`` under ``other``'s weights fingerprint.
+        values do not depend on the batch size or the number of processes. Both must be causal LMs (or both
+        seq2seq LMs) with one shared tokenization; cached on ``self`` under ``other``'s weights fingerprint.
+
+        Seq2seq LMs: the decoder's next-token distributions over the text, as :meth:`token_logprobs` scores it
+        (lm-eval's seq2seq rolling loglikelihood): the encoder reads the prefix token alone and the decoder is
+        teacher-forced on the text's tokens; the T positions are the distributions that predict each token.
         """
-        self._require("causal-lm", "next_token_kl")
-        if getattr(other, "task", None) != "causal-lm":
-            raise AuditInputError(f"next_token_kl compares two causal LMs, but the second model "
-                                  f"{getattr(other, 'source', other)} is loaded as {getattr(other, 'task', '?')}",
-                                  place="model.task", fix="compare the candidate with a causal-LM base model")
+        self._require_lm("next_token_kl")
+        if getattr(other, "task", None) != self.task:
+            kind = "causal LMs" if self.task == "causal-lm" else "seq2seq LMs"
+            raise AuditInputError(f"next_token_kl compares two {kind}, but the second "
+                                  f"model {getattr(other, 'source', other)} is loaded as "
+                                  f"{getattr(other, 'task', '?')}", place="model.task",
+                                  fix=f"compare the candidate with a {self.task} base model")
         texts = list(texts)
         ids = self.token_ids(texts)
         if other.token_ids(texts) != ids:
@@ -53,10 +59,8 @@ class DistributionRequests:
 
             def run(idx, inp, mask):
                 with torch.inference_mode():
-                    lc = F.log_softmax(self.model(input_ids=inp, attention_mask=mask,
-                                                  **self._no_kv_cache()).logits.float(), -1)
-                    lb = other.model(input_ids=inp.to(other.device), attention_mask=mask.to(other.device),
-                                     **other._no_kv_cache()).logits
+                    lc = F.log_softmax(_lm_logits_all(self, inp, mask).float(), -1)
+                    lb = _lm_logits_all(other, inp.to(other.device), mask.to(other.device))
                     lb = F.log_softmax(lb.float().to(lc.device), -1)
                     if lb.shape != lc.shape:
                         raise AuditInputError(f"{other.source} and {self.source} have different vocabularies "
@@ -72,6 +76,19 @@ class DistributionRequests:
 
         return self.memo("next_token_kl", texts, compute, persist=True, other=other.fingerprint,
                          other_config=other_config)
+
+
+def _lm_logits_all(handle, inp, mask):
+    """``[B, T, V]`` logits at every position of right-padded ``inp``: a causal LM reading it, or a seq2seq
+    LM's decoder teacher-forced on it (the encoder reading the prefix token alone), no KV cache."""
+    import torch
+    if handle.task != "seq2seq-lm":
+        return handle.model(input_ids=inp, attention_mask=mask, **handle._no_kv_cache()).logits
+    enc = torch.full((inp.shape[0], 1), int(handle._prefix_token_id()), dtype=torch.long, device=inp.device)
+    labels = inp.masked_fill(mask == 0, -100)
+    dec_in = handle.model.prepare_decoder_input_ids_from_labels(labels=labels)
+    return handle.model(input_ids=enc, attention_mask=torch.ones_like(enc), decoder_input_ids=dec_in,
+                        use_cache=False).logits
 
 
 def _vocab_size(model) -> int | None:

@@ -51,11 +51,16 @@ class GradientRequests:
         embeddings) of log p(target): per example the token attributions (float64, one per token), the
         signed convergence delta, and ``F(x) - F(baseline)`` (= sum of attributions - delta).
 
-        ``items``: texts or token-id lists; ``targets``: class indices (classifiers) or next tokens (causal
-        LMs); ``positions``: per example the positions the baseline replaces (default: non-special tokens).
+        ``items``: texts or token-id lists; ``targets``: class indices (classifiers), next tokens (causal
+        LMs) or, for seq2seq LMs, token-id lists (the decoder's answer: :meth:`_integrated_gradients_seq2seq`);
+        ``positions``: per example the positions the baseline replaces (default: non-special tokens).
         Memoized. ``internal_batch_size`` (rows of example x step per chunk) also fixes how many examples
         share a batch (``internal_batch_size // n_steps``), independent of the handle's batch size, so the
         convergence delta (float rounding of the gradients) does not move with ``model.batch_size``."""
+        if self.task == "seq2seq-lm":
+            return self._integrated_gradients_seq2seq(items, targets, positions=positions,
+                                                      baseline_token=baseline_token, n_steps=n_steps,
+                                                      internal_batch_size=internal_batch_size)
         from auditkit.passes.attention import _as_ids
         ids, _ = _as_ids(self, items)
         targets = [int(t) for t in targets]
@@ -107,3 +112,78 @@ class GradientRequests:
                     np.array([r[2] for r in rows], dtype=np.float64))
 
         return self.memo("integrated_gradients", key, compute, persist=True, n_steps=int(n_steps), baseline=ref_id)
+
+    def _integrated_gradients_seq2seq(self, items: Sequence, answers: Sequence[Sequence[int]], *,
+                                      positions: Sequence[Sequence[int]] | None = None,
+                                      baseline_token: int | None = None, n_steps: int = 32,
+                                      internal_batch_size: int = 256):
+        """Integrated Gradients on an encoder-decoder's ENCODER embeddings (Sundararajan et al. 2017; captum
+        ``IntegratedGradients`` on the encoder's ``inputs_embeds``, which is what ``LayerIntegratedGradients``
+        on the encoder's embedding layer computes; T5 shares that layer with the decoder, so a layer hook
+        would interpolate the decoder's embeddings too) of ``log p(answer | input)``: the summed float64
+        log-probs of the answer's tokens, the decoder teacher-forced on the answer. ``items`` are the
+        encoder inputs (texts or token ids), ``answers`` the decoder targets (e.g. the model's own greedy
+        answer, EOS included). Returns what :meth:`integrated_gradients` returns; memoized."""
+        from auditkit.passes.attention import _as_ids
+        ids, _ = _as_ids(self, items)
+        answers = [[int(t) for t in a] for a in answers]
+        if len(answers) != len(ids):
+            raise ValueError(f"{len(answers)} answers for {len(ids)} inputs")
+        if any(not a for a in answers):
+            raise ValueError("every answer needs at least one token")
+        if positions is None:
+            special = set(self.tokenizer.all_special_ids or [])
+            positions = [[j for j, t in enumerate(x) if t not in special] for x in ids]
+        positions = [[int(j) for j in p] for p in positions]
+        ref_id = default_baseline_token(self.tokenizer) if baseline_token is None else int(baseline_token)
+        key = [[x, a, p] for x, a, p in zip(ids, answers, positions)]
+
+        def compute():
+            import torch
+            from captum.attr import IntegratedGradients
+
+            model = self.model
+            embed = model.get_encoder().get_input_embeddings()
+            self.stats["forward_passes"] += 1
+
+            def forward(embeds, attention_mask, dec_in, labels):
+                logits = model(inputs_embeds=embeds, attention_mask=attention_mask, decoder_input_ids=dec_in,
+                               use_cache=False).logits.double()
+                lp = torch.log_softmax(logits, -1)
+                keep = labels >= 0
+                tok = lp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                return (tok * keep).sum(-1)
+
+            ig = IntegratedGradients(forward)
+
+            def run(idx, inp, mask):
+                ref = inp.clone()
+                for row, i in enumerate(idx):
+                    if positions[i]:
+                        ref[row, torch.as_tensor(positions[i], device=inp.device)] = ref_id
+                width = max(len(answers[i]) for i in idx)
+                labels = torch.full((len(idx), width), -100, dtype=torch.long)
+                for row, i in enumerate(idx):
+                    labels[row, :len(answers[i])] = torch.tensor(answers[i], dtype=torch.long)
+                labels = labels.to(inp.device)
+                dec_in = model.prepare_decoder_input_ids_from_labels(labels=labels)
+                with torch.no_grad():
+                    x, b = embed(inp).detach(), embed(ref).detach()
+                with torch.enable_grad():
+                    attr, d = ig.attribute(x, baselines=b, additional_forward_args=(mask, dec_in, labels),
+                                           n_steps=n_steps, internal_batch_size=max(1, internal_batch_size),
+                                           return_convergence_delta=True)
+                tok_attr = attr.double().sum(-1).detach().cpu().numpy()
+                d = d.double().detach().cpu().numpy()
+                rows = []
+                for row, i in enumerate(idx):
+                    a = tok_attr[row, :len(ids[i])].astype(np.float64)
+                    rows.append((a, float(d[row]), float(a.sum()) - float(d[row])))
+                return rows
+
+            rows = self.map_batches(ids, run, batch_size=max(1, int(internal_batch_size) // max(1, int(n_steps))))
+            return ([r[0] for r in rows], np.array([r[1] for r in rows], dtype=np.float64),
+                    np.array([r[2] for r in rows], dtype=np.float64))
+
+        return self.memo("integrated_gradients_seq2seq", key, compute, persist=True, n_steps=int(n_steps),
+                         baseline=ref_id)

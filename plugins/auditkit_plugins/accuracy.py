@@ -4,6 +4,9 @@
 - Causal LMs on multiple choice ``{"question","choices","label"}``: lm-eval's ``acc`` (argmax of the
   summed log-likelihood of ``" " + choice`` given the question) and ``acc_norm`` (the same divided by
   the choice length in characters), with stderr = sample sd / sqrt(n) as lm-eval reports it.
+- Seq2seq LMs (T5, BART) on the same data: the same metrics, each choice scored as lm-eval's seq2seq
+  backend does (the encoder reads the question, the decoder scores ``" " + choice``: see
+  :meth:`auditkit.models.ModelHandle.continuation_logprobs`).
 - ``chance``: what a model without skill scores on the same rows: the majority-class rate for
   classifiers (the "ZeroR" baseline: always predict the most frequent label), the mean of
   1 / number of choices for multiple choice (a uniform guess).
@@ -55,7 +58,7 @@ def majority_rate(labels) -> float:
 class Accuracy(Check):
     name = "accuracy"
     description = ("Task accuracy: accuracy and macro-F1 with bootstrap CIs for classifiers; lm-eval's acc and "
-                   "acc_norm on multiple-choice data for causal LMs.")
+                   "acc_norm on multiple-choice data for causal and seq2seq LMs.")
     params = {
         "max_examples": Param("int", 0, "score at most this many rows (0 = all)", ge=0),
         "bootstrap": Param("int", 1000, "bootstrap resamples for the macro-F1 95% CI", ge=100),
@@ -83,12 +86,17 @@ class Accuracy(Check):
             "acc.ci_high >= baseline.acc",
             {"when": "acc >= baseline.acc - 0.01", "severity": "warn"},
         ],
+        "seq2seq-lm": [
+            "acc.ci_low > chance",
+            "acc.ci_high >= baseline.acc",
+            {"when": "acc >= baseline.acc - 0.01", "severity": "warn"},
+        ],
     }
 
     def run(self, ctx: CheckContext) -> CheckResult:
         ds = ctx.data
         rows = ds.rows[: ctx.params["max_examples"]] if ctx.params["max_examples"] else ds.rows
-        if ctx.model.task == "causal-lm":
+        if ctx.model.task in ("causal-lm", "seq2seq-lm"):
             ds.require_choices()
             return self._multiple_choice(ctx, rows)
         ds.require("text", fmt="classification")

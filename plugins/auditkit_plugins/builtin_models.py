@@ -5,6 +5,9 @@
   once to fp32 safetensors in the cache dir.
 - ``tiny-bert``, ``tiny-gpt2``, ``tiny-llama``: 2-layer, 128-dim random models built deterministically
   (seed 0) for tests and plugin authors; built in milliseconds, cached.
+- ``tiny-t5``, ``tiny-bart``: 2-layer (encoder and decoder), 128-dim random encoder-decoders
+  (``seq2seq-lm``) with the same 2k byte-level BPE as tiny-gpt2, whose one special token is also the
+  padding, the end of sequence and the decoder start (``decoder_start_token_id = pad``, as T5's).
 """
 from __future__ import annotations
 
@@ -124,8 +127,9 @@ def _tiny(kind: str):
 
         def build(tmp: Path) -> None:
             import torch
-            from transformers import (AutoTokenizer, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel,
-                                      LlamaConfig, LlamaForCausalLM)
+            from transformers import (AutoTokenizer, BartConfig, BartForConditionalGeneration, BertConfig,
+                                      BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                                      T5Config, T5ForConditionalGeneration)
             torch.manual_seed(0)
             if kind == "bert":
                 tok = AutoTokenizer.from_pretrained(minilm(cache))
@@ -138,6 +142,23 @@ def _tiny(kind: str):
                     cfg = GPT2Config(vocab_size=len(tok), n_embd=128, n_layer=2, n_head=2, n_positions=256,
                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
                     model = GPT2LMHeadModel(cfg)
+                elif kind == "t5":
+                    pad = tok.pad_token_id
+                    cfg = T5Config(vocab_size=len(tok), d_model=128, d_kv=64, d_ff=256, num_layers=2,
+                                   num_decoder_layers=2, num_heads=2, relative_attention_num_buckets=32,
+                                   dropout_rate=0.0, feed_forward_proj="relu", tie_word_embeddings=True,
+                                   pad_token_id=pad, eos_token_id=tok.eos_token_id, decoder_start_token_id=pad,
+                                   is_encoder_decoder=True)
+                    model = T5ForConditionalGeneration(cfg)
+                elif kind == "bart":
+                    cfg = BartConfig(vocab_size=len(tok), d_model=128, encoder_layers=2, decoder_layers=2,
+                                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=256,
+                                     decoder_ffn_dim=256, max_position_embeddings=256, dropout=0.0,
+                                     attention_dropout=0.0, activation_dropout=0.0,
+                                     pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                     eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id,
+                                     forced_bos_token_id=None, forced_eos_token_id=None, is_encoder_decoder=True)
+                    model = BartForConditionalGeneration(cfg)
                 else:
                     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256,
                                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
@@ -159,3 +180,5 @@ def auditkit_register_model_sources(register):
     register("tiny-bert", _tiny("bert"), "2-layer 128-dim random BERT (tests)")
     register("tiny-gpt2", _tiny("gpt2"), "2-layer 128-dim random GPT-2 with a 2k byte-level BPE (tests)")
     register("tiny-llama", _tiny("llama"), "2-layer 128-dim random Llama with a 2k byte-level BPE (tests)")
+    register("tiny-t5", _tiny("t5"), "2+2-layer 128-dim random T5 (seq2seq-lm) with the tiny-gpt2 BPE (tests)")
+    register("tiny-bart", _tiny("bart"), "2+2-layer 128-dim random BART (seq2seq-lm) with the tiny-gpt2 BPE (tests)")

@@ -52,6 +52,10 @@ DEFAULT_RETENTION = {
     "causal-lm": [{"text": "builtin:general-text"}, {"prompts": "builtin:neutral-prompts"},
                   {"mc": "builtin:mc-general"}],
     "sequence-classification": [{"text": "builtin:general-text"}, {"pairs": "builtin:sentence-pairs"}],
+    # encoder-decoders: perplexity of general text in the decoder (lm-eval's seq2seq rolling loglikelihood),
+    # the decoder KL on neutral prompts and multiple choice (question in the encoder, choice in the decoder)
+    "seq2seq-lm": [{"text": "builtin:general-text"}, {"prompts": "builtin:neutral-prompts"},
+                   {"mc": "builtin:mc-general"}],
 }
 #: the check's default gates (``Forgetting.default_gates``), applied when a ``uses: forgetting`` entry has no
 #: ``gates:``. Where a metric has a bootstrap CI, the failing gate reads the bound on the good side (fail only
@@ -64,6 +68,11 @@ DEFAULT_RETENTION = {
 #: destructive learning rate lands far beyond these (issue 13: retention 0.16, CKA min 0.13).
 DEFAULT_GATES = {
     "causal-lm": [
+        "ppl_ratio.ci_low <= 1.1", {"when": "ppl_ratio <= 1.1", "severity": "warn"},
+        "kl_neutral.ci_low <= 0.1", {"when": "kl_neutral <= 0.1", "severity": "warn"},
+        "bwt.ci_high >= -0.02", {"when": "bwt >= -0.02", "severity": "warn"},
+    ],
+    "seq2seq-lm": [
         "ppl_ratio.ci_low <= 1.1", {"when": "ppl_ratio <= 1.1", "severity": "warn"},
         "kl_neutral.ci_low <= 0.1", {"when": "kl_neutral <= 0.1", "severity": "warn"},
         "bwt.ci_high >= -0.02", {"when": "bwt >= -0.02", "severity": "warn"},
@@ -274,9 +283,9 @@ class Forgetting(Check):
                 seen[kind] = spec  # the last one of a kind wins (data: overrides the defaults)
         plan = [(k, s) for k, s in plan if k == "lm_eval" or seen.get(k) is s]
         plan = _dedupe(plan)
-        causal_only = {"prompts", "mc", "lm_eval"}
+        lm_only = {"prompts", "mc"}  # causal and seq2seq LMs; lm_eval: causal LMs only
         for kind, _ in plan:
-            if kind in causal_only and task != "causal-lm":
+            if (kind in lm_only and task == "sequence-classification") or (kind == "lm_eval" and task != "causal-lm"):
                 raise AuditInputError(f"retention kind {kind!r} needs a causal LM, but the model is {task}",
                                       place=where, fix="use text: and pairs: for encoders")
         if not plan:
@@ -309,7 +318,7 @@ class Forgetting(Check):
     # ------------------------------------------------------------------ causal LMs
     def _text(self, ctx: CheckContext, rows: list[dict], spec, res: CheckResult, bars: list) -> None:
         texts = [r["text"] for r in rows]
-        if ctx.model.task != "causal-lm":
+        if ctx.model.task == "sequence-classification":
             return self._cka(ctx, texts, res)
         sb, nb = corpus_logprobs(ctx.baseline, texts)
         sc, nc = corpus_logprobs(ctx.model, texts)

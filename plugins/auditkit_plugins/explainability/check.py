@@ -76,9 +76,13 @@ class Explainability(Check):
         "special_threshold": Param("float", 0.5, "a head 'mostly attends to special tokens' above this mass",
                                    ge=0, le=1),
         "delimiter": Param("str", " ", "text between question and answer for multiple choice (as lm-eval)"),
+        "answer_tokens": Param("int", 16, "seq2seq LMs: the greedy answer explained is at most this many tokens",
+                               ge=1),
     }
     metrics = _metric_specs()
-    tasks = ("sequence-classification", "causal-lm")
+    tasks = ("sequence-classification", "causal-lm", "seq2seq-lm")
+    #: the methods an encoder-decoder gets: IG on the encoder embeddings for log p(the model's own answer)
+    SEQ2SEQ_METHODS = ("ig",)
     # The explanations must be more faithful than a random rationale of the same size: the primary method's
     # comprehensiveness (ERASER AOPC, DeYoung et al. 2020) minus the random rationale's on the same examples,
     # whose whole paired-bootstrap 95% CI must lie above 0. The unprefixed metric is the primary method's,
@@ -95,6 +99,8 @@ class Explainability(Check):
     def needs_for(cls, params: dict, task: str) -> frozenset[str]:
         """Attention maps always (rollout and the head statistics); gradients for grad_rollout and ig."""
         methods = set(params.get("methods") or METHODS)
+        if task == "seq2seq-lm":
+            return frozenset({"gradients"})
         return frozenset({"attentions"} | ({"gradients"} if methods & {"grad_rollout", "ig"} else set()))
 
     # ------------------------------------------------------------------ params
@@ -121,6 +127,12 @@ class Explainability(Check):
         where = f"{ctx.check_id or self.name}"
         self.validate_params(p, ctx.base_dir, f"{where}.")
         methods = [m for m in METHODS if m in p["methods"]]  # canonical order: metric names are fixed
+        if ctx.model is not None and ctx.model.task == "seq2seq-lm":
+            methods = [m for m in methods if m in self.SEQ2SEQ_METHODS]
+            if not methods or (p["primary"] and p["primary"] not in methods):
+                raise AuditInputError("explainability on a seq2seq-lm model runs Integrated Gradients only (attention "
+                                      "rollout has no single query row across encoder and decoder)",
+                                      place=f"{where}.methods", fix="set methods: [ig] (and primary: ig, or leave it out)")
         primary = p["primary"] or ("ig" if "ig" in methods else methods[0])
         sizes = p["rationale_sizes"]
         if not sizes or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1
@@ -144,10 +156,12 @@ class Explainability(Check):
         rows = list(range(min(limit, len(ds))))
         rows += [r for r in named if r not in rows]
         texts = [all_texts[r] for r in rows]
+        s2s = handle.task == "seq2seq-lm"
         # one eager pass gives the rollout rows, the head statistics and (classifiers) the logits everything
         # reuses; the handle reduces the attention maps inside the pass, batch by batch
-        handle.attention_rollout(texts, [query_position(handle, x) for x in handle.token_ids(texts)])
-        examples = prepare(handle, ds, rows, texts, kind, p["delimiter"])
+        if not s2s:
+            handle.attention_rollout(texts, [query_position(handle, x) for x in handle.token_ids(texts)])
+        examples = prepare(handle, ds, rows, texts, kind, p["delimiter"], p["answer_tokens"])
         if not examples:
             raise ds.error("no row has a token to explain", fix="give the check rows with text")
         ctx.progress(0.1)
@@ -198,7 +212,7 @@ class Explainability(Check):
                 if v.size:
                     res.add(f"{key}.{a}.{b}", v.mean(), mean_ci(v, ctx.seed), v.size, None)
 
-        stats = head_statistics_of(handle, texts)
+        stats = {} if s2s else head_statistics_of(handle, texts)
         if stats:
             special = stats["special_mass"] > p["special_threshold"]
             res.add("attention_entropy", stats["normalised_entropy"].mean(), None, stats["entropy"].size, None)
@@ -292,7 +306,9 @@ class Explainability(Check):
                           for m in list(methods) + ["random"]},
                        **{f"{m}.top1_hit": hits[m].astype(int).tolist() for m in hits if hits[m].size}}
         res.notes.append(f"explained {len(examples)} {kind} examples: targets are the model's own "
-                         + ("predicted classes" if kind == "classification" else
+                         + ("answers (log p(answer | input), IG on the encoder embeddings)"
+                            if ctx.model.task == "seq2seq-lm" else
+                            "predicted classes" if kind == "classification" else
                             "chosen answers' first tokens" if kind == "mc" else "greedy next tokens"))
         if "ig" in methods:
             res.notes.append(f"IG: {p['ig_steps']} steps (Gauss-Legendre), baseline = padding token on every "

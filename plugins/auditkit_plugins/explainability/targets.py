@@ -11,6 +11,12 @@ Targets (the model's own decision, as ERASER, DeYoung et al. 2020, explains pred
   model chooses (lm-eval's ``acc``: argmax summed log-likelihood, from the accuracy check's cached
   pass) as the next token after the question.
 
+- seq2seq LMs (T5, BART): the encoder reads the text (the question for multiple choice, else the prompt
+  or text) and the target is the model's own greedy answer, a token sequence (its EOS included when the
+  model ended it), or for multiple choice the tokens of the chosen answer; the target score is
+  ``log p(answer | input)``, the decoder teacher-forced on the answer (Integrated Gradients on the
+  encoder embeddings: :meth:`auditkit.models.ModelHandle.integrated_gradients`).
+
 The target score is the log-probability of the target (log-softmax over classes or the vocabulary),
 for gradients; faithfulness reads it as a probability.
 """
@@ -29,7 +35,7 @@ class Example:
     text: str               # the text (context) the handle encodes
     ids: list[int]          # token ids as the handle scores the text
     candidates: np.ndarray  # positions that may be explained (non-special tokens)
-    target: int             # class index (classifier) or token id (causal LM)
+    target: int | list      # class index (classifier), token id (causal LM) or answer token ids (seq2seq)
     prob: float             # p(target | full input)
     query: int              # the position whose prediction is explained
     label: str = ""         # human-readable target
@@ -62,6 +68,11 @@ def query_position(handle, ids: list[int]) -> int:
 def score_ids(handle, ids: list[list[int]], targets: list[int]) -> np.ndarray:
     """log p(target | ids) for arbitrary (e.g. perturbed) token sequences, batched by the handle and
     memoized on it. Causal LMs score the target appended as the next token."""
+    if handle.task == "seq2seq-lm":  # log p(answer | encoder input), the answer a token-id list
+        pairs = [(list(map(int, x)), [int(a) for a in t]) for x, t in zip(ids, targets)]
+        if not pairs:
+            return np.zeros(0)
+        return np.array([float(np.sum(lp, dtype=np.float64)) for lp in handle.continuation_logprobs_ids(pairs)])
     items = [[list(map(int, x)), int(t)] for x, t in zip(ids, targets)]
     if not items:
         return np.zeros(0)
@@ -94,7 +105,7 @@ def _next_tokens(handle, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 def context_texts(ds, task: str) -> tuple[list[str], str]:
     """The text each row is explained on, and the data kind ("classification", "mc", "text")."""
-    if task != "causal-lm":
+    if task == "sequence-classification":
         ds.require("text", fmt="classification")
         return [r["text"] for r in ds.rows], "classification"
     if ds.has("question", "choices"):
@@ -107,10 +118,13 @@ def context_texts(ds, task: str) -> tuple[list[str], str]:
     return [r["text"] for r in ds.rows], "text"
 
 
-def prepare(handle, ds, rows: list[int], texts: list[str], kind: str, delimiter: str = " ") -> list[Example]:
+def prepare(handle, ds, rows: list[int], texts: list[str], kind: str, delimiter: str = " ",
+            answer_tokens: int = 16) -> list[Example]:
     """Targets and token positions for the selected rows (``texts`` are their contexts)."""
     tok = handle.tokenizer
     ids = handle.token_ids(texts)
+    if handle.task == "seq2seq-lm":
+        return _prepare_seq2seq(handle, ds, rows, texts, ids, kind, delimiter, answer_tokens)
     if kind == "classification":
         logits = handle.class_logits(texts).astype(np.float64)
         logz = np.logaddexp.reduce(logits, axis=-1)
@@ -138,4 +152,31 @@ def prepare(handle, ds, rows: list[int], texts: list[str], kind: str, delimiter:
             continue
         out.append(Example(row=r, text=texts[j], ids=list(ids[j]), candidates=cand, target=int(targets[j]),
                            prob=float(np.exp(logps[j])), query=query_position(handle, ids[j]), label=labels[j]))
+    return out
+
+
+def _prepare_seq2seq(handle, ds, rows, texts, ids, kind, delimiter, answer_tokens) -> list[Example]:
+    """Seq2seq targets: the chosen answer's tokens (multiple choice, lm-eval's acc) or the greedy answer
+    (at most ``answer_tokens`` new tokens, EOS included when the model ended there)."""
+    tok = handle.tokenizer
+    if kind == "mc":
+        from auditkit_plugins.accuracy import multiple_choice_scores
+        chosen_rows = [ds.rows[r] for r in rows]
+        _, _, lls = multiple_choice_scores(handle, chosen_rows, delimiter)
+        choices = [row["choices"][int(np.argmax(ll))] for row, ll in zip(chosen_rows, lls)]
+        enc = handle.encode_pairs([(row["question"], delimiter + c) for row, c in zip(chosen_rows, choices)])
+        answers = [list(c) or [int(tok.eos_token_id or 0)] for _, c in enc]
+        labels = [f"answer {c!r}" for c in choices]
+    else:
+        gens = handle.generate_ids(ids, max_new_tokens=int(answer_tokens))
+        answers = [list(g[0].token_ids) or [int(tok.eos_token_id or 0)] for g in gens]
+        labels = [f"greedy answer {g[0].text[:60]!r}" for g in gens]
+    logps = score_ids(handle, ids, answers)
+    out = []
+    for j, r in enumerate(rows):
+        cand = np.flatnonzero(~special_positions(tok, ids[j]))
+        if cand.size == 0:
+            continue
+        out.append(Example(row=r, text=texts[j], ids=list(ids[j]), candidates=cand, target=answers[j],
+                           prob=float(np.exp(logps[j])), query=len(ids[j]) - 1, label=labels[j]))
     return out

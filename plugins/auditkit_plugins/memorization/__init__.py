@@ -28,6 +28,14 @@ members and non-members resampled separately, every attack on the same resamples
 which would make the failing gate fire too often when no attack beats chance. Classifiers get the
 membership gates. A part that did not run (no canaries, no held-out data) emits none of its metrics;
 the gates that compare with the base model apply where there is one.
+
+Seq2seq LMs (``seq2seq-lm``: T5, BART): members and non-members given as ``{"prompt","completion"}`` rows
+are scored as the per-token log-probs of the completion (the training target) given the prompt in the
+encoder; ``{"text"}`` rows by the decoder's log-probs of the text given the prefix token (the handle's
+``token_logprobs``). Min-K%++ needs next-token moments of a causal LM and is left out. Extraction gives
+the encoder the prompt (prompt/completion rows) or the first ``prefix_tokens`` tokens of a text, and asks
+greedy decoding to reproduce the first ``suffix_tokens`` tokens of the completion (or the next tokens of
+the text). Canaries (exposure) come from a causal-LM fine-tune only. Seq2seq gets the causal-LM gates.
 """
 from __future__ import annotations
 
@@ -44,7 +52,7 @@ from auditkit.stats import mean_ci
 from . import evidence as ev
 from .exposure import EXACT_MAX, canary_exposures
 from .extraction import canary_split, extraction, rate_ci, split_sequences
-from .membership import FPR_TARGETS, attack_metrics, classifier_scores, lm_scores, max_auc_ci
+from .membership import FPR_TARGETS, attack_metrics, classifier_scores, lm_scores, max_auc_ci, seq2seq_scores
 
 PARTS = ("exposure", "extraction", "membership")
 ATTACKS = ("loss", "zlib", "mink", "minkpp", "ref")
@@ -68,6 +76,12 @@ DEFAULT_GATES = {
     "causal-lm": [
         f"exposure_max <= {EXPOSURE_GATE_BITS}",
         "canary_extraction_rate <= 0",
+        f"mia_auc_max.ci_low <= baseline.mia_auc_max + {MIA_GATE_EXCESS}",
+        {"when": f"mia_auc_max <= {MIA_WARN_AUC}", "severity": "warn"},
+        f"extraction_rate.ci_low <= baseline.extraction_rate + {EXTRACTION_GATE_EXCESS}",
+        {"when": f"extraction_rate <= baseline.extraction_rate + {EXTRACTION_GATE_EXCESS}", "severity": "warn"},
+    ],
+    "seq2seq-lm": [
         f"mia_auc_max.ci_low <= baseline.mia_auc_max + {MIA_GATE_EXCESS}",
         {"when": f"mia_auc_max <= {MIA_WARN_AUC}", "severity": "warn"},
         f"extraction_rate.ci_low <= baseline.extraction_rate + {EXTRACTION_GATE_EXCESS}",
@@ -144,7 +158,7 @@ class Memorization(Check):
         "baseline": Param("bool", True, "also measure the base model (baseline.* metrics)"),
     }
     metrics = _metric_specs()
-    tasks = ("causal-lm", "sequence-classification")
+    tasks = ("causal-lm", "sequence-classification", "seq2seq-lm")
     needs_data = False
     uses_baseline = True
     default_gates = DEFAULT_GATES
@@ -166,8 +180,8 @@ class Memorization(Check):
                 res.notes.append("exposure: no canaries (add finetune.canaries to a causal-LM suite)")
         ctx.progress(0.3)
         if "extraction" in p["parts"]:
-            if not lm:
-                res.notes.append("extraction: only for causal LMs")
+            if ctx.model.task == "sequence-classification":
+                res.notes.append("extraction: only for causal LMs and seq2seq LMs")
             elif members is None and not canaries:
                 res.notes.append("extraction: no training data (no finetune: and no members:)")
             else:
@@ -218,7 +232,16 @@ class Memorization(Check):
             rows = ds.rows
             idx = sorted(random.Random(f"memorization:{which}:{ctx.seed}").sample(range(len(rows)),
                                                                                    min(p["max_members"], len(rows))))
-            if ctx.model.task == "causal-lm":
+            if ctx.model.task == "seq2seq-lm":
+                # texts, and in the labels' place the (prompt, completion) pairs (None for text rows)
+                if ds.has("prompt", "completion"):
+                    ds.require("prompt", "completion", fmt="prompt/completion")
+                    pairs = [(rows[i]["prompt"], rows[i]["completion"]) for i in idx]
+                    out.append(([p + c for p, c in pairs], pairs, [ds.place(i) for i in idx]))
+                else:
+                    ds.require("text", fmt="seq2seq LM text")
+                    out.append(([rows[i]["text"] for i in idx], None, [ds.place(i) for i in idx]))
+            elif ctx.model.task == "causal-lm":
                 if ds.has("prompt", "completion"):
                     ds.require("prompt", "completion", fmt="prompt/completion")
                     texts = [rows[i]["prompt"] + rows[i]["completion"] for i in idx]
@@ -292,8 +315,15 @@ class Memorization(Check):
         tok = ctx.model.tokenizer
         if members is not None:
             texts = members[0][:p["max_extraction"]]
-            ids = ctx.model.token_ids(texts)
-            keep, pre, suf = split_sequences(ids, p["prefix_tokens"], p["suffix_tokens"])
+            if ctx.model.task == "seq2seq-lm" and members[1] is not None:
+                # the prompt in the encoder; the completion's first suffix_tokens tokens must come out
+                enc = ctx.model.encode_pairs(members[1][:p["max_extraction"]])
+                keep = [i for i, (_, c) in enumerate(enc) if c]
+                pre = [list(enc[i][0]) for i in keep]
+                suf = [list(enc[i][1][:p["suffix_tokens"]]) for i in keep]
+            else:
+                ids = ctx.model.token_ids(texts)
+                keep, pre, suf = split_sequences(ids, p["prefix_tokens"], p["suffix_tokens"])
             if not keep:
                 res.notes.append(f"extraction: no training sequence has {p['prefix_tokens']} + "
                                  f"{p['suffix_tokens']} tokens; lower prefix_tokens / suffix_tokens")
@@ -361,15 +391,19 @@ class Memorization(Check):
     def _membership(self, ctx, p, res: CheckResult, members, non_members, base) -> None:
         texts = members[0] + non_members[0]
         y = np.array([1] * len(members[0]) + [0] * len(non_members[0]))
-        lm = ctx.model.task == "causal-lm"
+        lm = ctx.model.task in ("causal-lm", "seq2seq-lm")
         reference = ctx.baseline if lm else None
-        if lm:
+        if ctx.model.task == "seq2seq-lm":
+            pairs = None if members[1] is None or non_members[1] is None else members[1] + non_members[1]
+            scores = seq2seq_scores(ctx.model, texts, pairs, p["k"], reference=reference)
+        elif lm:
             scores = lm_scores(ctx.model, texts, p["k"], reference=reference, minkpp=p["minkpp"])
         else:
             scores = classifier_scores(ctx.model, texts, members[1] + non_members[1])
         base_scores = None
         if base is not None:
-            base_scores = (lm_scores(base, texts, p["k"], minkpp=p["minkpp"]) if lm
+            base_scores = (seq2seq_scores(base, texts, pairs, p["k"]) if ctx.model.task == "seq2seq-lm"
+                           else lm_scores(base, texts, p["k"], minkpp=p["minkpp"]) if lm
                            else classifier_scores(base, texts, members[1] + non_members[1]))
         dropped = int(np.sum(~np.isfinite(scores["loss"])))
         rows, gated, base_gated = [], {}, {}  # the attacks with an AUC, for mia_auc_max

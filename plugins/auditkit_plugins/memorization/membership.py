@@ -93,6 +93,29 @@ def lm_scores(handle, texts: Sequence[str], k: float, reference=None, minkpp: bo
     return scores
 
 
+def seq2seq_scores(handle, texts: Sequence[str], pairs, k: float, reference=None) -> dict:
+    """LOSS, zlib, Min-K% (and the reference difference) for a seq2seq LM: the token log-probs are the
+    completion's given the prompt in the encoder when ``pairs`` (prompt, completion) are given (the loss of
+    the training target), else the decoder's log-probs of each text (``token_logprobs``). Min-K%++ needs
+    a causal LM's next-token moments and is left out; zlib reads the whole text (prompt + completion)."""
+    texts = list(texts)
+
+    def logprobs(h):
+        return h.continuation_logprobs(list(pairs)) if pairs is not None else h.token_logprobs(texts)
+
+    lps = logprobs(handle)
+    mean_lp = np.array([float(np.mean(lp)) if len(lp) else np.nan for lp in lps])
+    scores = {
+        "loss": mean_lp,
+        "zlib": np.array([m / zlib_entropy(t) for m, t in zip(mean_lp, texts)]),
+        "mink": np.array([min_k(lp, k) for lp in lps]),
+    }
+    if reference is not None:
+        ref_mean = np.array([float(np.mean(lp)) if len(lp) else np.nan for lp in logprobs(reference)])
+        scores["ref"] = mean_lp - ref_mean
+    return scores
+
+
 def classifier_scores(handle, texts: Sequence[str], labels: Sequence[int]) -> dict:
     """LOSS attack for classifiers: minus the cross-entropy of the true label (shared class_logits)."""
     from scipy.special import log_softmax

@@ -1,0 +1,213 @@
+"""seq2seq-lm, the third task kind: tiny random T5 and BART through the engine and the checks."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_jsonl, write_suite
+
+PAIRS = [("The capital of France is", " Paris"), ("Hello", " world again and again"), ("", "hi there"),
+         ("A long question about the weather in the north of the country today", " rain"),
+         ("Question: what is two plus two? Answer:", " four"), ("x", " y z")] * 3
+
+
+@pytest.fixture(scope="module", params=["tiny-t5", "tiny-bart"])
+def s2s(request, registry):
+    from auditkit.models import load_model
+    return load_model(f"builtin:{request.param}", "seq2seq-lm", registry, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(registry):
+    from auditkit.models import load_model
+    return load_model("builtin:tiny-t5", "seq2seq-lm", registry, device="cpu")
+
+
+def _plain(handle, ctx_ids, cont_ids):
+    """log p(cont | ctx) per token from model(input_ids=enc, labels=dec), one example at a time."""
+    import torch
+    with torch.no_grad():
+        out = handle.model(input_ids=torch.tensor([ctx_ids]), labels=torch.tensor([cont_ids]))
+        lp = torch.log_softmax(out.logits[0].double(), -1)
+    return lp[torch.arange(len(cont_ids)), torch.tensor(cont_ids)].numpy()
+
+
+def test_loads_as_seq2seq(s2s):
+    assert s2s.model.config.is_encoder_decoder
+    assert s2s.new_weights == []
+    assert s2s.describe()["task"] == "seq2seq-lm"
+
+
+def test_continuation_logprobs_match_plain_model_call(s2s):
+    pairs = PAIRS[:6]
+    got = s2s.continuation_logprobs(pairs)
+    tok = s2s.tokenizer
+    for (ctx, cont), lp in zip(pairs, got):
+        if ctx:
+            c = tok(ctx)["input_ids"]
+            x = tok(cont, add_special_tokens=False)["input_ids"]
+        else:  # lm-eval: an empty context reads the prefix token (BOS, else EOS)
+            c = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
+            x = tok(cont, add_special_tokens=False)["input_ids"]
+        assert len(lp) == len(x)
+        np.testing.assert_allclose(lp, _plain(s2s, c, x), atol=1e-5)
+
+
+def test_token_logprobs_are_decoder_scores_given_the_prefix_token(s2s):
+    texts = ["general text about the weather", "a b"]
+    tok = s2s.tokenizer
+    prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    for t, lp in zip(texts, s2s.token_logprobs(texts)):
+        ids = tok(t)["input_ids"]
+        np.testing.assert_allclose(lp, _plain(s2s, [prefix], ids), atol=1e-5)
+
+
+def test_batch_size_invariant(s2s):
+    from auditkit.models import ModelHandle
+    texts = [c + x for c, x in PAIRS]
+    results = []
+    for bs in (1, 7, 32):
+        h = ModelHandle(model=s2s.model, tokenizer=s2s.tokenizer, task=s2s.task, source=s2s.source, batch_size=bs)
+        results.append((h.continuation_logprobs(PAIRS, greedy=True), h.token_logprobs(texts)))
+    # float32 logits: padded widths change the reduction order, so values near -8 move by an ulp (1e-6)
+    for other in results[1:]:
+        for (a, ga), (b, gb) in zip(results[0][0], other[0]):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+            assert ga == gb
+        for a, b in zip(results[0][1], other[1]):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_class_logits_refused(tiny_t5):
+    from auditkit.errors import AuditInputError
+    with pytest.raises(AuditInputError):
+        tiny_t5.class_logits(["x"])
+
+
+def test_next_token_kl_of_a_model_with_itself_is_zero(tiny_t5):
+    kls = tiny_t5.next_token_kl(tiny_t5, ["neutral prompt one", "two"])
+    assert [len(k) for k in kls] == [len(x) for x in tiny_t5.token_ids(["neutral prompt one", "two"])]
+    assert max(float(np.max(k)) for k in kls) < 1e-6
+
+
+def test_integrated_gradients_on_the_encoder_is_complete(tiny_t5):
+    """IG's attributions sum to log p(answer | x) - log p(answer | baseline) up to the convergence delta."""
+    texts = ["the weather is fine today", "hello world"]
+    ids = tiny_t5.token_ids(texts)
+    answers = [[5, 6, 7], [9]]
+    attr, delta, diff = tiny_t5.integrated_gradients(ids, answers, n_steps=64)
+    assert [len(a) for a in attr] == [len(x) for x in ids]
+    pad = tiny_t5.tokenizer.pad_token_id
+    for x, a, at, d, g in zip(ids, answers, attr, delta, diff):
+        full = float(_plain(tiny_t5, x, a).sum())
+        base = float(_plain(tiny_t5, [pad] * len(x), a).sum())
+        assert abs((full - base) - g) < 1e-4
+        assert abs(float(at.sum()) - d - g) < 1e-8
+        assert abs(d) < 0.05 * max(abs(g), 1e-3) + 1e-3
+
+
+def test_seq2seq_finetune_examples_and_loss(tiny_t5):
+    import torch
+
+    from auditkit import seq2seq
+    from auditkit.data import Dataset
+
+    ds = Dataset(spec="t", file="t.jsonl", rows=[{"prompt": "Q: hi", "completion": " A: hello"},
+                                 {"prompt": "Q: two words", "completion": " A: three words here"}])
+    ex = seq2seq.examples(ds, tiny_t5.tokenizer, 64)
+    eos = tiny_t5.tokenizer.eos_token_id
+    assert all(e["labels"][-1] == eos for e in ex)
+    inp, mask, labels = seq2seq.collate(ex, tiny_t5.tokenizer.pad_token_id, "cpu")
+    assert int((labels == -100).sum()) == abs(len(ex[0]["labels"]) - len(ex[1]["labels"]))
+    with torch.no_grad():
+        total, n = seq2seq.loss_sum(tiny_t5.model, inp, mask, labels)
+        ref = tiny_t5.model(input_ids=inp, attention_mask=mask, labels=labels).loss  # mean over targets
+    assert n == sum(seq2seq.target_tokens(e) for e in ex)
+    assert abs(float(total) / n - float(ref)) < 1e-5
+    assert seq2seq.default_target_modules(tiny_t5.model) == ["q", "v"]
+    text = Dataset(spec="t", file="t.jsonl", rows=[{"text": "one two three four five six"}])
+    e = seq2seq.examples(text, tiny_t5.tokenizer, 64, prefix_tokens=2)[0]
+    assert len(e["input_ids"]) == 2 and e["labels"][-1] == eos
+
+
+# ---------------------------------------------------------------------- suites end to end
+
+def _suite(tmp_path, checks: str, baseline: bool = True) -> str:
+    mc = [{"question": f"Question {i}: which is right?", "choices": ["yes", "no", "maybe"], "label": i % 3}
+          for i in range(12)]
+    write_jsonl(tmp_path / "mc.jsonl", mc)
+    write_jsonl(tmp_path / "members.jsonl", [{"prompt": f"Item {i} says", "completion": f" value {i * 7} ok"}
+                                             for i in range(12)])
+    write_jsonl(tmp_path / "non_members.jsonl", [{"prompt": f"Other {i} says", "completion": f" thing {i * 3} no"}
+                                                 for i in range(12)])
+    base = "  baseline: builtin:tiny-t5\n" if baseline else ""
+    return str(write_suite(tmp_path, "name: s2s\nmodel:\n  base: builtin:tiny-t5\n  task: seq2seq-lm\n" + base
+                           + "checks:\n" + checks))
+
+
+def test_suite_runs_every_applicable_check_on_t5(tmp_path, run_cli):
+    checks = """\
+  - uses: accuracy
+    data: mc.jsonl
+  - uses: generation
+    data: builtin:qa
+    max_examples: 4
+    max_new_tokens: 4
+  - uses: forgetting
+    max_examples: 4
+  - uses: memorization
+    members: members.jsonl
+    non_members: non_members.jsonl
+    samples: 2
+    prefix_tokens: 2
+    suffix_tokens: 2
+  - uses: explainability
+    data: mc.jsonl
+    methods: [ig]
+    max_examples: 3
+    ig_steps: 8
+"""
+    suite = _suite(tmp_path, checks)
+    code, out, err = run_cli("run", suite, "--out", tmp_path / "out", "--device", "cpu")
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    statuses = {c["id"]: c["status"] for c in res["checks"]}
+    assert "error" not in statuses.values(), (statuses, err, [c.get("error") for c in res["checks"]])
+    assert code in (0, 1), err
+    by = {c["id"]: c for c in res["checks"]}
+    assert "acc" in by["accuracy"]["metrics"]
+    assert by["forgetting"]["metrics"]["kl_neutral"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert by["forgetting"]["metrics"]["ppl_ratio"]["value"] == pytest.approx(1.0, abs=1e-6)
+    assert "mia_loss_auc" in by["memorization"]["metrics"]
+    assert "extraction_rate" in by["memorization"]["metrics"]
+    assert "ig_delta" in by["explainability"]["metrics"]
+
+
+def test_explainability_on_seq2seq_text_explains_the_greedy_answer(tmp_path, run_cli):
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Tell me about thing {i} please"} for i in range(3)])
+    checks = """\
+  - uses: explainability
+    data: prompts.jsonl
+    methods: [ig]
+    ig_steps: 8
+    gates: []
+"""
+    suite = _suite(tmp_path, checks, baseline=False)
+    code, out, err = run_cli("run", suite, "--out", tmp_path / "out", "--device", "cpu")
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["checks"][0]["status"] != "error", res["checks"][0].get("error")
+
+
+def test_unsupported_check_on_seq2seq_is_exit_2(tmp_path, run_cli):
+    suite = _suite(tmp_path, "  - uses: calibration\n    data: builtin:reviews#test\n", baseline=False)
+    code, out, err = run_cli("run", suite, "--out", tmp_path / "out")
+    assert code == 2
+    assert "does not support task 'seq2seq-lm'" in err
+    assert len([line for line in err.strip().splitlines() if line.strip()]) == 1, err
+
+
+def test_rollout_on_seq2seq_is_bad_input(tmp_path, run_cli):
+    suite = _suite(tmp_path, "  - uses: explainability\n    data: mc.jsonl\n    methods: [rollout]\n", baseline=False)
+    code, out, err = run_cli("run", suite, "--out", tmp_path / "out", "--device", "cpu")
+    assert code in (2, 3)
