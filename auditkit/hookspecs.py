@@ -26,3 +26,8 @@ def auditkit_register_model_sources(register):
 @hookspec
 def auditkit_register_dataset_sources(register):
     """Call ``register(name, load, help)``; ``load(split: str | None, seed: int) -> list[dict]`` for ``builtin:NAME[#split]``."""
+
+
+@hookspec
+def auditkit_register_scorers(register):
+    """Call ``register(name, make, help)``; ``make(options: dict)`` gives a scorer whose ``score(texts: list[str]) -> np.ndarray`` is in [-1, 1] and deterministic."""

@@ -65,6 +65,8 @@ class Registry:
     reporters: dict[str, Source] = field(default_factory=dict)
     model_sources: dict[str, Source] = field(default_factory=dict)
     dataset_sources: dict[str, Source] = field(default_factory=dict)
+    #: text scorers (``auditkit_register_scorers``): name -> Source whose ``fn(options)`` makes a scorer
+    scorers: dict[str, Source] = field(default_factory=dict)
     plugins: list[dict] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     pm: pluggy.PluginManager | None = field(default=None, repr=False)
@@ -125,7 +127,8 @@ def build_registry() -> Registry:
         origin[ep.name] = {"name": ep.name, "version": dist.version if dist else "?",
                            "source": f"entry point {ep.value}"}
 
-    infos = {name: dict(origin[name], checks=[], reporters=[], model_sources=[], dataset_sources=[])
+    infos = {name: dict(origin[name], checks=[], reporters=[], model_sources=[], dataset_sources=[],
+                       scorers=[])
              for name, _ in pm.list_name_plugin() if name in origin}
     _collect(pm, reg, infos)
     reg.plugins.extend(infos.values())
@@ -134,7 +137,7 @@ def build_registry() -> Registry:
 
 _HOOKS = (("auditkit_register_checks", "checks"), ("auditkit_register_reporters", "reporters"),
           ("auditkit_register_model_sources", "model_sources"),
-          ("auditkit_register_dataset_sources", "dataset_sources"))
+          ("auditkit_register_dataset_sources", "dataset_sources"), ("auditkit_register_scorers", "scorers"))
 
 
 def _caller_plugin(codes: dict) -> str | None:

@@ -14,7 +14,8 @@ has a tolerance T and two default gates:
 
 Tolerances: ``eo_difference`` 0.1 (``dp_difference`` 0.1 warns only: it moves with each group's base
 rate, and a perfect classifier has ``dp_difference = base_rate_difference``); ``cf_gap`` 0.05 (the
-flip rate 0.05 warns only); causal LMs' ``ll_gap`` 0.1 nats per token; ``stereotype_score`` 0.6
+flip rate 0.05 warns only); causal LMs' ``ll_gap`` 0.1 nats per token; generations' ``gen_gap`` 0.1 on
+the scorer's [-1, 1] scale (scorers: ``auditkit_plugins.scorers``, hook ``auditkit_register_scorers``); ``stereotype_score`` 0.6
 (0.1 over no preference).
 
 Every difference comes with ``*_mde``, the minimum detectable effect: the smallest true difference
