@@ -249,6 +249,10 @@ class Check:
     default_gates: ClassVar[Sequence | Mapping[str, Sequence]] = ()
 
     @classmethod
+    def validate_task(cls, params: dict, task: str) -> None:
+        """Check parameters against the model's task kind, before any model loads: raise AuditInputError."""
+
+    @classmethod
     def validate_data(cls, data: "Dataset", params: dict) -> None:
         """Check the entry's dataset before any model loads (columns, value types): raise AuditInputError."""
 

@@ -200,7 +200,7 @@ def cmd_plugins(args) -> int:
         table.add_column(col, overflow="fold")
     for p in reg.plugins:
         provides = []
-        for kind in ("checks", "reporters", "model_sources", "dataset_sources"):
+        for kind in ("checks", "reporters", "model_sources", "dataset_sources", "scorers"):
             if p[kind]:
                 provides.append(f"{kind.replace('_', ' ')}: {', '.join(p[kind])}")
         table.add_row(p["name"], p["version"], p["source"], "\n".join(provides) or "-")

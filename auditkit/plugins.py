@@ -31,6 +31,7 @@ DEFAULT_PLUGINS = (
     "auditkit_plugins.builtin_datasets",
     "auditkit_plugins.accuracy",
     "auditkit_plugins.generation",
+    "auditkit_plugins.scorers",
     "auditkit_plugins.lm_eval_task",
     "auditkit_plugins.overfitting",
     "auditkit_plugins.calibration",

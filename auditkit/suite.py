@@ -448,6 +448,10 @@ def _parse_check(entry, path: tuple, cx: _Ctx, registry, task: str, seen: set) -
         cls.validate_params(params, str(Path(cx.file).parent))
     except AuditInputError as exc:
         raise _at_param(cx, path, params, exc) from None
+    try:
+        cls.validate_task(params, task)
+    except AuditInputError as exc:
+        raise _at_param(cx, path, params, exc) from None
     data = entry.get("data", cls.default_data)
     if cls.needs_data and not data:
         raise cx.fail(path, f"check {uses!r} needs data: (builtin:NAME or a file path)")

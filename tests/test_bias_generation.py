@@ -387,8 +387,6 @@ def test_mode_is_checked_against_the_task():
     BiasCounterfactual.validate_task({"mode": "auto"}, "sequence-classification")
 
 
-@pytest.mark.xfail(reason="needs suite.py to call Check.validate_task before any model loads (lead wiring)",
-                   strict=False)
 def test_generation_mode_on_a_classifier_is_refused_before_loading(tmp_path, run_cli, monkeypatch):
     import auditkit.runner
     monkeypatch.setattr(auditkit.runner, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
