@@ -77,6 +77,25 @@ class Dataset:
         place = self.place(i, col) if i is not None else (f"column {col!r}" if col else None)
         return AuditInputError(message, file=self.file, place=place, fix=fix)
 
+    def prompt_pairs(self) -> list[tuple[str, str]] | None:
+        """``(prompt, completion)`` per row for ``{"prompt","completion"}`` rows, or for generation data
+        ``{"prompt","reference"}`` (the first reference of a list); None for other data."""
+        if self.has("prompt", "completion"):
+            self.require("prompt", "completion", fmt="prompt/completion")
+            return [(r["prompt"], r["completion"]) for r in self.rows]
+        if self.has("prompt", "reference"):
+            self.require("prompt", fmt="prompt/reference")
+            out = []
+            for i, r in enumerate(self.rows):
+                ref = r["reference"]
+                ref = ref[0] if isinstance(ref, list) and ref else ref
+                if not isinstance(ref, str) or not ref.strip():
+                    raise self.error(f"column 'reference' must be non-empty text or a list of it, got {r['reference']!r}",
+                                     i, "reference")
+                out.append((r["prompt"], ref))
+            return out
+        return None
+
     # ------------------------------------------------------------------ validation
     def require(self, *names: str, fmt: str = "") -> "Dataset":
         """Every row has these columns (non-empty text where a text column is named)."""

@@ -296,6 +296,9 @@ def restore_canaries(stored: dict) -> dict | None:
 
 def _examples(ds, task: str, tokenizer, max_length: int, num_labels: int | None) -> list[dict]:
     """Tokenize a dataset into training examples (input_ids, labels)."""
+    if task == "seq2seq-lm":  # encoder input and decoder target (auditkit.seq2seq)
+        from auditkit import seq2seq
+        return seq2seq.examples(ds, tokenizer, max_length)
     rows = ds.rows
     if task == "sequence-classification":
         ds.require("text", "label", fmt="classification")
@@ -318,6 +321,9 @@ def _examples(ds, task: str, tokenizer, max_length: int, num_labels: int | None)
 
 def _collate(batch: list[dict], pad_id: int, task: str, device: str):
     import torch
+    if task == "seq2seq-lm":
+        from auditkit import seq2seq
+        return seq2seq.collate(batch, pad_id, device)
     width = max(len(b["input_ids"]) for b in batch)
     inp = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -363,7 +369,10 @@ def default_target_modules(model) -> list[str]:
 
 def apply_lora(model, task: str, lora: dict, file: str | None = None):
     from peft import LoraConfig, TaskType, get_peft_model
-    targets = lora.get("target_modules") or default_target_modules(model)
+    from auditkit import seq2seq
+    s2s = task == "seq2seq-lm"
+    targets = lora.get("target_modules") or (s2s and seq2seq.default_target_modules(model)) \
+        or default_target_modules(model)
     if isinstance(targets, str):
         targets = [targets]
     have = _linear_names(model)
@@ -376,7 +385,8 @@ def apply_lora(model, task: str, lora: dict, file: str | None = None):
     alpha = int(alpha) if float(alpha).is_integer() else float(alpha)  # scaling = alpha / r
     cfg = LoraConfig(r=int(lora.get("r", 8)), lora_alpha=alpha,
                      lora_dropout=float(lora.get("dropout", 0.05)), target_modules=list(targets),
-                     task_type=TaskType.SEQ_CLS if task == "sequence-classification" else TaskType.CAUSAL_LM)
+                     task_type=seq2seq.lora_task_type() if s2s else
+                     TaskType.SEQ_CLS if task == "sequence-classification" else TaskType.CAUSAL_LM)
     return get_peft_model(model, cfg)
 
 
@@ -412,6 +422,12 @@ def _evaluate(model, examples, task: str, pad_id: int, device: str, batch_size: 
                 continue
             batch = [examples[i] for i in order[s:s + batch_size]]
             inp, mask, labels = _collate(batch, pad_id, task, device)
+            if task == "seq2seq-lm":
+                from auditkit import seq2seq
+                loss, n = seq2seq.loss_sum(model, inp, mask, labels)
+                total_loss += float(loss)
+                total_n += n
+                continue
             logits = model(input_ids=inp, attention_mask=mask).logits.float()
             if task == "sequence-classification":
                 loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
@@ -647,12 +663,22 @@ def _step(model, chunk, micro: int, task: str, pad_id: int, device: str, amp) ->
         weights = [len(chunk[i:i + micro]) for i in range(0, len(chunk), micro)]
         denom = len(chunk)
     else:
-        weights = [sum(max(sum(1 for x in b["labels"][1:] if x != -100), 0) for b in chunk[i:i + micro])
-                   for i in range(0, len(chunk), micro)]
+        weights = [sum(_target_tokens(b, task) for b in chunk[i:i + micro]) for i in range(0, len(chunk), micro)]
         denom = max(sum(weights), 1)
     for k, i in enumerate(range(0, len(chunk), micro)):
         batch = chunk[i:i + micro]
         inp, mask, labels = _collate(batch, pad_id, task, device)
+        if task == "seq2seq-lm":
+            if weights[k] == 0:
+                continue
+            from auditkit import seq2seq
+            with amp():
+                loss_sum, n = seq2seq.loss_sum(model, inp, mask, labels)
+            loss = loss_sum / max(n, 1)
+            (loss * weights[k] / denom).backward()
+            total_loss += float(loss.detach()) * weights[k] / denom
+            ntok += int(mask.sum()) + n
+            continue
         with amp():
             logits = model(input_ids=inp, attention_mask=mask).logits.float()
         if task == "sequence-classification":
@@ -683,7 +709,7 @@ def _step_ddp(ddp, chunk, micro: int, task: str, pad_id: int, device: str, amp, 
     if task == "sequence-classification":
         denom = n
     else:
-        denom = max(sum(sum(1 for x in b["labels"][1:] if x != -100) for b in chunk), 1)
+        denom = max(sum(_target_tokens(b, task) for b in chunk), 1)
     per = math.ceil(n / w.size)
     part = chunk[w.rank * per:(w.rank + 1) * per]
     batches: list = [part[i:i + micro] for i in range(0, len(part), micro)] or [None]
@@ -692,6 +718,15 @@ def _step_ddp(ddp, chunk, micro: int, task: str, pad_id: int, device: str, amp, 
         dummy = batch is None
         inp, mask, labels = _collate(chunk[:1] if dummy else batch, pad_id, task, device)
         with (ddp.no_sync() if k < len(batches) - 1 else _null()):
+            if task == "seq2seq-lm":
+                from auditkit import seq2seq
+                with amp():
+                    loss_sum, _ = seq2seq.loss_sum(ddp, inp, mask, labels)
+                (loss_sum * (0.0 if dummy else w.size / denom)).backward()
+                if not dummy:
+                    total_loss += float(loss_sum.detach()) / denom
+                    ntok += int(mask.sum())
+                continue
             with amp():
                 logits = ddp(input_ids=inp, attention_mask=mask).logits.float()
             if task == "sequence-classification":
@@ -705,6 +740,13 @@ def _step_ddp(ddp, chunk, micro: int, task: str, pad_id: int, device: str, amp, 
             total_loss += float(loss_sum.detach()) / denom
             ntok += int(mask.sum())
     return total_loss, ntok
+
+
+def _target_tokens(example: dict, task: str) -> int:
+    """The tokens an LM example's loss counts: labels after the first (causal: each predicts the next), or
+    every decoder target (seq2seq)."""
+    labels = example["labels"] if task == "seq2seq-lm" else example["labels"][1:]
+    return sum(1 for x in labels if x != -100)
 
 
 def _all_sum(values: list, device: str) -> list[float]:
@@ -740,8 +782,10 @@ def _kbit_base(handle, suite_file: str | None = None):
     spec = ModelSpec(base=handle.source, task=handle.task, quantization_bits=4,
                      device_map="auto" if len(set((getattr(handle.model, "hf_device_map", None) or {}).values())) > 1
                      else None)
-    auto = AutoModelForCausalLM if handle.task == "causal-lm" else AutoModelForSequenceClassification
-    extra = {"num_labels": handle.num_labels} if handle.task != "causal-lm" and handle.num_labels else {}
+    from transformers import AutoModelForSeq2SeqLM
+    auto = {"causal-lm": AutoModelForCausalLM, "seq2seq-lm": AutoModelForSeq2SeqLM}.get(
+        handle.task, AutoModelForSequenceClassification)
+    extra = {"num_labels": handle.num_labels} if handle.task == "sequence-classification" and handle.num_labels else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = auto.from_pretrained(location, dtype=torch.bfloat16, **backends.load_kwargs(spec, handle.device),

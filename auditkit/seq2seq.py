@@ -51,13 +51,15 @@ def _close(ids: list[int], eos: int | None) -> list[int]:
 
 def examples(ds, tokenizer, max_length: int, prefix_tokens: int | None = None) -> list[dict]:
     """Training examples ``{"input_ids": encoder ids, "labels": decoder target ids}`` from a dataset of
-    ``{"prompt","completion"}`` or ``{"text"}`` rows (see the module docstring); both sides are cut at
+    ``{"prompt","completion"}``, ``{"prompt","reference"}`` (generation data: the first reference) or
+    ``{"text"}`` rows (see the module docstring); both sides are cut at
     ``max_length`` tokens (the target keeps its EOS)."""
     eos = _eos(tokenizer)
     rows = ds.rows
     out: list[dict] = []
-    if ds.has("prompt", "completion"):
-        ds.require("prompt", "completion", fmt="prompt/completion")
+    pairs = ds.prompt_pairs()
+    if pairs is not None:
+        rows = [{"prompt": p, "completion": c} for p, c in pairs]
         enc = tokenizer([r["prompt"] for r in rows], truncation=True, max_length=max_length)["input_ids"]
         dec = tokenizer([r["completion"] for r in rows], add_special_tokens=False)["input_ids"]
         for e, d in zip(enc, dec):

@@ -211,3 +211,36 @@ def test_rollout_on_seq2seq_is_bad_input(tmp_path, run_cli):
     suite = _suite(tmp_path, "  - uses: explainability\n    data: mc.jsonl\n    methods: [rollout]\n", baseline=False)
     code, out, err = run_cli("run", suite, "--out", tmp_path / "out", "--device", "cpu")
     assert code in (2, 3)
+
+
+@pytest.mark.parametrize("base,method", [("builtin:tiny-t5", "lora"), ("builtin:tiny-bart", "full")])
+def test_seq2seq_fine_tune_and_every_applicable_check(tmp_path, base, method):
+    """Fine-tune a seq2seq model (LoRA and full) on generation data, then audit it with every check that
+    applies: generation, overfitting, forgetting against the base, memorization, explainability and
+    counterfactual bias on generations. No check ERRORs, and the fine-tune trained (its loss moved)."""
+    import json
+
+    from auditkit.cli import main
+    from tests.conftest import write_suite
+    suite = write_suite(tmp_path, f"""
+        name: s2s-ft
+        seed: 0
+        model: {{base: "{base}", task: seq2seq-lm, max_length: 32, batch_size: 8}}
+        finetune: {{data: "builtin:qa#all", validation: "builtin:qa#train", method: {method}, max_steps: 4,
+                   batch_size: 8, max_length: 32, learning_rate: 0.001}}
+        checks:
+          - {{uses: generation, data: "builtin:qa", max_examples: 10, max_new_tokens: 8}}
+          - {{uses: overfitting}}
+          - {{uses: forgetting, max_examples: 8, bootstrap: 100}}
+          - {{uses: memorization, parts: [membership, extraction], max_members: 20, max_extraction: 5}}
+          - {{uses: explainability, data: "builtin:qa", max_examples: 2, ig_steps: 4}}
+          - {{uses: bias.counterfactual, max_examples: 8, bootstrap: 100}}
+        """)
+    out = tmp_path / "out"
+    code = main(["run", str(suite), "--out", str(out), "--device", "cpu"])
+    res = json.loads((out / "results.json").read_text())
+    assert code in (0, 1), code
+    assert {c["id"]: c["status"] for c in res["checks"] if c["status"] == "error"} == {}
+    steps = res["training"]["steps"]
+    assert len(steps) == 4 and steps[0]["loss"] != steps[-1]["loss"]
+    assert res["training"]["method"] == method

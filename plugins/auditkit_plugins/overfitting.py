@@ -71,6 +71,9 @@ class Overfitting(Check):
                                     {"when": "val_rising == 0", "severity": "warn"}],
         "causal-lm": ["loss_gap <= 1.0", {"when": "gl <= 20", "severity": "warn"},
                       {"when": "val_rising == 0", "severity": "warn"}],
+        # per target token, like a causal LM's
+        "seq2seq-lm": ["loss_gap <= 1.0", {"when": "gl <= 20", "severity": "warn"},
+                       {"when": "val_rising == 0", "severity": "warn"}],
     }
 
     def run(self, ctx: CheckContext) -> CheckResult:

@@ -40,6 +40,7 @@ THRESHOLD = 0.6
 
 class BiasPairs(Check):
     name = "bias.pairs"
+    tasks = ("sequence-classification", "causal-lm")  # a masked LM or a causal LM scores the sentences
     description = ("Stereotype pairs (CrowS-Pairs format): share of pairs where the model prefers the more "
                    "stereotyping sentence (causal LMs: summed log-likelihood; masked LMs: pseudo-log-likelihood "
                    "over shared tokens), with bootstrap CIs, per bias type.")

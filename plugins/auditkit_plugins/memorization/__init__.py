@@ -232,19 +232,18 @@ class Memorization(Check):
             rows = ds.rows
             idx = sorted(random.Random(f"memorization:{which}:{ctx.seed}").sample(range(len(rows)),
                                                                                    min(p["max_members"], len(rows))))
+            all_pairs = ds.prompt_pairs() if ctx.model.task != "sequence-classification" else None
             if ctx.model.task == "seq2seq-lm":
                 # texts, and in the labels' place the (prompt, completion) pairs (None for text rows)
-                if ds.has("prompt", "completion"):
-                    ds.require("prompt", "completion", fmt="prompt/completion")
-                    pairs = [(rows[i]["prompt"], rows[i]["completion"]) for i in idx]
+                if all_pairs is not None:
+                    pairs = [all_pairs[i] for i in idx]
                     out.append(([p + c for p, c in pairs], pairs, [ds.place(i) for i in idx]))
                 else:
                     ds.require("text", fmt="seq2seq LM text")
                     out.append(([rows[i]["text"] for i in idx], None, [ds.place(i) for i in idx]))
             elif ctx.model.task == "causal-lm":
-                if ds.has("prompt", "completion"):
-                    ds.require("prompt", "completion", fmt="prompt/completion")
-                    texts = [rows[i]["prompt"] + rows[i]["completion"] for i in idx]
+                if all_pairs is not None:
+                    texts = [all_pairs[i][0] + all_pairs[i][1] for i in idx]
                 else:
                     ds.require("text", fmt="causal LM text")
                     texts = [rows[i]["text"] for i in idx]
