@@ -319,7 +319,9 @@ def _examples(ds, task: str, tokenizer, max_length: int, num_labels: int | None)
     return [{"input_ids": ids, "labels": list(ids)} for ids in enc]
 
 
-def _collate(batch: list[dict], pad_id: int, task: str, device: str):
+def _collate(batch: list[dict], pad_id: int, task: str, device: str, left: bool = False):
+    """Right-padded tensors; ``left`` pads classifier inputs on the left, for heads that read the last
+    position (:func:`auditkit.models.reads_last_position`)."""
     import torch
     if task == "seq2seq-lm":
         from auditkit import seq2seq
@@ -329,6 +331,12 @@ def _collate(batch: list[dict], pad_id: int, task: str, device: str):
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     if task == "sequence-classification":
         labels = torch.tensor([b["labels"] for b in batch], dtype=torch.long)
+        if left:
+            for i, b in enumerate(batch):
+                n = len(b["input_ids"])
+                inp[i, width - n:] = torch.tensor(b["input_ids"])
+                mask[i, width - n:] = 1
+            return inp.to(device), mask.to(device), labels.to(device)
     else:
         labels = torch.full((len(batch), width), -100, dtype=torch.long)
     for i, b in enumerate(batch):
@@ -421,7 +429,7 @@ def _evaluate(model, examples, task: str, pad_id: int, device: str, batch_size: 
             if w is not None and w.parallel and not w.mine(k):
                 continue
             batch = [examples[i] for i in order[s:s + batch_size]]
-            inp, mask, labels = _collate(batch, pad_id, task, device)
+            inp, mask, labels = _collate(batch, pad_id, task, device, _left(model, task))
             if task == "seq2seq-lm":
                 from auditkit import seq2seq
                 loss, n = seq2seq.loss_sum(model, inp, mask, labels)
@@ -667,7 +675,7 @@ def _step(model, chunk, micro: int, task: str, pad_id: int, device: str, amp) ->
         denom = max(sum(weights), 1)
     for k, i in enumerate(range(0, len(chunk), micro)):
         batch = chunk[i:i + micro]
-        inp, mask, labels = _collate(batch, pad_id, task, device)
+        inp, mask, labels = _collate(batch, pad_id, task, device, _left(model, task))
         if task == "seq2seq-lm":
             if weights[k] == 0:
                 continue
@@ -716,7 +724,7 @@ def _step_ddp(ddp, chunk, micro: int, task: str, pad_id: int, device: str, amp, 
     total_loss, ntok = 0.0, 0
     for k, batch in enumerate(batches):
         dummy = batch is None
-        inp, mask, labels = _collate(chunk[:1] if dummy else batch, pad_id, task, device)
+        inp, mask, labels = _collate(chunk[:1] if dummy else batch, pad_id, task, device, _left(ddp, task))
         with (ddp.no_sync() if k < len(batches) - 1 else _null()):
             if task == "seq2seq-lm":
                 from auditkit import seq2seq
@@ -740,6 +748,16 @@ def _step_ddp(ddp, chunk, micro: int, task: str, pad_id: int, device: str, amp, 
             total_loss += float(loss_sum.detach()) / denom
             ntok += int(mask.sum())
     return total_loss, ntok
+
+
+def _left(model, task: str) -> bool:
+    from auditkit.models import reads_last_position
+    inner = model
+    for _ in range(4):  # through DDP / peft wrappers to the transformers model and its config
+        if getattr(inner, "config", None) is not None:
+            break
+        inner = getattr(inner, "module", None) or getattr(inner, "base_model", None) or inner
+    return reads_last_position(inner, task)
 
 
 def _target_tokens(example: dict, task: str) -> int:

@@ -70,6 +70,13 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def reads_last_position(model, task: str) -> bool:
+    """A classifier whose head reads the sequence's last position whatever the mask (XLNet's
+    ``summary_type: last``): right padding would feed it a pad token."""
+    return task == "sequence-classification" and \
+        getattr(getattr(model, "config", None), "summary_type", None) == "last"
+
+
 def texts_key(items: Sequence) -> str:
     """A content fingerprint of a list of texts (or text pairs)."""
     h = hashlib.blake2b(digest_size=16)
@@ -381,6 +388,13 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         """
         size = batch_size or self.batch_size
         order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
+        if reads_last_position(self.model, self.task):
+            # its classifier reads the last position, padding or not (XLNet): batch equal lengths only,
+            # so no row is ever padded
+            groups: dict[int, list[int]] = {}
+            for i in order:
+                groups.setdefault(len(ids[i]), []).append(i)
+            return [g[s:s + size] for g in groups.values() for s in range(0, len(g), size)]
         return [order[s:s + size] for s in range(0, len(order), size)]
 
     def tensors(self, ids: list[list[int]], idx: list[int], *, device=None):

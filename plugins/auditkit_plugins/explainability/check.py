@@ -53,6 +53,14 @@ def _metric_specs() -> dict[str, MetricSpec]:
     return specs
 
 
+#: methods a model type cannot serve, and why (the others still run; a note says what was left out)
+UNSUPPORTED = {
+    "xlnet": {"grad_rollout": "the attention maps XLNet returns are copies the output does not depend on, so "
+                              "they have no gradient",
+              "ig": "XLNet reads its inputs time-major, which captum's embedding-layer interpolation does not "
+                    "follow"},
+}
+
 class Explainability(Check):
     name = "explainability"
     description = ("Token explanations of the model's decisions (attention rollout, gradient-weighted attention, "
@@ -127,13 +135,26 @@ class Explainability(Check):
         where = f"{ctx.check_id or self.name}"
         self.validate_params(p, ctx.base_dir, f"{where}.")
         methods = [m for m in METHODS if m in p["methods"]]  # canonical order: metric names are fixed
+        self.dropped: list[str] = []
+        mtype = getattr(getattr(getattr(ctx.model, "model", None), "config", None), "model_type", "")
+        for m, why in UNSUPPORTED.get(mtype, {}).items():
+            if m in methods:
+                methods = [x for x in methods if x != m]
+                self.dropped.append(f"{m} is not run on {mtype}: {why}")
+        if not methods:
+            raise AuditInputError(f"explainability: none of the methods asked for runs on {mtype}",
+                                  place=f"{where}.methods", fix="add rollout to methods")
         if ctx.model is not None and ctx.model.task == "seq2seq-lm":
+            gone = [m for m in methods if m not in self.SEQ2SEQ_METHODS]
+            if gone:
+                self.dropped.append(f"{', '.join(gone)} not run on a seq2seq-lm model: attention rollout has no single "
+                                    "query row across encoder and decoder")
             methods = [m for m in methods if m in self.SEQ2SEQ_METHODS]
             if not methods or (p["primary"] and p["primary"] not in methods):
                 raise AuditInputError("explainability on a seq2seq-lm model runs Integrated Gradients only (attention "
                                       "rollout has no single query row across encoder and decoder)",
                                       place=f"{where}.methods", fix="set methods: [ig] (and primary: ig, or leave it out)")
-        primary = p["primary"] or ("ig" if "ig" in methods else methods[0])
+        primary = p["primary"] if p["primary"] in methods else ("ig" if "ig" in methods else methods[0])
         sizes = p["rationale_sizes"]
         if not sizes or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1
                                 for s in sizes):
@@ -168,6 +189,7 @@ class Explainability(Check):
 
         scores: dict[str, list[np.ndarray]] = {}
         res = CheckResult()
+        res.notes.extend(self.dropped)
         for m in methods:
             if m == "rollout":
                 scores[m] = rollout_scores(handle, examples, texts)
