@@ -3,7 +3,8 @@
 Encoders (BERT, RoBERTa, DistilBERT, ELECTRA, XLNet, DeBERTa-v2) as classifiers, decoders (GPT-2, Llama,
 Qwen2, Mistral) as causal LMs: each is LoRA fine-tuned for a few steps (default target modules for
 its family) and audited by every check that applies to its task, with small data. A check may not
-ERROR: it runs, or the suite is refused with exit 2 and one line before anything loads.
+ERROR: it runs, or the suite is refused with exit 2 and one line before anything loads. The
+encoder-decoders (T5, BART) are fine-tuned and audited the same way in tests/test_seq2seq.py.
 """
 from __future__ import annotations
 
