@@ -79,14 +79,14 @@ def test_quantization_without_cuda(tmp_path, run_cli, no_load):
 
 def test_device_map_without_cuda(tmp_path, run_cli, no_load):
     suite = _suite(tmp_path, CAUSAL.format(extra=", device_map: auto"),
-                   checks="  - {uses: cost, gates: []}")
+                   checks="  - {uses: bias.pairs, gates: []}")
     line = _exit2(run_cli, suite, "--device", "cpu")
     assert "device_map" in line and "this machine has none" in line
 
 
 def test_vllm_without_cuda(tmp_path, run_cli, no_load):
     suite = _suite(tmp_path, CAUSAL.format(extra=", backend: vllm"),
-                   checks="  - {uses: cost, gates: []}")
+                   checks="  - {uses: bias.pairs, gates: []}")
     line = _exit2(run_cli, suite, "--device", "cpu")
     assert "backend: vllm needs a CUDA GPU; this machine has none" in line
 
@@ -109,7 +109,7 @@ def test_vllm_missing(tmp_path, run_cli, no_load, fake_cuda, monkeypatch):
     monkeypatch.delitem(sys.modules, "vllm", raising=False)
     monkeypatch.setattr(backends, "_importable", lambda name: name != "vllm")
     suite = _suite(tmp_path, CAUSAL.format(extra=", backend: vllm, tensor_parallel_size: 1"),
-                   checks="  - {uses: cost, gates: []}")
+                   checks="  - {uses: bias.pairs, gates: []}")
     line = _exit2(run_cli, suite, "--device", "cuda")
     assert "backend: vllm needs vLLM, which is not installed" in line and "pip install 'auditkit[vllm]'" in line
 
@@ -124,7 +124,7 @@ def test_vllm_for_a_classifier(tmp_path, run_cli, no_load):
 def test_vllm_cannot_fine_tune(tmp_path, run_cli, no_load):
     ft = "finetune: {data: lm.jsonl, method: lora, epochs: 1}\n"
     suite = _suite(tmp_path, CAUSAL.format(extra=", backend: vllm"), finetune=ft,
-                   checks="  - {uses: cost, gates: []}")
+                   checks="  - {uses: bias.pairs, gates: []}")
     line = _exit2(run_cli, suite, "--device", "cpu")
     assert "backend: vllm cannot fine-tune" in line and "(finetune.method)" in line
 
@@ -142,7 +142,7 @@ def test_vllm_refuses_a_check_that_needs_gradients(tmp_path, run_cli, no_load, r
 
     monkeypatch.setitem(get_registry().checks, "needs-grad", NeedsGrad)
     suite = _suite(tmp_path, CAUSAL.format(extra=", backend: vllm"),
-                   checks="  - {uses: cost, gates: []}\n  - {uses: needs-grad, gates: []}")
+                   checks="  - {uses: bias.pairs, gates: []}\n  - {uses: needs-grad, gates: []}")
     line = _exit2(run_cli, suite, "--device", "cpu")
     assert "check 'needs-grad' needs attentions, gradients, which backend vllm cannot serve" in line
     assert "line 6 (checks[1].uses)" in line
@@ -151,18 +151,18 @@ def test_vllm_refuses_a_check_that_needs_gradients(tmp_path, run_cli, no_load, r
 def test_qlora_needs_a_4bit_base(tmp_path, run_cli, no_load):
     ft = "finetune: {data: lm.jsonl, method: qlora, epochs: 1}\n"
     suite = _suite(tmp_path, CAUSAL.format(extra=""), finetune=ft,
-                   checks="  - {uses: cost, gates: []}")
+                   checks="  - {uses: bias.pairs, gates: []}")
     line = _exit2(run_cli, suite, "--device", "cpu")
     assert "qlora trains LoRA on a 4-bit base, but model.quantization is not set" in line
     suite = _suite(tmp_path, CAUSAL.format(extra=", quantization: {bits: 8}"), finetune=ft,
-                   checks="  - {uses: cost, gates: []}")
+                   checks="  - {uses: bias.pairs, gates: []}")
     assert "model.quantization is 8-bit" in _exit2(run_cli, suite, "--device", "cpu")
 
 
 def test_qlora_without_cuda(tmp_path, run_cli, no_load):
     ft = "finetune: {data: lm.jsonl, method: qlora, epochs: 1}\n"
     suite = _suite(tmp_path, CAUSAL.format(extra=", quantization: {bits: 4}"), finetune=ft,
-                   checks="  - {uses: cost, gates: []}")
+                   checks="  - {uses: bias.pairs, gates: []}")
     line = _exit2(run_cli, suite, "--device", "cpu")
     assert "model.quantization needs a CUDA GPU (bitsandbytes); this machine has none" in line
 

@@ -86,3 +86,22 @@ def test_batch_size_and_process_count_do_not_change_results(tmp_path, kind):
     for bs in (1, 7):
         _assert_same(ref, _run(tmp_path, template, bs))
     _assert_same(ref, _run(tmp_path, template, 32, processes=2))
+
+
+def test_more_processes_than_cores_is_exit_2_before_anything_starts(tmp_path, capsys, monkeypatch):
+    import auditkit.distributed as dist
+    monkeypatch.setattr(dist, "launch", lambda *a, **k: pytest.fail("processes were launched"))
+    suite = write_suite(tmp_path, CLASSIFIER.format(bs=8))
+    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--device", "cpu", "--processes", "4096"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--processes 4096" in err[0] and "core" in err[0]
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_bad_suite_under_processes_is_exit_2_in_the_calling_process(tmp_path, capsys, monkeypatch):
+    import auditkit.distributed as dist
+    monkeypatch.setattr(dist, "launch", lambda *a, **k: pytest.fail("processes were launched"))
+    suite = write_suite(tmp_path, CLASSIFIER.format(bs=8).replace("builtin:reviews#test", "missing.jsonl", 1))
+    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--device", "cpu", "--processes", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.jsonl" in err[0]
