@@ -42,8 +42,9 @@ browser:
 	      >/dev/null 2>&1 || echo "make: could not install chromium; the browser test will be skipped"; \
 	  else echo "make: chromium is not installed; the browser test will be skipped"; fi; }
 
+# -n auto: pytest-xdist, one worker per core (each test runs single-threaded; see tests/conftest.py)
 test: $(STAMP) browser
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n auto
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not real_model and not slow"

@@ -23,6 +23,12 @@ os.environ.setdefault("AUDITKIT_DISK_CACHE", "0")
 os.environ.setdefault("AUDITKIT_PLUGINS", "")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The few real-model tests take minutes each: start them first, so that under pytest-xdist (``make test``
+    runs ``-n auto``) one worker runs them while the others take the many short tests."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("real_model") else 1)
+
+
 def pytest_configure(config):
     """Tiny models on 2 cores: one intra-op thread beats two (thread start-up dominates)."""
     import torch
