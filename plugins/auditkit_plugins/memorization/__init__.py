@@ -36,6 +36,15 @@ encoder; ``{"text"}`` rows by the decoder's log-probs of the text given the pref
 the encoder the prompt (prompt/completion rows) or the first ``prefix_tokens`` tokens of a text, and asks
 greedy decoding to reproduce the first ``suffix_tokens`` tokens of the completion (or the next tokens of
 the text). Canaries (exposure) come from a causal-LM fine-tune only. Seq2seq gets the causal-LM gates.
+
+Black-box models (an API model, ``model.base: openai-compatible``; vLLM; or ``access: black-box``): the
+check runs on generations and log-probs alone (``blackbox`` module): membership by LOSS, zlib and
+Min-K% (Min-K%++ and the reference-model attack need full next-token distributions and are left out);
+extraction with ``prefix_tokens`` / ``suffix_tokens`` counted in whitespace-separated *words*; exposure
+by the rank among the references and the skew-normal fit (no enumeration). An API model has no
+fine-tune, so its canaries come from the entry's ``canaries:`` file (``{"text", "repeats"?}`` rows) and
+``canary_template``. ``needs_for`` asks for ``logprobs`` (membership, exposure) and ``generate``
+(extraction), so such a model passes the runner's preflight; classifiers need ``logits``.
 """
 from __future__ import annotations
 
@@ -50,6 +59,8 @@ from auditkit.hookspecs import hookimpl
 from auditkit.stats import mean_ci
 
 from . import evidence as ev
+from .blackbox import (blackbox_exposures, canaries_from_rows, canary_prompts, is_black_box, split_words,
+                       text_extraction)
 from .exposure import EXACT_MAX, canary_exposures
 from .extraction import canary_split, extraction, rate_ci, split_sequences
 from .membership import FPR_TARGETS, attack_metrics, classifier_scores, lm_scores, max_auc_ci, seq2seq_scores
@@ -156,6 +167,15 @@ class Memorization(Check):
                                              "when it has at most this many secrets (0: always estimate)", ge=0),
         "minkpp": Param("bool", True, "run Min-K%++ (one extra pass over full next-token distributions)"),
         "baseline": Param("bool", True, "also measure the base model (baseline.* metrics)"),
+        "access": Param("str", "auto", "auto: black-box (generations and log-probs only) for a model without "
+                                       "weights (an API model), else white-box; black-box: always",
+                        choices=("auto", "black-box")),
+        "canaries": Param("str", None, "canaries file ({\"text\", \"repeats\"?} rows) for a model with no "
+                                       "fine-tune (an API model); needs canary_template"),
+        "canary_template": Param("str", None, "where the secret lies in each canary text, e.g. "
+                                              "'my PIN is {digits}'"),
+        "references": Param("int", 100, "canaries file: random secrets of the same format scored as references "
+                                        "(the last `unseen` of them held out as never-inserted canaries)", ge=2),
     }
     metrics = _metric_specs()
     tasks = ("causal-lm", "sequence-classification", "seq2seq-lm")
@@ -163,13 +183,34 @@ class Memorization(Check):
     uses_baseline = True
     default_gates = DEFAULT_GATES
 
+    @classmethod
+    def needs_for(cls, params: dict, task: str) -> frozenset[str]:
+        """Classifiers: class logits; LMs: log-probs (membership, exposure) and generation (extraction), which
+        an API model serves (the white-box extras are used only where the model has weights)."""
+        if task == "sequence-classification":
+            return frozenset({"logits"})
+        parts = params.get("parts") or PARTS
+        need = set()
+        if "membership" in parts or "exposure" in parts:
+            need.add("logprobs")
+        if "extraction" in parts:
+            need.add("generate")
+        return frozenset(need)
+
     # ------------------------------------------------------------------ entry
     def run(self, ctx: CheckContext) -> CheckResult:
         p = self._validate(ctx)
         res = CheckResult()
         lm = ctx.model.task == "causal-lm"
-        canaries = ctx.artifacts.get("canaries") if lm else None
+        self._bb = is_black_box(ctx.model, p["access"])
+        canaries = self._canaries_file(ctx, p) if lm and p["canaries"] else \
+            ctx.artifacts.get("canaries") if lm else None
         base = ctx.baseline if p["baseline"] and not ctx.is_baseline_pass else None
+        if self._bb:
+            res.notes.append("black-box: generations and log-probs only (membership: LOSS, zlib, Min-K%; Min-K%++ "
+                             "and the reference-model attack need full next-token distributions and are left out; "
+                             "extraction counts prefix_tokens / suffix_tokens in words; exposure: rank among the "
+                             "references and skew-normal fit, no enumeration)")
         members, non_members = self._membership_data(ctx, p)
         ran, exp, extr = [], None, None
         if "exposure" in p["parts"]:
@@ -177,7 +218,8 @@ class Memorization(Check):
                 exp = self._exposure(ctx, p, res, canaries, base)
                 ran.append("exposure")
             else:
-                res.notes.append("exposure: no canaries (add finetune.canaries to a causal-LM suite)")
+                res.notes.append("exposure: no canaries (add finetune.canaries to a causal-LM suite, or a "
+                                 "canaries: file with canary_template)")
         ctx.progress(0.3)
         if "extraction" in p["parts"]:
             if ctx.model.task == "sequence-classification":
@@ -212,11 +254,30 @@ class Memorization(Check):
         if "parts" in params and not params["parts"]:
             raise AuditInputError("memorization: parts is empty", place=f"{prefix}parts",
                                   fix=f"name at least one of: {', '.join(PARTS)} (or leave parts out for all)")
+        tpl = params.get("canary_template")
+        if params.get("canaries") and not tpl:
+            raise AuditInputError("memorization: canaries needs canary_template", place=f"{prefix}canary_template",
+                                  fix="say where the secret lies in each canary, e.g. 'my PIN is {digits}'")
+        if tpl is not None:
+            try:
+                ok = isinstance(tpl, str) and tpl.count("{digits}") == 1 and "\x00" in tpl.format(digits="\x00")
+            except (IndexError, KeyError, ValueError):
+                ok = False
+            if not ok:
+                raise AuditInputError(f"memorization: canary_template {tpl!r} must hold {{digits}} once (and no "
+                                      "other braces)", place=f"{prefix}canary_template",
+                                      fix="e.g. 'my PIN is {digits}'")
 
     def _validate(self, ctx: CheckContext) -> dict:
         p = dict(ctx.params)
         self.validate_params(p, ctx.base_dir, f"{ctx.check_id or self.name}.")
         return p
+
+    def _canaries_file(self, ctx: CheckContext, p: dict) -> dict:
+        """The canary record of the entry's ``canaries:`` file (``{"text", "repeats"?}`` rows)."""
+        ds = ctx.load_data(p["canaries"], None)
+        ds.require("text", fmt="canaries")
+        return canaries_from_rows(ds.rows, p["canary_template"], p["references"], ctx.seed, place=ds.place)
 
     def _membership_data(self, ctx: CheckContext, p: dict):
         """Seeded samples (texts, labels, places) of the members and the non-members, or None where unknown;
@@ -257,8 +318,12 @@ class Memorization(Check):
     # ------------------------------------------------------------------ exposure
     def _exposure(self, ctx, p, res: CheckResult, canaries: dict, base) -> dict:
         cans = canaries["canaries"]
-        exp = canary_exposures(ctx.model, canaries, p["unseen"], p["exact_max"])
-        base_exp = canary_exposures(base, canaries, p["unseen"], p["exact_max"]) if base is not None else None
+        if self._bb:
+            exp = blackbox_exposures(ctx.model, canaries, p["unseen"])
+            base_exp = blackbox_exposures(base, canaries, p["unseen"]) if base is not None else None
+        else:
+            exp = canary_exposures(ctx.model, canaries, p["unseen"], p["exact_max"])
+            base_exp = canary_exposures(base, canaries, p["unseen"], p["exact_max"]) if base is not None else None
         for prefix, e in (("", exp), ("baseline.", base_exp)):
             if e is None:
                 continue
@@ -274,7 +339,8 @@ class Memorization(Check):
                    f"{exp['max_possible']:.2f} bits; token ids {exp['exact']['tokens']}, scored as a "
                    f"{exp['exact']['scoring']})")
         else:
-            why = ("enumerating the space ran out of memory" if "memory" in exp["method"] else
+            why = ("a black-box model's secret space cannot be enumerated" if self._bb else
+                   "enumerating the space ran out of memory" if "memory" in exp["method"] else
                    f"the space of {space:,} secrets is over exact_max ({p['exact_max']:,})" if space and
                    space > p["exact_max"] else "the secrets are not digits of a known format")
             how = (f"estimated ({why}): the larger of the rank among the references and the skew-normal "
@@ -311,6 +377,8 @@ class Memorization(Check):
     # ------------------------------------------------------------------ extraction
     def _extraction(self, ctx, p, res: CheckResult, members, canaries, base) -> dict | None:
         """Training-sequence extraction metrics; returns the canaries' extraction (or None)."""
+        if self._bb:
+            return self._extraction_bb(ctx, p, res, members, canaries, base)
         tok = ctx.model.tokenizer
         if members is not None:
             texts = members[0][:p["max_extraction"]]
@@ -373,6 +441,64 @@ class Memorization(Check):
             return out
         return None
 
+    def _extraction_bb(self, ctx, p, res: CheckResult, members, canaries, base) -> dict | None:
+        """Extraction from text prompts (black-box): words for tokens."""
+        kw = dict(samples=p["samples"], temperature=p["temperature"], seed=ctx.seed)
+        if members is not None:
+            texts = members[0][:p["max_extraction"]]
+            keep, pre, suf = split_words(texts, p["prefix_tokens"], p["suffix_tokens"])
+            if not keep:
+                res.notes.append(f"extraction: no training sequence has {p['prefix_tokens']} + "
+                                 f"{p['suffix_tokens']} words; lower prefix_tokens / suffix_tokens")
+            else:
+                out = text_extraction(ctx.model, pre, suf, **kw)
+                rate, ci = rate_ci(out["greedy"])
+                res.add("extraction_rate", rate, ci=ci, n=len(keep), higher_is_better=False)
+                if out["sampled"] is not None:
+                    res.add("extraction_prob", float(out["sampled"].mean()), ci=mean_ci(out["sampled"], ctx.seed),
+                            n=len(keep), higher_is_better=False)
+                if base is not None:
+                    b = text_extraction(base, pre, suf)
+                    res.add("baseline.extraction_rate", rate_ci(b["greedy"])[0], n=len(keep), higher_is_better=False)
+                res.records["extracted"] = out["greedy"].astype(int).tolist()
+                hits = np.flatnonzero(out["greedy"])
+                show = bool(ctx.artifacts.get("show_secrets"))
+                row_numbers = members[2] if len(members) > 2 else None
+                rows = []
+                for j in hits[:20]:
+                    row = {"training row": row_numbers[keep[j]] if row_numbers else int(keep[j]) + 1}
+                    if show:
+                        row.update(prefix=ev.truncate(pre[j]), suffix=ev.truncate(" ".join(suf[j])))
+                    if out["sampled"] is not None:
+                        row["P(extract)"] = ev.r(out["sampled"][j])
+                    rows.append(row)
+                if rows:
+                    title = (f"Extracted training sequences ({len(hits)} of {len(keep)}; first 20"
+                             + (f", truncated to {ev.MAX_CHARS} characters)" if show else
+                                "; text redacted: run with --show-secrets to see it)"))
+                    res.evidence.append({"title": title, "rows": rows, "secret_columns": ["prefix", "suffix"]})
+                res.notes.append(f"extraction (black-box): {len(keep)} training sequences of at least "
+                                 f"{p['prefix_tokens']} + {p['suffix_tokens']} words; {p['samples']} samples each "
+                                 f"at temperature {p['temperature']}")
+        if canaries and canaries.get("canaries"):
+            cans = canaries["canaries"]
+            texts = [c["text"] for c in cans]
+            pre, suf = canary_prompts(texts, canaries["template"])
+            if not all(pre):
+                res.notes.append("canary extraction: the template has no text before the secret to prompt with")
+                return None
+            out = text_extraction(ctx.model, pre, suf, **kw)
+            rate, ci = rate_ci(out["greedy"])
+            res.add("canary_extraction_rate", rate, ci=ci, n=len(cans), higher_is_better=False)
+            if out["sampled"] is not None:
+                res.add("canary_extraction_prob", float(out["sampled"].mean()), n=len(cans), higher_is_better=False)
+            if base is not None:
+                b = text_extraction(base, pre, suf)
+                res.add("baseline.canary_extraction_rate", rate_ci(b["greedy"])[0], n=len(cans),
+                        higher_is_better=False)
+            return out
+        return None
+
     @staticmethod
     def _canary_table(ctx, res: CheckResult, cans: list[dict], exp: dict | None, extr: dict | None) -> None:
         """The per-canary evidence table, first in the evidence (secrets only with --show-secrets)."""
@@ -383,26 +509,29 @@ class Memorization(Check):
                    "method": None}
         title = "Canaries" + (f" (exposure: {exp['method']})" if exp.get("method") else "") \
             + ("" if show else " (secrets redacted; run with --show-secrets to see them)")
+        tok = getattr(ctx.model, "tokenizer", None)
         res.evidence.insert(0, {"title": title, "rows": ev.canary_rows(cans, exp, extr, exp.get("base"), show,
-                                                                       ctx.model.tokenizer.decode)})
+                                                                       tok.decode if tok is not None else None)})
 
     # ------------------------------------------------------------------ membership
     def _membership(self, ctx, p, res: CheckResult, members, non_members, base) -> None:
         texts = members[0] + non_members[0]
         y = np.array([1] * len(members[0]) + [0] * len(non_members[0]))
         lm = ctx.model.task in ("causal-lm", "seq2seq-lm")
-        reference = ctx.baseline if lm else None
+        bb = self._bb
+        reference = ctx.baseline if lm and not bb else None
+        minkpp = p["minkpp"] and not bb
         if ctx.model.task == "seq2seq-lm":
             pairs = None if members[1] is None or non_members[1] is None else members[1] + non_members[1]
             scores = seq2seq_scores(ctx.model, texts, pairs, p["k"], reference=reference)
         elif lm:
-            scores = lm_scores(ctx.model, texts, p["k"], reference=reference, minkpp=p["minkpp"])
+            scores = lm_scores(ctx.model, texts, p["k"], reference=reference, minkpp=minkpp)
         else:
             scores = classifier_scores(ctx.model, texts, members[1] + non_members[1])
         base_scores = None
         if base is not None:
             base_scores = (seq2seq_scores(base, texts, pairs, p["k"]) if ctx.model.task == "seq2seq-lm"
-                           else lm_scores(base, texts, p["k"], minkpp=p["minkpp"]) if lm
+                           else lm_scores(base, texts, p["k"], minkpp=minkpp) if lm
                            else classifier_scores(base, texts, members[1] + non_members[1]))
         dropped = int(np.sum(~np.isfinite(scores["loss"])))
         rows, gated, base_gated = [], {}, {}  # the attacks with an AUC, for mia_auc_max
@@ -436,9 +565,13 @@ class Memorization(Check):
                                       f"vs {len(non_members[0])} non-members (held out)", "rows": rows})
         res.figures["membership ROC"] = ev.roc_figure(y, scores)
         n_non = len(non_members[0])
-        note = (f"membership: scores are 'higher = member'; Min-K% and Min-K%++ use k={p['k']} (at least one token)"
+        note = (f"membership: scores are 'higher = member'; Min-K%{'' if bb else ' and Min-K%++'} use"
+                f"{'s' if bb else ''} k={p['k']} (at least one token)"
                 if lm else "membership: LOSS attack (cross-entropy of the true label) on train vs held-out data")
-        if reference is None and lm:
+        if bb and lm:
+            note += ("; black-box: Min-K%++ and the reference-model attack need full next-token distributions "
+                     "and are left out")
+        elif reference is None and lm:
             note += "; no reference model (base) for the reference-difference attack"
         if n_non < 1000:
             note += (f"; with {n_non} non-members the smallest non-zero FPR is {1 / n_non:.2%}, so TPR at 0.1% FPR "

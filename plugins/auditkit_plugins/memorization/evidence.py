@@ -54,7 +54,9 @@ def canary_rows(canaries: list[dict], exp: dict, extr: dict | None, base_exp: di
                 row["P(extract)"] = r(extr["sampled"][i])
         if show:
             row["secret"] = c["secret"]
-            if extr is not None and decode is not None:
+            if extr is not None and extr.get("greedy_text") is not None:  # the black-box path: text
+                row["greedy continuation"] = truncate(extr["greedy_text"][i])
+            elif extr is not None and decode is not None:
                 row["greedy continuation"] = truncate(decode([t for t in extr["greedy_ids"][i] if t >= 0]))
         rows.append(row)
     return rows

@@ -204,7 +204,7 @@ def exact_rank(space_lp: np.ndarray, indices) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------------- per canary
 
-def canary_exposures(handle, canaries: dict, unseen: int = 20, exact_max: int = EXACT_MAX) -> dict:
+def canary_exposures(handle, canaries: dict, unseen: int = 20, exact_max: int = EXACT_MAX, score=None) -> dict:
     """Exposure of every inserted canary and of ``unseen`` held-out never-inserted references.
 
     The canaries and references are scored in one batched pass through the handle's shared, cached
@@ -212,6 +212,8 @@ def canary_exposures(handle, canaries: dict, unseen: int = 20, exact_max: int = 
     exposure shows what chance looks like: about log2(e) = 1.44 bits on average). Where the secret
     space has at most ``exact_max`` secrets it is enumerated and ``exposure`` is exact; otherwise
     ``exposure`` is the larger of the rank-based and skew-normal estimates (``method`` says which).
+    ``score`` (``texts -> per-token log-probs``) replaces the handle's ``token_logprobs`` (the black-box
+    path scores the text after the template's head given the head).
     """
     refs = list(canaries.get("references") or [])
     cans = list(canaries.get("canaries") or [])
@@ -220,7 +222,7 @@ def canary_exposures(handle, canaries: dict, unseen: int = 20, exact_max: int = 
     if not ranked:
         raise ValueError("the canary record holds no references to rank against")
     texts = [c["text"] for c in cans] + held + ranked
-    px = log_perplexity_bits(handle.token_logprobs(texts))
+    px = log_perplexity_bits((score or handle.token_logprobs)(texts))
     can_px, held_px, ref_px = px[:len(cans)], px[len(cans):len(cans) + len(held)], px[len(cans) + len(held):]
     space = canaries.get("space_size")
     params = skewnorm_fit(ref_px)
