@@ -95,7 +95,8 @@ def compare_lm_eval(reg, spec: str, limit: int, device: str) -> None:
     t_lm, lmres = timed(theirs, repeat=1)
     same = all(abs(ours.metrics[k].value - lmres.metrics[k].value) < 1e-12 for k in ("acc", "acc_norm"))
     print(f"{spec}: multiple choice on {limit} items: ours acc={ours.metrics['acc'].value:.4f} "
-          f"acc_norm={ours.metrics['acc_norm'].value:.4f} in {t_ours:.2f} s; lm-eval "
+          f"acc_norm={ours.metrics['acc_norm'].value:.4f} in {t_ours:.2f} s; the lm_eval check (lm-eval's task "
+          f"pipeline, scored on our engine; bench_mc_speed.py times lm-eval's own HFLM) "
           f"acc={lmres.metrics['acc'].value:.4f} acc_norm={lmres.metrics['acc_norm'].value:.4f} in {t_lm:.2f} s; "
           f"same numbers: {same}; time ours/lm-eval {t_ours / t_lm:.2f}x")
 

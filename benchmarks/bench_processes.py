@@ -55,6 +55,8 @@ def main() -> int:
     ap.add_argument("--suite", default=str(Path(__file__).resolve().parents[1] / "suites" / "release-gate.yaml"))
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
+    if not Path(args.suite).exists():  # a shipped suite's name
+        args.suite = str(Path(__file__).resolve().parents[1] / "suites" / f"{args.suite}.yaml")
     os.environ["AUDITKIT_DISK_CACHE"] = "0"  # every pass computed, none read back
     out = Path(tempfile.mkdtemp(prefix="bench-processes-"))
     print(f"preparing (fine-tune, or reuse) in {out}", flush=True)

@@ -23,6 +23,11 @@ BENCHMARKS = (
     ("memorization", "bench_memorization.py", ["--n", "500"]),
     ("explainability", "bench_explainability.py", ["--n", "8"]),
     ("mc_speed", "bench_mc_speed.py", ["--n", "64", "--repeat", "3"]),
+    ("generation", "bench_generation.py", ["--repeat", "1"]),
+    ("memory", "bench_memory.py", ["--n", "32", "--factor", "8"]),
+    ("memory_memorization", "bench_memory_memorization.py", ["--n", "32"]),
+    ("api", "bench_api.py", ["--n", "64"]),
+    ("processes", "bench_processes.py", ["--suite", "quick", "--repeat", "1"]),
 )
 
 
