@@ -379,27 +379,15 @@ class VLLMHandle:
         """Cache ``compute()`` under (``op``, the content of ``items``, ``kw``), as ``ModelHandle.memo``;
         with ``persist`` also on disk, keyed by the safetensors fingerprint and the backend, so vLLM's
         numbers are never read back as the hf backend's (or the other way round)."""
-        from auditkit.models import _MISSING, _disk_load, _disk_store, cache_dir, disk_cache_enabled, texts_key
+        from auditkit.models import cache_dir, disk_cache_enabled, memo_step, texts_key
         key = (op, texts_key(items), json.dumps(kw, sort_keys=True))
-        if key in self._cache:
-            self.stats["cache_hits"] += 1
-            return self._cache[key]
         path = None
-        if persist and disk_cache_enabled():
+        if persist and disk_cache_enabled() and key not in self._cache:
             from auditkit import __version__
             blob = json.dumps(["vllm", __version__, self.fingerprint, self.max_length, self.tokenizer_key(), *key])
             digest = hashlib.blake2b(blob.encode(), digest_size=20).hexdigest()
             path = cache_dir() / "passes" / self.fingerprint / f"vllm-{op[:40]}-{digest}.npz"
-            value = _disk_load(path)
-            if value is not _MISSING:
-                self.stats["disk_hits"] += 1
-                self._cache[key] = value
-                return value
-        value = compute()
-        self._cache[key] = value
-        if path is not None:
-            _disk_store(path, value)
-        return value
+        return memo_step(self._cache, self.stats, key, path, compute)
 
     def tokenizer_key(self) -> str:
         tok = self.tokenizer
@@ -479,21 +467,13 @@ class VLLMHandle:
         from auditkit.passes.generation import GenerationRequests
         return GenerationRequests._prompt_ids(self, prompts)
 
-    def generate_ids(self, prefix_ids, *, max_new_tokens=32, temperature=0.0, top_p=1.0, stop=(), seed=0,
-                     samples=1) -> list:
-        from auditkit.passes.generation import Generation
-        ids = [[int(t) for t in p] for p in prefix_ids]
-        stop = [str(s) for s in ([stop] if isinstance(stop, str) else stop) if str(s)]
-        kw = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
-                  stop=stop, seed=int(seed), samples=int(samples))
-        if kw["max_new_tokens"] < 0 or kw["samples"] < 1 or kw["temperature"] < 0 or not 0 < kw["top_p"] <= 1:
-            raise ValueError(f"generate: bad arguments {kw}")
-        if not ids:
-            return []
-        res = self.memo("generate", ids, lambda: self._generate(ids, **kw), persist=True, **kw)
-        k = kw["samples"]
-        return [[Generation(str(res["text"][j]), [int(x) for x in res["ids"][j]], str(res["reason"][j]))
-                 for j in range(p * k, (p + 1) * k)] for p in range(len(ids))]
+    def generate_ids(self, prefix_ids, **kw) -> list:
+        """As the engine's (argument checks, memo, one Generation per prompt and sample); vLLM decodes."""
+        from auditkit.passes.generation import GenerationRequests
+        return GenerationRequests.generate_ids(self, prefix_ids, **kw)
+
+    def _require_generative(self, op: str) -> None:
+        """vLLM serves causal LMs only (checked before loading)."""
 
     def _generate(self, ids, *, max_new_tokens, temperature, top_p, stop, seed, samples) -> dict:
         from vllm import SamplingParams, TokensPrompt

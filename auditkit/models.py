@@ -228,6 +228,26 @@ def _disk_store(path: Path, value) -> bool:
             os.unlink(tmp)
 
 
+def memo_step(cache: dict, stats: dict, key: tuple, path: Path | None, compute: Callable[[], Any]) -> Any:
+    """One process's memo: ``cache`` (memory), then the stored pass at ``path`` (when given), else
+    ``compute()`` kept in both. Backends that run in one process (vLLM, API models) memoize with this;
+    :meth:`ModelHandle.memo` adds what data parallel needs (every process agrees on a disk hit)."""
+    if key in cache:
+        stats["cache_hits"] = stats.get("cache_hits", 0) + 1
+        return cache[key]
+    if path is not None:
+        value = _disk_load(path)
+        if value is not _MISSING:
+            stats["disk_hits"] = stats.get("disk_hits", 0) + 1
+            cache[key] = value
+            return value
+    value = compute()
+    cache[key] = value
+    if path is not None:
+        _disk_store(path, value)
+    return value
+
+
 def _disk_load(path: Path):
     """The stored value, or ``_MISSING`` when absent or unreadable (a broken file is recomputed)."""
     if not path.exists():

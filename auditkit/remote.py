@@ -49,7 +49,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from auditkit.errors import AuditInputError
-from auditkit.models import _MISSING, _disk_load, _disk_store, cache_dir, disk_cache_enabled, texts_key
+from auditkit.models import cache_dir, disk_cache_enabled, memo_step, texts_key
 
 from auditkit.passes.generation import Generation
 
@@ -177,21 +177,8 @@ class APIModelHandle:
         """Cache ``compute()`` under (this model, ``op``, the content of ``items``, ``kw``), as
         :meth:`auditkit.models.ModelHandle.memo` does; ``persist=True`` keeps it on disk too."""
         key = (op, texts_key(items), json.dumps(kw, sort_keys=True))
-        if key in self._cache:
-            self.stats["cache_hits"] += 1
-            return self._cache[key]
-        path = self._memo_path(*key) if persist and disk_cache_enabled() else None
-        if path is not None:
-            value = _disk_load(path)
-            if value is not _MISSING:
-                self.stats["disk_hits"] += 1
-                self._cache[key] = value
-                return value
-        value = compute()
-        self._cache[key] = value
-        if path is not None:
-            _disk_store(path, value)
-        return value
+        path = self._memo_path(*key) if persist and disk_cache_enabled() and key not in self._cache else None
+        return memo_step(self._cache, self.stats, key, path, compute)
 
     def _memo_path(self, op: str, items_key: str, kw_json: str) -> Path:
         from auditkit import __version__
