@@ -692,6 +692,19 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
             out[i] = ([prefix], c) if c[:1] != [prefix] else (c[:1], c[1:])
         return out
 
+    def _scorable(self, ctx, cont, side: str) -> tuple[list[int], list[int]]:
+        """A (context, continuation) of token ids a loglikelihood request can score, as ints: a non-empty
+        continuation no longer than max_length needs at least one ``side`` token (lm-eval asserts the same)."""
+        ctx, cont = [int(t) for t in ctx], [int(t) for t in cont]
+        if cont and len(cont) > self.max_length:
+            raise AuditInputError(f"a continuation of {len(cont)} tokens is longer than max_length "
+                                  f"({self.max_length})", place="model.max_length",
+                                  fix="raise model.max_length or shorten the continuation")
+        if cont and not ctx:
+            raise AuditInputError(f"a continuation to score needs at least one {side} token",
+                                  fix="give a context (an empty context string reads the BOS/EOS token)")
+        return ctx, cont
+
     def _score_token_pairs(self, reqs: list[tuple[list[int], list[int]]]) -> dict:
         """lm-eval's ``_loglikelihood_tokens`` (causal) on the engine, for token-id pairs ``(ctx, cont)``.
 
@@ -712,17 +725,10 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         need: list[int] = []
         members: list[list[tuple[int, list[int]]]] = []
         for i, (ctx, cont) in enumerate(reqs):
-            ctx, cont = [int(t) for t in ctx], [int(t) for t in cont]
+            ctx, cont = self._scorable(ctx, cont, "context")
             if not cont:
                 logprobs[i] = np.zeros(0, dtype=np.float32)
                 continue
-            if len(cont) > self.max_length:
-                raise AuditInputError(f"a continuation of {len(cont)} tokens is longer than max_length "
-                                      f"({self.max_length})", place="model.max_length",
-                                      fix="raise model.max_length or shorten the continuation")
-            if not ctx:
-                raise AuditInputError("a continuation to score needs at least one context token",
-                                      fix="give a context (an empty context string reads the BOS token)")
             inp = tuple((ctx + cont)[-limit:][:-1])
             j = rows.get(inp)
             if j is None:
@@ -782,17 +788,10 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         greedy = np.ones(n, dtype=bool)
         enc, dec, owner = [], [], []
         for i, (ctx, cont) in enumerate(reqs):
-            ctx, cont = [int(t) for t in ctx], [int(t) for t in cont]
+            ctx, cont = self._scorable(ctx, cont, "encoder")
             if not cont:
                 logprobs[i] = np.zeros(0, dtype=np.float32)
                 continue
-            if len(cont) > self.max_length:
-                raise AuditInputError(f"a continuation of {len(cont)} tokens is longer than max_length "
-                                      f"({self.max_length})", place="model.max_length",
-                                      fix="raise model.max_length or shorten the continuation")
-            if not ctx:
-                raise AuditInputError("a continuation to score needs at least one encoder token",
-                                      fix="give a context (an empty context string reads the BOS/EOS token)")
             enc.append(ctx[-self.max_length:])
             dec.append(cont)
             owner.append(i)
