@@ -19,6 +19,9 @@ from tests.conftest import write_jsonl, write_suite
 from tests.openai_server import OpenAIServer
 
 TOL = 1e-5
+#: exposure is the larger of a rank bound and a skew-normal fit (scipy's MLE): log-probs that differ by
+#: float rounding between the server's batches and ours move the fitted tail by up to ~1e-4 bits
+FIT_TOL = 1e-3
 
 
 def _runner_wired() -> bool:
@@ -76,7 +79,8 @@ def _same_metrics(api: dict, local: dict, skip=()) -> None:
             if isinstance(va, float) and math.isnan(va):
                 assert math.isnan(vb), name
             else:
-                assert va == pytest.approx(vb, abs=TOL), (a["id"], name, va, vb)
+                tol = FIT_TOL if name.startswith("exposure") else TOL
+                assert va == pytest.approx(vb, abs=tol), (a["id"], name, va, vb)
 
 
 QA = [{"prompt": "Q: What is the capital of France?\nA:", "reference": ["Paris", "paris"]},
@@ -178,7 +182,7 @@ def test_memorization_black_box_equals_in_process(srv, tmp_path, run_cli, regist
     assert any("black-box" in n for n in ck["notes"])
     assert ck["records"]["extracted"] == local["checks"][0]["records"]["extracted"]
     assert ck["records"]["canary_exposure"] == pytest.approx(local["checks"][0]["records"]["canary_exposure"],
-                                                           abs=TOL)
+                                                           abs=FIT_TOL)
     assert m["max_possible_exposure"]["value"] == pytest.approx(math.log2(10 ** 4))
     assert m["max_possible_exposure_rank"]["value"] == pytest.approx(math.log2(25))
     # no secret in the results without --show-secrets
