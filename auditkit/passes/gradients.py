@@ -32,6 +32,30 @@ def target_logprob(task: str, logits, lengths, targets):
     return torch.log_softmax(logits, -1).gather(1, targets.unsqueeze(1)).squeeze(1)
 
 
+def _ig_rows(attr, delta, idx, ids) -> list[tuple]:
+    """Per example of a batch: token attributions (summed over the hidden dimension, float64), the
+    convergence delta, and F(x) - F(baseline) (= sum of attributions - delta)."""
+    tok_attr = attr.double().sum(-1).detach().cpu().numpy()
+    d = delta.double().detach().cpu().numpy()
+    rows = []
+    for row, i in enumerate(idx):
+        a = tok_attr[row, :len(ids[i])].astype(np.float64)
+        rows.append((a, float(d[row]), float(a.sum()) - float(d[row])))
+    return rows
+
+
+def _ig_result(rows) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    return ([r[0] for r in rows], np.array([r[1] for r in rows], dtype=np.float64),
+            np.array([r[2] for r in rows], dtype=np.float64))
+
+
+def _ig_examples_per_batch(internal_batch_size: int, n_steps: int) -> int:
+    """As many examples as one chunk of ``internal_batch_size`` (example x step) rows holds: fixed by the
+    chunk, not by the handle's batch size, so the padded widths (and the float rounding of the gradients)
+    are the same whatever ``model.batch_size``."""
+    return max(1, int(internal_batch_size) // max(1, int(n_steps)))
+
+
 def default_baseline_token(tokenizer) -> int:
     """The token an IG baseline (or an ERASER fill) puts in place of a token: pad, else eos, else unk, else 0."""
     for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
@@ -97,19 +121,10 @@ class GradientRequests:
                     attr, d = lig.attribute(inp, baselines=ref, additional_forward_args=(mask, tgt),
                                             n_steps=n_steps, internal_batch_size=max(1, internal_batch_size),
                                             return_convergence_delta=True)
-                tok_attr = attr.double().sum(-1).detach().cpu().numpy()
-                d = d.double().detach().cpu().numpy()
-                rows = []
-                for row, i in enumerate(idx):
-                    a = tok_attr[row, :len(ids[i])].astype(np.float64)
-                    rows.append((a, float(d[row]), float(a.sum()) - float(d[row])))
-                return rows
+                return _ig_rows(attr, d, idx, ids)
 
-            # the examples of a batch are fixed by the chunk size, not by the handle's batch size: the
-            # padded widths, and so the float rounding of the gradients, are the same whatever model.batch_size
-            rows = self.map_batches(ids, run, batch_size=max(1, int(internal_batch_size) // max(1, int(n_steps))))
-            return ([r[0] for r in rows], np.array([r[1] for r in rows], dtype=np.float64),
-                    np.array([r[2] for r in rows], dtype=np.float64))
+            return _ig_result(self.map_batches(ids, run, batch_size=_ig_examples_per_batch(internal_batch_size,
+                                                                                           n_steps)))
 
         return self.memo("integrated_gradients", key, compute, persist=True, n_steps=int(n_steps), baseline=ref_id)
 
@@ -173,17 +188,10 @@ class GradientRequests:
                     attr, d = ig.attribute(x, baselines=b, additional_forward_args=(mask, dec_in, labels),
                                            n_steps=n_steps, internal_batch_size=max(1, internal_batch_size),
                                            return_convergence_delta=True)
-                tok_attr = attr.double().sum(-1).detach().cpu().numpy()
-                d = d.double().detach().cpu().numpy()
-                rows = []
-                for row, i in enumerate(idx):
-                    a = tok_attr[row, :len(ids[i])].astype(np.float64)
-                    rows.append((a, float(d[row]), float(a.sum()) - float(d[row])))
-                return rows
+                return _ig_rows(attr, d, idx, ids)
 
-            rows = self.map_batches(ids, run, batch_size=max(1, int(internal_batch_size) // max(1, int(n_steps))))
-            return ([r[0] for r in rows], np.array([r[1] for r in rows], dtype=np.float64),
-                    np.array([r[2] for r in rows], dtype=np.float64))
+            return _ig_result(self.map_batches(ids, run, batch_size=_ig_examples_per_batch(internal_batch_size,
+                                                                                           n_steps)))
 
         return self.memo("integrated_gradients_seq2seq", key, compute, persist=True, n_steps=int(n_steps),
                          baseline=ref_id)

@@ -408,20 +408,8 @@ class Memorization(Check):
                 res.records["extracted"] = out["greedy"].astype(int).tolist()
                 hits = np.flatnonzero(out["greedy"])
                 show = bool(ctx.artifacts.get("show_secrets"))
-                row_numbers = members[2] if len(members) > 2 else None
-                rows = []
-                for j in hits[:20]:
-                    row = {"training row": row_numbers[keep[j]] if row_numbers else int(keep[j]) + 1}
-                    if show:  # the extracted text is training data: shown only with --show-secrets
-                        row.update(prefix=ev.truncate(tok.decode(pre[j])), suffix=ev.truncate(tok.decode(suf[j])))
-                    if out["sampled"] is not None:
-                        row["P(extract)"] = ev.r(out["sampled"][j])
-                    rows.append(row)
-                if rows:
-                    title = (f"Extracted training sequences ({len(hits)} of {len(keep)}; first 20"
-                             + (f", truncated to {ev.MAX_CHARS} characters)" if show else
-                                "; text redacted: run with --show-secrets to see it)"))
-                    res.evidence.append({"title": title, "rows": rows, "secret_columns": ["prefix", "suffix"]})
+                _extraction_evidence(res, hits, keep, members, out, show,
+                                     lambda j: (tok.decode(pre[j]), tok.decode(suf[j])))
                 res.notes.append(f"extraction: {len(keep)} training sequences of at least {p['prefix_tokens']} + "
                                  f"{p['suffix_tokens']} tokens; {p['samples']} samples each at temperature "
                                  f"{p['temperature']}")
@@ -463,20 +451,7 @@ class Memorization(Check):
                 res.records["extracted"] = out["greedy"].astype(int).tolist()
                 hits = np.flatnonzero(out["greedy"])
                 show = bool(ctx.artifacts.get("show_secrets"))
-                row_numbers = members[2] if len(members) > 2 else None
-                rows = []
-                for j in hits[:20]:
-                    row = {"training row": row_numbers[keep[j]] if row_numbers else int(keep[j]) + 1}
-                    if show:
-                        row.update(prefix=ev.truncate(pre[j]), suffix=ev.truncate(" ".join(suf[j])))
-                    if out["sampled"] is not None:
-                        row["P(extract)"] = ev.r(out["sampled"][j])
-                    rows.append(row)
-                if rows:
-                    title = (f"Extracted training sequences ({len(hits)} of {len(keep)}; first 20"
-                             + (f", truncated to {ev.MAX_CHARS} characters)" if show else
-                                "; text redacted: run with --show-secrets to see it)"))
-                    res.evidence.append({"title": title, "rows": rows, "secret_columns": ["prefix", "suffix"]})
+                _extraction_evidence(res, hits, keep, members, out, show, lambda j: (pre[j], " ".join(suf[j])))
                 res.notes.append(f"extraction (black-box): {len(keep)} training sequences of at least "
                                  f"{p['prefix_tokens']} + {p['suffix_tokens']} words; {p['samples']} samples each "
                                  f"at temperature {p['temperature']}")
@@ -584,3 +559,23 @@ class Memorization(Check):
 @hookimpl
 def auditkit_register_checks(register):
     register(Memorization)
+
+
+def _extraction_evidence(res: CheckResult, hits, keep, members, out: dict, show: bool, texts) -> None:
+    """The first 20 extracted training sequences as evidence: their row, and (only with --show-secrets,
+    since the text is training data) ``texts(j)`` = (prefix, suffix), truncated."""
+    row_numbers = members[2] if len(members) > 2 else None
+    rows = []
+    for j in hits[:20]:
+        row = {"training row": row_numbers[keep[j]] if row_numbers else int(keep[j]) + 1}
+        if show:
+            prefix, suffix = texts(j)
+            row.update(prefix=ev.truncate(prefix), suffix=ev.truncate(suffix))
+        if out["sampled"] is not None:
+            row["P(extract)"] = ev.r(out["sampled"][j])
+        rows.append(row)
+    if rows:
+        title = (f"Extracted training sequences ({len(hits)} of {len(keep)}; first 20"
+                 + (f", truncated to {ev.MAX_CHARS} characters)" if show else
+                    "; text redacted: run with --show-secrets to see it)"))
+        res.evidence.append({"title": title, "rows": rows, "secret_columns": ["prefix", "suffix"]})
