@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from auditkit.errors import AuditInputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from auditkit.data import Dataset
@@ -94,6 +95,28 @@ class Param:
             self._check_number(value, where)
         return value
 
+
+
+def check_distinct_names(params: dict, key: str, options: Sequence, noun: str, prefix: str = "") -> None:
+    """A list parameter naming some of ``options`` (members are checked by :class:`Param`) must not be empty
+    nor name one twice: AuditInputError placed at ``PREFIX + key``."""
+    chosen = params.get(key, list(options))
+    if not isinstance(chosen, list):
+        return
+    if not chosen:
+        raise AuditInputError(f"{key} is empty", place=f"{prefix}{key}",
+                              fix=f"name at least one of: {', '.join(options)} (or leave it out)")
+    dup = [m for i, m in enumerate(chosen) if m in chosen[:i]]
+    if dup:
+        raise AuditInputError(f"{key} names {dup[0]!r} twice", place=f"{prefix}{key}", fix=f"name each {noun} once")
+
+
+def check_stop_sequences(params: dict, prefix: str = "") -> None:
+    """``stop`` (generation's stop sequences) holds non-empty strings only."""
+    for s in params.get("stop") or []:
+        if not isinstance(s, str) or not s:
+            raise AuditInputError(f"stop must be a list of non-empty strings, got {s!r}", place=f"{prefix}stop",
+                                  fix='e.g. stop: ["\\n"]')
 
 @dataclass(frozen=True)
 class MetricSpec:

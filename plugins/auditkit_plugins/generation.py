@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
+from auditkit.api import (Check, CheckContext, CheckResult, MetricSpec, Param, check_distinct_names,
+                          check_stop_sequences)
 from auditkit.errors import AuditInputError
 from auditkit.hookspecs import hookimpl
 from auditkit.stats import bootstrap_ci
@@ -190,19 +191,8 @@ class GenerationAccuracy(Check):
     def validate_params(cls, params: dict, base_dir: str | None = None, prefix: str = "") -> None:
         """Metrics named once, at least one; stop sequences non-empty text; the few-shot file loads and holds
         ``{prompt, reference}`` rows, at least ``n_shot`` of them."""
-        metrics = params.get("metrics", list(gm.METRICS))
-        if isinstance(metrics, list):
-            if not metrics:
-                raise AuditInputError("metrics is empty", place=f"{prefix}metrics",
-                                      fix=f"name at least one of: {', '.join(gm.METRICS)} (or leave it out)")
-            dup = [m for i, m in enumerate(metrics) if m in metrics[:i]]
-            if dup:
-                raise AuditInputError(f"metrics names {dup[0]!r} twice", place=f"{prefix}metrics",
-                                      fix="name each metric once")
-        for s in params.get("stop") or []:
-            if not isinstance(s, str) or not s:
-                raise AuditInputError(f"stop must be a list of non-empty strings, got {s!r}", place=f"{prefix}stop",
-                                      fix='e.g. stop: ["\\n"]')
+        check_distinct_names(params, "metrics", gm.METRICS, "metric", prefix)
+        check_stop_sequences(params, prefix)
         n_shot = params.get("n_shot") or 0
         spec = params.get("few_shot")
         if spec is None:
