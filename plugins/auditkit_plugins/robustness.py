@@ -83,7 +83,8 @@ from pathlib import Path
 
 import numpy as np
 
-from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
+from auditkit.api import (Check, CheckContext, CheckResult, MetricSpec, Param, check_distinct_names,
+                          check_stop_sequences)
 from auditkit.errors import AuditInputError
 from auditkit.hookspecs import hookimpl
 
@@ -398,19 +399,8 @@ class Robustness(Check):
     @classmethod
     def validate_params(cls, params: dict, base_dir: str | None = None, prefix: str = "") -> None:
         """An empty or repeated ``perturbations`` list is bad input (members are checked by Param)."""
-        chosen = params.get("perturbations", list(PERTURBATIONS))
-        if isinstance(chosen, list):
-            if not chosen:
-                raise AuditInputError("perturbations is empty", place=f"{prefix}perturbations",
-                                      fix=f"name at least one of: {', '.join(PERTURBATIONS)} (or leave it out)")
-            dup = [p for i, p in enumerate(chosen) if p in chosen[:i]]
-            if dup:
-                raise AuditInputError(f"perturbations names {dup[0]!r} twice", place=f"{prefix}perturbations",
-                                      fix="name each perturbation once")
-        for s in params.get("stop") or []:
-            if not isinstance(s, str) or not s:
-                raise AuditInputError(f"stop must be a list of non-empty strings, got {s!r}", place=f"{prefix}stop",
-                                      fix='e.g. stop: ["\\n"]')
+        check_distinct_names(params, "perturbations", PERTURBATIONS, "perturbation", prefix)
+        check_stop_sequences(params, prefix)
 
     def run(self, ctx: CheckContext) -> CheckResult:
         ds, prm = ctx.data, ctx.params
@@ -526,10 +516,7 @@ class Robustness(Check):
             raise ctx.data.error(f"no perturbation ({', '.join(chosen)}) changed any of the {n_rows} rows, so "
                                  "there is nothing to measure", col="question" if mc else "text",
                                  fix="add perturbations (typos changes every text), raise rate, or use other data")
-        for metric in ("acc_drop", "flip_rate"):
-            vals = [stats[p][metric] for p in stats]
-            res.add(f"{metric}_max", max(v[0] for v in vals), (max(v[1] for v in vals), max(v[2] for v in vals)),
-                    n_rows, False)
+        _add_maxima(res, stats, ("acc_drop", "flip_rate"), n_rows)
         worst_p = max(stats, key=lambda p: (stats[p]["acc_drop"][0], stats[p]["flip_rate"][0]))
         res.notes.append(f"worst perturbation: {worst_p} (acc_drop {stats[worst_p]['acc_drop'][0]:.4f}, flip_rate "
                          f"{stats[worst_p]['flip_rate'][0]:.4f}); metrics per perturbation are over the rows it "
@@ -653,10 +640,7 @@ def run_generation(ctx: CheckContext, rows: list[dict]) -> CheckResult:
         raise ctx.data.error(f"no perturbation ({', '.join(chosen)}) changed any of the {n_rows} prompts, so "
                              "there is nothing to measure", col="prompt",
                              fix="add perturbations (typos changes every text), raise rate, or use other data")
-    for m in ("metric_drop", "flip_rate"):
-        vals = [stats[p][m] for p in stats]
-        res.add(f"{m}_max", max(v[0] for v in vals), (max(v[1] for v in vals), max(v[2] for v in vals)),
-                n_rows, False)
+    _add_maxima(res, stats, ("metric_drop", "flip_rate"), n_rows)
     worst_p = max(stats, key=lambda p: (stats[p]["metric_drop"][0], stats[p]["flip_rate"][0]))
     res.notes.append(f"worst perturbation: {worst_p} ({metric} drop {stats[worst_p]['metric_drop'][0]:.4f}, flip_rate "
                      f"{stats[worst_p]['flip_rate'][0]:.4f}); metrics per perturbation are over the rows it changed; "
@@ -808,6 +792,14 @@ def _bars_svg(stats: dict, drop: str = "acc_drop", title: str = "accuracy drop a
     ax.legend(fontsize=7)
     return to_svg(fig)
 
+
+
+def _add_maxima(res: CheckResult, stats: dict, metrics: tuple, n_rows: int) -> None:
+    """``{metric}_max`` over the perturbations: the largest value, and the largest of each CI bound."""
+    for metric in metrics:
+        vals = [stats[p][metric] for p in stats]
+        res.add(f"{metric}_max", max(v[0] for v in vals), (max(v[1] for v in vals), max(v[2] for v in vals)),
+                n_rows, False)
 
 @hookimpl
 def auditkit_register_checks(register):
