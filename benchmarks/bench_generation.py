@@ -17,7 +17,7 @@ import argparse
 import time
 
 import _common  # noqa: F401  (offline env)
-from _common import fresh
+from _common import fresh, load_lm
 
 
 def plain_generate(handle, prompts: list[str], batch_size: int, max_new_tokens: int) -> tuple[list[list[int]], int]:
@@ -54,21 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from auditkit.data import load_dataset
-    from auditkit.errors import AuditInputError
-    from auditkit.models import load_model, resolve_device
+    from auditkit.models import resolve_device
     from auditkit.plugins import registry
 
     reg = registry()
     device = resolve_device(args.device)
-    spec = args.model
-    try:
-        handle = load_model(spec, "causal-lm", reg, device=device)
-    except AuditInputError as exc:
-        if spec != "builtin:smollm2-135m":
-            raise
-        print(f"NOTE: {spec} is not available offline ({exc.message}); falling back to builtin:tiny-llama")
-        spec = "builtin:tiny-llama"
-        handle = load_model(spec, "causal-lm", reg, device=device)
+    spec, handle = load_lm(args.model, reg, device)
     handle.batch_size = args.batch_size
     rows = load_dataset("builtin:qa", reg, seed=0).rows
     prompts = [f"Question: {r['prompt']}\nAnswer:" for r in rows] * args.copies

@@ -18,7 +18,7 @@ import argparse
 import sys
 
 import _common  # noqa: F401  (offline env)
-from _common import fresh
+from _common import fresh, load_lm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval.models.huggingface import HFLM
 
     from auditkit.data import load_dataset
-    from auditkit.errors import AuditInputError
-    from auditkit.models import load_model, resolve_device
+    from auditkit.models import resolve_device
     from auditkit.plugins import registry
     from auditkit_plugins.accuracy import multiple_choice_scores
     from auditkit_plugins.lm_eval_adapter import EngineLM
@@ -49,15 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     reg = registry()
     device = resolve_device(args.device)
-    spec = args.model
-    try:
-        handle = load_model(spec, "causal-lm", reg, device=device)
-    except AuditInputError as exc:
-        if spec != "builtin:smollm2-135m":
-            raise
-        print(f"NOTE: {spec} is not available offline ({exc.message}); falling back to builtin:tiny-llama")
-        spec = "builtin:tiny-llama"
-        handle = load_model(spec, "causal-lm", reg, device=device)
+    spec, handle = load_lm(args.model, reg, device)
     handle.batch_size, handle.max_length = args.batch_size, args.max_length
     rows = load_dataset("builtin:mc-general", reg).rows
     rows = rows[:args.n] if args.n else rows
