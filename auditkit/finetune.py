@@ -479,8 +479,12 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
         raise train_ds.error("the training split is empty")
     sub_rng = random.Random(cfg.seed + 1)
     train_eval = sub_rng.sample(train_ex, min(cfg.train_eval_size, len(train_ex)))
+    loaded_dtypes = {}
     if cfg.method == "qlora":
         from peft import prepare_model_for_kbit_training
+        # the frozen 16-bit layers go back to these dtypes after training, so the audited model is the
+        # one a reload of the saved adapter gives (prepare_model_for_kbit_training casts them to fp32)
+        loaded_dtypes = {id(p): p.dtype for p in model.parameters()}
         # casts the layers left in 16 bits (norms, head) to fp32, freezes the base, and checkpoints
         # activations (QLoRA's memory recipe); non-reentrant checkpointing also works under DDP
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
@@ -641,6 +645,10 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
             _load_trainable_state(model, best[2])
             record["restored_best"] = True
     del ddp  # the DDP wrapper (its gradient hooks stay harmless on the module it wrapped)
+    for p in model.parameters():  # QLoRA: the frozen base back in the dtypes it was loaded in (exact: an upcast)
+        dtype = loaded_dtypes.get(id(p))
+        if dtype is not None and not p.requires_grad and p.dtype != dtype:
+            p.data = p.data.to(dtype)
     model.eval()
     return TrainResult(model=model, record=record)
 
@@ -786,6 +794,7 @@ def _kbit_base(handle, suite_file: str | None = None):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from auditkit import backends
+    from auditkit.models import load_dtype
     from auditkit.suite import ModelSpec
     if not backends._cuda_available():
         raise AuditInputError("finetune.method: qlora needs a CUDA GPU (bitsandbytes); this machine has none",
@@ -806,7 +815,8 @@ def _kbit_base(handle, suite_file: str | None = None):
     extra = {"num_labels": handle.num_labels} if handle.task == "sequence-classification" and handle.num_labels else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = auto.from_pretrained(location, dtype=torch.bfloat16, **backends.load_kwargs(spec, handle.device),
+        # the dtype load_model gives this device, so a reload of the saved adapter is this model
+        model = auto.from_pretrained(location, dtype=load_dtype(handle.device), **backends.load_kwargs(spec, handle.device),
                                      **extra)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = handle.tokenizer.pad_token_id
