@@ -235,6 +235,19 @@ def placed(model) -> bool:
     return False
 
 
+def loaded_precision(model) -> str | None:
+    """``"4-bit NF4"`` / ``"8-bit LLM.int8"`` for a bitsandbytes-quantized model (or a PEFT model on one), else None."""
+    inner = getattr(model, "base_model", model)
+    for m in (model, inner, getattr(inner, "model", None)):
+        if m is None:
+            continue
+        if getattr(m, "is_loaded_in_4bit", False):
+            return "4-bit NF4"
+        if getattr(m, "is_loaded_in_8bit", False):
+            return "8-bit LLM.int8"
+    return None
+
+
 def input_device(model) -> str:
     """Where a placed model's inputs go: the device of its input embeddings."""
     return str(model.get_input_embeddings().weight.device)

@@ -306,9 +306,13 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         return self._fingerprint
 
     def describe(self) -> dict:
-        n = sum(p.numel() for p in self.model.parameters())
-        return {"id": self.source, "fingerprint": self.fingerprint, "task": self.task,
-                "architecture": type(self.model).__name__, "parameters": int(n)}
+        out = {"id": self.source, "fingerprint": self.fingerprint, "task": self.task,
+               "architecture": type(self.model).__name__, "parameters": parameter_count(self.model)}
+        from auditkit.backends import loaded_precision
+        precision = loaded_precision(self.model)
+        if precision:  # what was audited is the quantized model: say so beside its identity
+            out["quantization"] = precision
+        return out
 
     @property
     def num_labels(self) -> int:
@@ -884,6 +888,26 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
                                   place="model.task", fix=f"set model.task: {task} or use a check for {self.task}")
 
 
+def load_dtype(device: str):
+    """The dtype weights load in: bf16 on CUDA, fp32 elsewhere."""
+    import torch
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def parameter_count(model) -> int:
+    """Parameters of ``model`` as trained: a bitsandbytes 4-bit weight stores two values per byte of its
+    ``quant_storage`` (``Params4bit.numel()`` counts the packed bytes), the rule of transformers'
+    ``num_parameters``."""
+    n = 0
+    for p in model.parameters():
+        k = p.numel()
+        if type(p).__name__ == "Params4bit":
+            storage = getattr(p, "quant_storage", None)
+            k *= 2 * (getattr(storage, "itemsize", 1) or 1)
+        n += k
+    return int(n)
+
+
 # ---------------------------------------------------------------------- loading
 
 def _looks_like_path(spec: str) -> bool:
@@ -1153,7 +1177,7 @@ def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_label
     location, base_location, base_spec = src.location, src.base_location, src.base_spec
     local, adapter = Path(location), src.adapter
     is_dir = local.is_dir()
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = load_dtype(device)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": dtype, "output_loading_info": True}
     if not allow_pickle:
         kwargs["use_safetensors"] = True
