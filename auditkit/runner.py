@@ -113,6 +113,18 @@ def _measured(spec: CheckSpec, gates: list, metrics: dict, baseline_metrics: dic
     return kept, notes
 
 
+def _gpu_peak(device: str) -> dict:
+    """``peak_gpu_memory_bytes``: the most CUDA memory torch held at once in this process (all its GPUs), for
+    runs on CUDA; a machine fact like the times, left out of reproducibility comparisons."""
+    if not str(device).startswith("cuda"):
+        return {}
+    import torch
+    if not torch.cuda.is_available():
+        return {}
+    return {"peak_gpu_memory_bytes": int(sum(torch.cuda.max_memory_allocated(i)
+                                             for i in range(torch.cuda.device_count())))}
+
+
 def _config_hash(spec: CheckSpec, model, baseline, seed: int) -> str:
     """What a check's result depends on: its entry, the gates (default or not), the seed and both models.
 
@@ -522,6 +534,7 @@ class Runner:
                     "duration_s": round(time.time() - started, 3),
                     "check_durations_s": {k: round(v, 3) for k, v in durations.items()},
                     "training": train_time,
+                    **_gpu_peak(self.device),
                     "show_secrets": self.opts.show_secrets},
         }
 
