@@ -268,6 +268,15 @@ class Memorization(Check):
                                       "other braces)", place=f"{prefix}canary_template",
                                       fix="e.g. 'my PIN is {digits}'")
 
+    @classmethod
+    def validate_suite(cls, params: dict, *, has_finetune: bool, data: str | None = None, prefix: str = "") -> None:
+        """With no fine-tune, no ``members:`` and no ``canaries:`` file, no part has anything to read: say so
+        when the suite loads, not after the models load and the checks before this one have run."""
+        if not (has_finetune or params.get("members") or params.get("canaries")):
+            raise AuditInputError("memorization has nothing to measure: no finetune: section, no members: and no "
+                                  "canaries: file", place=prefix.rstrip(".") or None,
+                                  fix="add finetune: (with canaries: for exposure), or set members: and non_members:")
+
     def _validate(self, ctx: CheckContext) -> dict:
         p = dict(ctx.params)
         self.validate_params(p, ctx.base_dir, f"{ctx.check_id or self.name}.")
