@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    ap.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                    help="cast the model (auto: bf16 on CUDA, fp32 on CPU). lm-eval's HFLM takes log_softmax in "
+                         "the model's dtype, auditkit in fp32: compare answers in float32")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     spec, handle = load_lm(args.model, reg, device)
     handle.batch_size, handle.max_length = args.batch_size, args.max_length
+    if args.dtype != "auto":
+        handle.model.to(getattr(torch, args.dtype))
     rows = load_dataset("builtin:mc-general", reg).rows
     rows = rows[:args.n] if args.n else rows
     pairs = [(r["question"], " " + c) for r in rows for c in r["choices"]]
