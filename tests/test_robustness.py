@@ -390,6 +390,50 @@ def test_bad_params_exit_2_before_any_model(tmp_path, run_cli, monkeypatch, para
         assert w in line[0], line[0]
 
 
+@pytest.mark.parametrize("params, place", [("", "perturbations"), ("perturbations: [char_swap]", "perturbations"),
+                                           ("perturbations: [uppercase]\n            attack: true", "attack")])
+def test_nlpaug_missing_is_named_before_any_model(tmp_path, run_cli, monkeypatch, params, place):
+    """On a GPU machine nlpaug failed to import (its dependency gdown was missing) only when robustness ran,
+    after the models loaded and five checks had run; it is now named when the suite loads."""
+    import sys
+
+    import auditkit.runner as runner
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setitem(sys.modules, "nlpaug.augmenter.char", None)  # import raises ImportError
+    write_jsonl(tmp_path / "d.jsonl", review_rows(4, 0))
+    suite = write_suite(tmp_path, f"""
+        name: bad
+        model: {{base: "builtin:tiny-bert", task: sequence-classification, num_labels: 2}}
+        checks:
+          - uses: robustness
+            data: d.jsonl
+            {params}
+    """)
+    code, out, err = run_cli("run", suite, "--out", tmp_path / "out")
+    assert code == 2, err
+    line = [x for x in err.strip().splitlines() if x.strip()]
+    assert len(line) == 1 and "Traceback" not in err, err
+    assert "needs nlpaug" in line[0] and "pip install nlpaug" in line[0] and "checks[0]" in line[0], line[0]
+    assert f"checks[0].{place}" in line[0] or not params, line[0]
+
+
+def test_no_nlpaug_needed_without_typos_char_swap_or_attack(tmp_path, run_cli, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "nlpaug.augmenter.char", None)
+    from auditkit.plugins import registry
+    from auditkit.suite import load_suite
+    write_jsonl(tmp_path / "d.jsonl", review_rows(4, 0))
+    suite = write_suite(tmp_path, """
+        name: fine
+        model: {base: "builtin:tiny-bert", task: sequence-classification, num_labels: 2}
+        checks:
+          - uses: robustness
+            data: d.jsonl
+            perturbations: [uppercase, whitespace]
+    """)
+    assert load_suite(suite, registry()).checks[0].params["perturbations"] == ["uppercase", "whitespace"]
+
+
 # ---------------------------------------------------------------------- planted fault and clean control
 
 def _audit(folder: Path, planted: bool) -> dict:

@@ -401,6 +401,18 @@ class Robustness(Check):
         """An empty or repeated ``perturbations`` list is bad input (members are checked by Param)."""
         check_distinct_names(params, "perturbations", PERTURBATIONS, "perturbation", prefix)
         check_stop_sequences(params, prefix)
+        # typos, char_swap and the adversarial search's typo candidates are nlpaug's: a missing (or
+        # broken) install is named when the suite loads, not after the models load and other checks ran
+        chosen = params.get("perturbations") or list(PERTURBATIONS)
+        needing = [k for k in ("typos", "char_swap") if k in chosen] + (["attack"] if params.get("attack") else [])
+        if needing:
+            try:
+                import nlpaug.augmenter.char  # noqa: F401
+            except ImportError as exc:
+                raise AuditInputError(f"robustness {needing[0]!r} needs nlpaug, which cannot be imported ({exc})",
+                                      place=f"{prefix}{'attack' if needing == ['attack'] else 'perturbations'}",
+                                      fix="pip install nlpaug==1.1.11 (it needs gdown too), or run without typos, "
+                                          "char_swap and attack") from None
 
     def run(self, ctx: CheckContext) -> CheckResult:
         ds, prm = ctx.data, ctx.params
