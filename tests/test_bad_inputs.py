@@ -347,3 +347,20 @@ def test_a_finetuned_suite_does_not_warn_about_its_trained_head(run_cli, tmp_pat
     assert code in (0, 1), err
     assert "newly initialised" not in err
     assert json.loads((tmp_path / "out" / "results.json").read_text())["warnings"] == []
+
+
+def test_memorization_with_nothing_to_read_is_refused_before_loading(run_cli, tmp_path, monkeypatch):
+    """No finetune:, members: or canaries: leaves memorization nothing to measure; on a GPU machine that was
+    found only after both models loaded and the checks before it ran."""
+    import auditkit.runner as runner
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: m\nmodel: {base: 'builtin:tiny-gpt2', task: causal-lm, baseline: 'builtin:tiny-gpt2'}\n"
+                     "checks:\n  - uses: accuracy\n    data: builtin:mc-general\n  - uses: memorization\n")
+    exit2_line(run_cli, suite, tmp_path / "out", "memorization has nothing to measure", "members", "line 6")
+    # members alone is enough to run (extraction, and membership with non_members)
+    from auditkit.plugins import registry
+    from auditkit.suite import load_suite
+    write_jsonl(tmp_path / "m.jsonl", [{"text": "a member"}])
+    suite.write_text(suite.read_text() + "    members: m.jsonl\n")
+    assert load_suite(suite, registry()).checks[1].params["members"] == "m.jsonl"
