@@ -7,7 +7,7 @@ in its own ``auditkit run`` process so every peak is its own:
     bf16          the model in bf16 on one GPU, LoRA
     full          bf16 audit, full fine-tune (fp32 master weights, bf16 autocast)
     4bit-qlora    ``quantization: {bits: 4}`` (NF4) and ``finetune.method: qlora``
-    8bit          ``quantization: {bits: 8}`` (LLM.int8), audit only
+    8bit          ``quantization: {bits: 8}`` (LLM.int8), audit only (no memorization: nothing to read)
     device-map    ``device_map: auto`` (accelerate's placement), LoRA
 
 and prints, per mode: exit code, verdict, each check's status (errors in full), wall time, fine-tune
@@ -54,8 +54,9 @@ def suite_for(model: str, mode: str, steps: int, batch_size: int, n: int) -> dic
             {"uses": "explainability", "data": "builtin:reviews#test", "max_examples": 8},
         ],
     }
-    if not method:  # audit only: the same model, loaded the same way, is the base to compare with
-        suite["model"]["baseline"] = model
+    if not method:  # audit only: the same model, loaded the same way, is the base to compare with;
+        suite["model"]["baseline"] = model  # memorization has nothing to read without training data
+        suite["checks"] = [c for c in suite["checks"] if c["uses"] != "memorization"]
     else:
         suite["finetune"] = {"data": "builtin:reviews", "method": method, "epochs": 1, "batch_size": 8,
                              "max_length": 64, "max_steps": steps,
