@@ -262,7 +262,8 @@ class Runner:
             record = dict(record, reused=True)
             return handle, record, canaries
         ft.forget_finished(model_dir)
-        self.progress.stage(f"fine-tuning {base.source} ({cfg.method}, {cfg.epochs} epochs) on {cfg.data}")
+        length = f"at most {cfg.max_steps} steps" if cfg.max_steps else f"{cfg.epochs} epochs"
+        self.progress.stage(f"fine-tuning {base.source} ({cfg.method}, {length}) on {cfg.data}")
         self.progress.train_start(0)
         try:
             res = ft.train(base, train_ds, val_ds, cfg, out_dir=model_dir, progress=self.progress.train_update,
