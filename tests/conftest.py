@@ -78,3 +78,22 @@ def run_cli(capsys):
         out, err = capsys.readouterr()
         return code, out, err
     return run
+
+
+def assert_same_results(a: dict, b: dict, tol: float = 1e-6) -> None:
+    """Two results.json: the same statuses and gate results, every metric's value and interval within ``tol``."""
+    import math
+    assert a["status"] == b["status"]
+    assert [c["id"] for c in a["checks"]] == [c["id"] for c in b["checks"]]
+    for ca, cb in zip(a["checks"], b["checks"]):
+        assert ca["status"] == cb["status"], (ca["id"], ca.get("error"), cb.get("error"))
+        assert ca["status"] != "error", ca.get("error")
+        assert [(g["expr"], g["status"]) for g in ca["gates"]] == [(g["expr"], g["status"]) for g in cb["gates"]]
+        assert set(ca["metrics"]) == set(cb["metrics"]), ca["id"]
+        for name, m in ca["metrics"].items():
+            for field in ("value", "ci_low", "ci_high"):
+                x, y = m.get(field), cb["metrics"][name].get(field)
+                if isinstance(x, float) and isinstance(y, float) and not (math.isnan(x) and math.isnan(y)):
+                    assert abs(x - y) <= tol, (ca["id"], name, field, x, y)
+                else:
+                    assert x == y, (ca["id"], name, field, x, y)

@@ -8,12 +8,11 @@ figures are timings).
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
 from auditkit.cli import main
-from tests.conftest import write_jsonl, write_suite
+from tests.conftest import assert_same_results, write_jsonl, write_suite
 
 CLASSIFIER = """
 name: inv-bert
@@ -61,31 +60,14 @@ def _run(tmp_path, template: str, bs: int, processes: int = 1) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
-def _assert_same(a: dict, b: dict, tol: float = 1e-6) -> None:
-    assert a["status"] == b["status"]
-    assert [c["id"] for c in a["checks"]] == [c["id"] for c in b["checks"]]
-    for ca, cb in zip(a["checks"], b["checks"]):
-        assert ca["status"] == cb["status"], (ca["id"], ca.get("error"), cb.get("error"))
-        assert ca["status"] != "error", ca.get("error")
-        assert [(g["expr"], g["status"]) for g in ca["gates"]] == [(g["expr"], g["status"]) for g in cb["gates"]]
-        assert set(ca["metrics"]) == set(cb["metrics"]), ca["id"]
-        for name, m in ca["metrics"].items():
-            for field in ("value", "ci_low", "ci_high"):
-                x, y = m.get(field), cb["metrics"][name].get(field)
-                if isinstance(x, float) and isinstance(y, float) and not (math.isnan(x) and math.isnan(y)):
-                    assert abs(x - y) <= tol, (ca["id"], name, field, x, y)
-                else:
-                    assert x == y, (ca["id"], name, field, x, y)
-
-
 @pytest.mark.parametrize("kind", ["classifier", "causal"])
 def test_batch_size_and_process_count_do_not_change_results(tmp_path, kind):
     template = CLASSIFIER if kind == "classifier" else CAUSAL
     _write_mc(tmp_path)
     ref = _run(tmp_path, template, 32)
     for bs in (1, 7):
-        _assert_same(ref, _run(tmp_path, template, bs))
-    _assert_same(ref, _run(tmp_path, template, 32, processes=2))
+        assert_same_results(ref, _run(tmp_path, template, bs))
+    assert_same_results(ref, _run(tmp_path, template, 32, processes=2))
 
 
 def test_more_processes_than_cores_is_exit_2_before_anything_starts(tmp_path, capsys, monkeypatch):

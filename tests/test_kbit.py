@@ -22,7 +22,6 @@ loads: tests/test_backends.py (test_quantization_without_cuda, test_qlora_withou
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
@@ -30,7 +29,7 @@ pytest.importorskip("bitsandbytes")
 
 from auditkit import backends  # noqa: E402
 from auditkit.cli import main  # noqa: E402
-from tests.conftest import write_jsonl, write_suite  # noqa: E402
+from tests.conftest import assert_same_results, write_jsonl, write_suite  # noqa: E402
 
 BASE = "builtin:tiny-llama"
 
@@ -91,23 +90,6 @@ def _run(suite, out) -> dict:
     return res
 
 
-def _assert_same(a: dict, b: dict, tol: float = 1e-6) -> None:
-    """tests/test_invariance.py's comparison: statuses, gates, every metric's value and interval."""
-    assert a["status"] == b["status"]
-    assert [c["id"] for c in a["checks"]] == [c["id"] for c in b["checks"]]
-    for ca, cb in zip(a["checks"], b["checks"]):
-        assert ca["status"] == cb["status"], (ca["id"], ca.get("error"), cb.get("error"))
-        assert [(g["expr"], g["status"]) for g in ca["gates"]] == [(g["expr"], g["status"]) for g in cb["gates"]]
-        assert set(ca["metrics"]) == set(cb["metrics"]), ca["id"]
-        for name, m in ca["metrics"].items():
-            for field in ("value", "ci_low", "ci_high"):
-                x, y = m.get(field), cb["metrics"][name].get(field)
-                if isinstance(x, float) and isinstance(y, float) and not (math.isnan(x) and math.isnan(y)):
-                    assert abs(x - y) <= tol, (ca["id"], name, field, x, y)
-                else:
-                    assert x == y, (ca["id"], name, field, x, y)
-
-
 def _plain_parameters(registry) -> int:
     from auditkit.models import load_model, parameter_count
     return parameter_count(load_model(BASE, "causal-lm", registry, device="cpu").model)
@@ -137,7 +119,7 @@ def test_qlora_on_cpu_and_its_reuse(tmp_path, cpu_as_cuda, registry):
     assert second["model"]["fingerprint"] == first["model"]["fingerprint"]
     assert second["baseline"]["fingerprint"] == first["baseline"]["fingerprint"]
     assert second["model"]["parameters"] == first["model"]["parameters"]
-    _assert_same(first, second)
+    assert_same_results(first, second)
 
 
 def test_int8_audit_on_cpu(tmp_path, cpu_as_cuda, registry):

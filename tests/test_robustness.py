@@ -371,6 +371,13 @@ def test_generation_on_tiny_gpt2(tiny_gpt2):
     ("stop: ['']", ["stop", "non-empty"]),
 ])
 def test_bad_params_exit_2_before_any_model(tmp_path, run_cli, monkeypatch, params, words):
+    line = _exit2_line(tmp_path, run_cli, monkeypatch, params)
+    for w in words:
+        assert w in line, line
+
+
+def _exit2_line(tmp_path, run_cli, monkeypatch, params: str) -> str:
+    """The one error line of a robustness suite with ``params`` that must stop before any model loads."""
     import auditkit.runner as runner
     monkeypatch.setattr(runner, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     write_jsonl(tmp_path / "d.jsonl", review_rows(4, 0))
@@ -385,9 +392,8 @@ def test_bad_params_exit_2_before_any_model(tmp_path, run_cli, monkeypatch, para
     code, out, err = run_cli("run", suite, "--out", tmp_path / "out")
     assert code == 2, err
     line = [x for x in err.strip().splitlines() if x.strip()]
-    assert len(line) == 1 and "Traceback" not in err and "loading" not in err
-    for w in words:
-        assert w in line[0], line[0]
+    assert len(line) == 1 and "Traceback" not in err and "loading" not in err, err
+    return line[0]
 
 
 @pytest.mark.parametrize("params, place", [("", "perturbations"), ("perturbations: [char_swap]", "perturbations"),
@@ -396,25 +402,10 @@ def test_nlpaug_missing_is_named_before_any_model(tmp_path, run_cli, monkeypatch
     """On a GPU machine nlpaug failed to import (its dependency gdown was missing) only when robustness ran,
     after the models loaded and five checks had run; it is now named when the suite loads."""
     import sys
-
-    import auditkit.runner as runner
-    monkeypatch.setattr(runner, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     monkeypatch.setitem(sys.modules, "nlpaug.augmenter.char", None)  # import raises ImportError
-    write_jsonl(tmp_path / "d.jsonl", review_rows(4, 0))
-    suite = write_suite(tmp_path, f"""
-        name: bad
-        model: {{base: "builtin:tiny-bert", task: sequence-classification, num_labels: 2}}
-        checks:
-          - uses: robustness
-            data: d.jsonl
-            {params}
-    """)
-    code, out, err = run_cli("run", suite, "--out", tmp_path / "out")
-    assert code == 2, err
-    line = [x for x in err.strip().splitlines() if x.strip()]
-    assert len(line) == 1 and "Traceback" not in err, err
-    assert "needs nlpaug" in line[0] and "pip install nlpaug" in line[0] and "checks[0]" in line[0], line[0]
-    assert f"checks[0].{place}" in line[0] or not params, line[0]
+    line = _exit2_line(tmp_path, run_cli, monkeypatch, params)
+    assert "needs nlpaug" in line and "pip install nlpaug" in line and "checks[0]" in line, line
+    assert f"checks[0].{place}" in line or not params, line
 
 
 def test_no_nlpaug_needed_without_typos_char_swap_or_attack(tmp_path, run_cli, monkeypatch):
