@@ -467,3 +467,53 @@ def test_default_gates_per_task(registry):
     assert any(e.startswith("mia_auc_max.ci_low") for e in lm) and any(e.startswith("extraction_rate") for e in lm)
     clf = [g.expr for g in default_gates(cls, "sequence-classification")]
     assert clf and all(e.startswith("mia_auc_max") for e in clf)
+
+
+def _digit_table(digits: int = 3) -> np.ndarray:
+    """Token rows [1, 2, d1, 9, d2, 9, d3]: a shared prefix, then digits (10 + d) joined by a separator (9)."""
+    rows = []
+    for i in range(10 ** digits):
+        r = [1, 2]
+        for j, ch in enumerate(f"{i:0{digits}d}"):
+            r += ([9] if j else []) + [10 + int(ch)]
+        rows.append(r)
+    return np.array(rows, dtype=np.int64)
+
+
+def test_trie_shape_and_planned_chunks():
+    from auditkit.passes.prefix_tree import MIN_CHUNK, _plan_chunk, _trie_levels
+    s = _digit_table(3)
+    units = [(a, a + 100) for a in range(0, 1000, 100)]
+    levels = _trie_levels(s, 2, units)
+    # per unit: the unit node, its separator (10 digit children), 10 digits (one separator each), 10 separators
+    assert levels == [(3, 1, True), (4, 1, False), (5, 10, True), (6, 10, True)]
+    assert _plan_chunk(levels, 1000, 1000, 1) == MIN_CHUNK
+    sizes = [_plan_chunk(levels, 1000, 1000, b) for b in (10_000, 100_000, 1_000_000, 10 ** 9)]
+    assert sizes == sorted(sizes) and sizes[-1] >= 10  # a bigger budget never plans smaller steps
+
+
+@pytest.mark.parametrize("budget", [1, 60_000, None])
+def test_trie_with_planned_chunks_equals_whole_sequences(tiny_gpt2, monkeypatch, budget):
+    """The chunks planned from the memory budget (as on a GPU: parents let go, one host sync per subtree)
+    score every row as the full sequences do, whatever the budget."""
+    from auditkit.models import ModelHandle
+    from auditkit.passes import prefix_tree
+    monkeypatch.setattr(prefix_tree, "PLAN_ON_CPU", True)
+    ids = _digit_table(3)
+    ids[:, :2] = [[464, 1204]]
+    ids[:, 2:] += 400
+    h = ModelHandle(model=tiny_gpt2.model, tokenizer=tiny_gpt2.tokenizer, task="causal-lm", source="plan")
+    calls = []
+    real = h.model.forward
+
+    def forward(*a, **kw):
+        calls.append(kw["input_ids"].shape[0])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(h.model, "forward", forward)
+    got = h.prefix_tree_logprobs(ids, budget_bytes=budget)
+    monkeypatch.setattr(h.model, "forward", real)
+    np.testing.assert_allclose(got, h.full_sequence_logprobs(ids), atol=1e-4)
+    assert sum(calls) == 10 + 10 * (1 + 10 + 10)  # every trie node runs exactly one step
+    if budget is None:  # a budget that fits a whole level: one step per level and subtree
+        assert len(calls) == 10 * 4

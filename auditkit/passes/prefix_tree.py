@@ -18,8 +18,15 @@ from typing import Sequence
 
 import numpy as np
 
-#: KV-cache memory one level of a subtree may hold (rows are split into chunks below this)
+#: memory the trie's KV caches and log-probs may hold at once (rows are split into chunks below this); on a
+#: GPU the budget grows with the device: a quarter of what its memory leaves beside the model's weights,
+#: between the "cuda" figure and CUDA_BUDGET_MAX (see :func:`_device_budget`)
 KV_BUDGET_BYTES = {"cpu": 512 << 20, "cuda": 2 << 30}
+CUDA_BUDGET_MAX = 16 << 30
+#: the most rows one step of the trie runs at once, and the fewest (where the budget allows fewer)
+MAX_CHUNK, MIN_CHUNK = 1 << 16, 16
+#: plan the chunks from the memory budget on the CPU too (tests; the CPU keeps its fixed rule otherwise)
+PLAN_ON_CPU = False
 #: logits one slice of a moments batch may hold (rows of a batch are split below this)
 MOMENT_LOGITS = 8_000_000
 
@@ -32,6 +39,76 @@ def _kv_rows(cache, idx):
     if not layers or not all(type(layer) is DynamicLayer and layer.keys is not None for layer in layers):
         return None
     return DynamicCache([(layer.keys[idx], layer.values[idx]) for layer in layers])
+
+
+def _device_budget(model, device) -> int:
+    """The trie's memory budget on this device (bytes): fixed on the CPU; on a GPU a quarter of the
+    device's total memory less the model's weights, between ``KV_BUDGET_BYTES["cuda"]`` and
+    ``CUDA_BUDGET_MAX``. It reads the device's size, never what is free at the moment, so the chunks (and
+    with them the numbers) do not depend on what else the process holds."""
+    if not str(device).startswith("cuda"):
+        return KV_BUDGET_BYTES["cpu"]
+    import torch
+    try:
+        dev = torch.device(device)
+        total = torch.cuda.get_device_properties(dev.index if dev.index is not None else 0).total_memory
+        weights = sum(t.numel() * t.element_size() for t in model.parameters())
+    except Exception:  # noqa: BLE001  (an unusual placement: keep the fixed figure)
+        return KV_BUDGET_BYTES["cuda"]
+    return int(min(CUDA_BUDGET_MAX, max(KV_BUDGET_BYTES["cuda"], (total - weights) // 4)))
+
+
+def _trie_levels(s: np.ndarray, p: int, units: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:
+    """The shape of the trie under the units, for planning its memory: per node length ``L`` (the tokens
+    a node's KV cache holds, ``p + 1`` for a unit), ``(L, nodes, single)``: the most nodes of that length
+    that run a step in any one unit, and whether every such node has at most one child that runs one."""
+    n, width = s.shape
+    rows = np.concatenate([np.arange(a, b) for a, b in units])
+    t = s[rows]
+    unit = np.repeat(np.arange(len(units)), [b - a for a, b in units])
+    new = np.r_[True, unit[1:] != unit[:-1]]  # a new node of length p + 1: a new unit
+    out = []
+    prev_ids = None
+    for length in range(p + 1, width):
+        if length > p + 1:
+            new = new | np.r_[True, t[1:, length - 1] != t[:-1, length - 1]]
+        live = t[:, length] >= 0  # rows that go on past this node: its node runs a step
+        # a node's rows that end here sort first, so its first live row starts a run of live rows
+        first_live = live & (new | ~np.r_[False, live[:-1]])
+        if not first_live.any():
+            break
+        node_id = np.cumsum(new)
+        per_unit = np.bincount(unit[first_live], minlength=len(units))
+        if prev_ids is not None and out:
+            parents = prev_ids[first_live]  # the node of length - 1 above each running node
+            out[-1] = (out[-1][0], out[-1][1], bool(np.unique(parents).size == parents.size))
+        out.append((length, int(per_unit.max()), True))
+        prev_ids = node_id
+    return out
+
+
+def _plan_chunk(levels, token_bytes: float, logits_bytes: float, budget: int) -> int:
+    """The most rows one step may run (``MIN_CHUNK`` .. ``MAX_CHUNK``) so that the trie's peak memory stays
+    under ``budget``, the peak bounded from the trie's shape (``_trie_levels``): a node of length L holds
+    ``L * token_bytes`` of cache per row; a level whose nodes may have more children than one chunk keeps
+    its cache while they expand (its chunk of nodes at most), any other lets it go; and one step at a time
+    holds its parents' cache, the rows it gathered, their grown cache and its logits."""
+    def peak(c: int) -> float:
+        held, step = 0.0, 0.0
+        for (length, nodes, single), (_, kids, _) in zip(levels, levels[1:]):
+            f, k = min(c, nodes), min(c, kids)
+            keeps = not single and kids > c
+            held += f * length * token_bytes if keeps else 0.0
+            step = max(step, (0.0 if keeps else f * length * token_bytes)
+                       + k * (2 * length + 1) * token_bytes + k * logits_bytes)
+        return held + step
+
+    sizes = sorted({int(MIN_CHUNK * 1.25 ** i) for i in range(60)} | {nodes for _, nodes, _ in levels})
+    best = MIN_CHUNK
+    for c in sizes:
+        if MIN_CHUNK <= c <= MAX_CHUNK and peak(c) <= budget:
+            best = max(best, c)
+    return best
 
 
 class PrefixTreeRequests:
@@ -79,7 +156,7 @@ class PrefixTreeRequests:
         p = int(np.argmin(same.all(axis=0))) if not same.all() else width
         if p == 0 or p >= width:
             return None
-        budget = budget_bytes or KV_BUDGET_BYTES["cuda" if str(device).startswith("cuda") else "cpu"]
+        budget = budget_bytes or _device_budget(model, device)
         # the units: the subtrees under the common prefix, one per distinct token at depth p (rows that
         # end with the prefix score the prefix alone)
         tok_p = s[:, p]
@@ -89,37 +166,51 @@ class PrefixTreeRequests:
         ended = tok_p[starts] < 0
         units = [(int(a), int(b)) for a, b, e in zip(starts, ends, ended) if not e]
         unit_ids = [[int(t) for t in s[a, :p + 1]] for a, _ in units]
+        on_gpu = str(device).startswith("cuda") or PLAN_ON_CPU
+        levels = _trie_levels(s, p, units) if units and on_gpu else None
         self.stats["forward_passes"] += 1
 
         def run_unit(idx, inp, mask):
             """Score every row under each unit of this batch; returns one score array per unit."""
             with torch.inference_mode():
                 out = model(input_ids=inp, attention_mask=mask, use_cache=True)
-                cache = out.past_key_values
-                if _kv_rows(cache, torch.tensor([0], device=inp.device)) is None:
+                if _kv_rows(out.past_key_values, torch.tensor([0], device=inp.device)) is None:
                     return [None] * len(idx)
                 lp_all = torch.log_softmax(out.logits.float(), dim=-1)  # [B, p+1, V]
                 # log-probs of the prefix and of the unit's own token (positions 0..p-1 predict 1..p)
                 head = lp_all[:, :p].gather(-1, inp[:, 1:p + 1].unsqueeze(-1)).squeeze(-1)  # [B, p]
-                lp_next = lp_all[:, p].contiguous()  # next-token log-probs of each unit
-                del lp_all
+                top = {"cache": out.past_key_values, "lp": lp_all[:, p].contiguous()}  # each unit's next token
                 per_token = sum(layer.keys[0].numel() * layer.keys.element_size() * 2
-                                for layer in cache.layers) / (p + 1)
-                chunk = int(max(16, min(8192, budget // max(1.0, per_token * width * max(1, width - p)))))
+                                for layer in top["cache"].layers) / (p + 1)
+                logit_bytes = out.logits.element_size() + 8  # the logits, their float copy, the log-softmax
+                vocab = int(out.logits.shape[-1])
+                del lp_all, out
+                if on_gpu:  # the most rows the memory allows: far fewer steps, each a fuller batch
+                    chunk = _plan_chunk(levels, per_token, vocab * logit_bytes, budget)
+                else:  # the CPU is compute-bound: its fixed chunks (and their exact numbers) are kept
+                    chunk = int(max(MIN_CHUNK, min(8192, budget // max(1.0, per_token * width * max(1, width - p)))))
                 lo = np.array([units[i][0] for i in idx])
                 hi = np.array([units[i][1] for i in idx])
                 base = head.double().sum(-1).cpu().numpy()
                 score = np.zeros(n, dtype=np.float64)  # indexed by sorted row; only this batch's rows are set
                 score[np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])] = \
                     np.repeat(base, hi - lo)
+                # the token log-probs each step gathers stay on the device until the unit is done (one host
+                # sync per unit, not one per step); added to the rows' totals in step order, so every row's
+                # float64 sum runs over its tokens in the same order as it would step by step
+                pending: list = []
 
                 def run(tokens, sub):
                     o = model(input_ids=tokens, past_key_values=sub, use_cache=True)
-                    return o.past_key_values, torch.log_softmax(o.logits[:, -1].float(), dim=-1)
+                    return {"cache": o.past_key_values, "lp": torch.log_softmax(o.logits[:, -1].float(), dim=-1)}
 
-                def expand(cache, lp, lo: np.ndarray, hi: np.ndarray, depth: int) -> None:
+                def expand(frame: dict, lo: np.ndarray, hi: np.ndarray, depth: int) -> None:
                     """Score token ``depth`` of the rows under each node ``[lo, hi)`` (sorted rows; node k's
-                    next-token log-probs are ``lp[k]``, its cache row k), then expand the children."""
+                    next-token log-probs are ``frame["lp"][k]``, its cache row k), then expand the children.
+                    The frame is this call's own: its log-probs are let go once read, its cache once the last
+                    chunk of children has taken its rows, so a level whose children run as one chunk no longer
+                    holds memory while they expand."""
+                    lp = frame.pop("lp")
                     sizes = hi - lo
                     rows = np.repeat(np.arange(len(lo)), sizes)
                     ridx = np.arange(int(sizes.sum())) + np.repeat(lo - np.r_[0, np.cumsum(sizes)[:-1]], sizes)
@@ -130,7 +221,8 @@ class PrefixTreeRequests:
                     key_r, key_t = rows[live], tok[live]
                     r_t = torch.as_tensor(key_r, device=lp.device).long()
                     t_t = torch.as_tensor(key_t, device=lp.device).long()
-                    score[ridx[live]] += lp[r_t, t_t].double().cpu().numpy()
+                    pending.append((ridx[live], lp[r_t, t_t]))
+                    del lp
                     if depth + 1 >= width:
                         return
                     # children: runs of equal (node, token) among the live rows; expand those with longer rows
@@ -142,15 +234,29 @@ class PrefixTreeRequests:
                     if not more.any():
                         return
                     parent, token, c_lo, c_hi = key_r[start][more], key_t[start][more], c_lo[more], c_hi[more]
+                    cache = frame.pop("cache")
                     for k in range(0, len(parent), chunk):
                         sl = slice(k, k + chunk)
-                        sub = _kv_rows(cache, torch.as_tensor(parent[sl], device=device).long())
-                        new_cache, new_lp = run(torch.as_tensor(token[sl], device=device).long()[:, None], sub)
-                        expand(new_cache, new_lp, c_lo[sl], c_hi[sl], depth + 1)
+                        if len(lo) == len(parent) <= chunk and (parent == np.arange(len(lo))).all():
+                            sub = cache  # one child per node, in order: the frame's cache itself, not a copy
+                        else:
+                            sub = _kv_rows(cache, torch.as_tensor(parent[sl], device=device).long())
+                        if k + chunk >= len(parent):
+                            cache = None  # the last chunk: the frame's cache is no longer needed
+                        child = run(torch.as_tensor(token[sl], device=device).long()[:, None], sub)
+                        del sub
+                        expand(child, c_lo[sl], c_hi[sl], depth + 1)
 
                 # a unit's rows that end at its token are done; the rest continue at depth p + 1
                 if p + 1 < width:
-                    expand(cache, lp_next, lo, hi, p + 1)
+                    expand(top, lo, hi, p + 1)
+                del top
+                if pending:
+                    values = torch.cat([v.reshape(-1) for _, v in pending]).double().cpu().numpy()
+                    at = 0
+                    for rows_, _ in pending:
+                        score[rows_] += values[at:at + rows_.size]
+                        at += rows_.size
                 return [score[a:b].copy() for a, b in zip(lo, hi)]
 
         # one subtree per batch: the units are dealt to the processes, and a unit's numbers never
