@@ -517,3 +517,26 @@ def test_trie_with_planned_chunks_equals_whole_sequences(tiny_gpt2, monkeypatch,
     assert sum(calls) == 10 + 10 * (1 + 10 + 10)  # every trie node runs exactly one step
     if budget is None:  # a budget that fits a whole level: one step per level and subtree
         assert len(calls) == 10 * 4
+
+
+def test_trie_budget_on_a_gpu_leaves_room_for_everything_the_run_holds(monkeypatch, tiny_gpt2):
+    """A quarter of what the GPU's memory leaves beside this process's tensors (a 70B 4-bit model and its
+    base fill most of an 80 GB card), between the fixed floor and the cap; the CPU keeps its fixed figure."""
+    import types
+
+    import torch
+
+    from auditkit.passes import prefix_tree as pt
+    gib = 1 << 30
+    held = {"now": 0}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(total_memory=80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda i=None: held["now"])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    model = tiny_gpt2.model
+    assert pt._device_budget(model, "cpu") == pt.KV_BUDGET_BYTES["cpu"]
+    held["now"] = 70 * gib
+    assert pt._device_budget(model, "cuda") == int(2.5 * gib)
+    held["now"] = 79 * gib
+    assert pt._device_budget(model, "cuda:0") == pt.KV_BUDGET_BYTES["cuda"]  # never below the floor
+    held["now"] = 3 * gib
+    assert pt._device_budget(model, "cuda") == pt.CUDA_BUDGET_MAX

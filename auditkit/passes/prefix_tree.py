@@ -43,19 +43,21 @@ def _kv_rows(cache, idx):
 
 def _device_budget(model, device) -> int:
     """The trie's memory budget on this device (bytes): fixed on the CPU; on a GPU a quarter of the
-    device's total memory less the model's weights, between ``KV_BUDGET_BYTES["cuda"]`` and
-    ``CUDA_BUDGET_MAX``. It reads the device's size, never what is free at the moment, so the chunks (and
-    with them the numbers) do not depend on what else the process holds."""
+    device's total memory less what this process's tensors hold there (the model, and a base model or
+    anything else the run loaded beside it), between ``KV_BUDGET_BYTES["cuda"]`` and ``CUDA_BUDGET_MAX``.
+    It reads this process's own allocations, never the driver's free memory, so the same run plans the
+    same chunks (other processes on the GPU do not change the numbers)."""
     if not str(device).startswith("cuda"):
         return KV_BUDGET_BYTES["cpu"]
     import torch
     try:
         dev = torch.device(device)
-        total = torch.cuda.get_device_properties(dev.index if dev.index is not None else 0).total_memory
-        weights = sum(t.numel() * t.element_size() for t in model.parameters())
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(index).total_memory
+        held = max(torch.cuda.memory_allocated(index), sum(t.numel() * t.element_size() for t in model.parameters()))
     except Exception:  # noqa: BLE001  (an unusual placement: keep the fixed figure)
         return KV_BUDGET_BYTES["cuda"]
-    return int(min(CUDA_BUDGET_MAX, max(KV_BUDGET_BYTES["cuda"], (total - weights) // 4)))
+    return int(min(CUDA_BUDGET_MAX, max(KV_BUDGET_BYTES["cuda"], (total - held) // 4)))
 
 
 def _trie_levels(s: np.ndarray, p: int, units: list[tuple[int, int]]) -> list[tuple[int, int, bool]]:
