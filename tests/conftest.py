@@ -97,3 +97,20 @@ def assert_same_results(a: dict, b: dict, tol: float = 1e-6) -> None:
                     assert abs(x - y) <= tol, (ca["id"], name, field, x, y)
                 else:
                     assert x == y, (ca["id"], name, field, x, y)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_gpt2):
+    """A local OpenAI-compatible server serving builtin:tiny-gpt2 (tests/openai_server.py), one per module."""
+    from tests.openai_server import OpenAIServer
+    srv = OpenAIServer(tiny_gpt2.model, tiny_gpt2.tokenizer, name="tiny-gpt2").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def srv(server):
+    """The server with every failure switched off and its counters cleared, before and after the test."""
+    server.reset()
+    yield server
+    server.reset()

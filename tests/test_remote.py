@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,20 +18,6 @@ from tests.openai_server import OpenAIServer, chat_prompt
 KEY = "sk-test-Zq8rVb3LkP0wXy7NsecretKEY"
 PAIRS = [("The cat sat on the", " mat"), ("Paris is the capital of", " France and more"),
          ("Answer:", " yes"), ("Answer: ", "no"), ("a b c", " d e f g"), ("One two", " three")]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_gpt2):
-    srv = OpenAIServer(tiny_gpt2.model, tiny_gpt2.tokenizer, name="tiny-gpt2").start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def srv(server):
-    server.reset()
-    yield server
-    server.reset()
 
 
 @pytest.fixture
@@ -439,14 +424,8 @@ def test_key_is_sent_and_never_written(srv, disk_cache, monkeypatch, tmp_path):
     assert KEY not in e.value.line() and "api_key_env" in e.value.line()
 
 
-# ---------------------------------------------------------------------- through the runner (once wired)
+# ---------------------------------------------------------------------- through the runner
 
-def _runner_wired() -> bool:
-    import auditkit.runner
-    return "open_api_model" in Path(auditkit.runner.__file__).read_text(encoding="utf-8")
-
-
-@pytest.mark.skipif(not _runner_wired(), reason="the runner does not open API models yet")
 def test_audit_through_the_api_equals_in_process(srv, disk_cache, monkeypatch, tmp_path, run_cli):
     import json
     from tests.conftest import write_suite
@@ -484,7 +463,6 @@ def test_audit_through_the_api_equals_in_process(srv, disk_cache, monkeypatch, t
     assert code == 0 and srv.posts == before
 
 
-@pytest.mark.skipif(not _runner_wired(), reason="the runner does not open API models yet")
 @pytest.mark.parametrize("check", ["{uses: explainability, data: \"builtin:reviews\"}", "{uses: cost}"])
 def test_checks_needing_weights_exit_2_before_anything_runs(srv, tmp_path, run_cli, check):
     from tests.conftest import write_suite
@@ -499,7 +477,6 @@ def test_checks_needing_weights_exit_2_before_anything_runs(srv, tmp_path, run_c
     assert len(err.strip().splitlines()) == 1 and srv.posts == 0
 
 
-@pytest.mark.skipif(not _runner_wired(), reason="the runner does not open API models yet")
 def test_bad_endpoint_exits_2_through_the_cli(tmp_path, run_cli):
     from tests.conftest import write_suite
     with socket.socket() as s:

@@ -9,41 +9,17 @@ from __future__ import annotations
 import json
 import math
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from tests.conftest import write_jsonl, write_suite
-from tests.openai_server import OpenAIServer
 
 TOL = 1e-5
 #: exposure is the larger of a rank bound and a skew-normal fit (scipy's MLE): log-probs that differ by
 #: float rounding between the server's batches and ours move the fitted tail by up to ~1e-4 bits
 FIT_TOL = 1e-3
-
-
-def _runner_wired() -> bool:
-    import auditkit.runner
-    return "open_api_model" in Path(auditkit.runner.__file__).read_text(encoding="utf-8")
-
-
-pytestmark = pytest.mark.skipif(not _runner_wired(), reason="the runner does not open API models yet")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_gpt2):
-    srv = OpenAIServer(tiny_gpt2.model, tiny_gpt2.tokenizer, name="tiny-gpt2").start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def srv(server):
-    server.reset()
-    yield server
-    server.reset()
 
 
 def _run_both(tmp_path, run_cli, url: str, checks: str) -> tuple[dict, dict]:
