@@ -34,13 +34,10 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, proc_status_bytes, reset_peak_rss  # offline env
+
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "plugins"))
-os.environ.setdefault("AUDITKIT_CACHE", str(ROOT / ".cache" / "auditkit"))
-for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(var, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["AUDITKIT_DISK_CACHE"] = "0"  # measure the passes, not the disk cache of passes
 
 WORDS = ("table river green quickly paper window music garden yellow stone coffee letter bright simple "
@@ -53,26 +50,6 @@ WORDS = ("table river green quickly paper window music garden yellow stone coffe
 def _rss() -> int:
     import psutil
     return psutil.Process().memory_info().rss
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where that is not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _vm_hwm() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 class PeakMeter:
@@ -98,7 +75,7 @@ class PeakMeter:
                 self.sampled = max(self.sampled, _rss())
                 time.sleep(0.002)
 
-        self.hwm_ok = _reset_peak()
+        self.hwm_ok = reset_peak_rss()
         self._thread = threading.Thread(target=sample, daemon=True)
         self._thread.start()
         return self
@@ -106,7 +83,7 @@ class PeakMeter:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        hwm = _vm_hwm() if self.hwm_ok else None
+        hwm = proc_status_bytes("VmHWM") if self.hwm_ok else None
         self.peak = max(self.sampled, hwm or 0)
         self.result = {"rss_before_mb": self.before / 2 ** 20, "rss_peak_mb": self.peak / 2 ** 20,
                        "rss_increment_mb": (self.peak - self.before) / 2 ** 20,

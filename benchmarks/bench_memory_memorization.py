@@ -35,25 +35,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, proc_status_bytes, reset_peak_rss  # offline env
+
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("AUDITKIT_CACHE", str(ROOT / ".cache" / "auditkit"))
-for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(var, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["AUDITKIT_DISK_CACHE"] = "0"  # measure the passes, not a disk cache of them
 
 WORDS = ("the a keeper light house river stone quiet morning letter garden window paper old new small "
          "large green blue red walks reads writes finds keeps opens closes under over near far after "
          "before always never often city forest road bridge tower market friend teacher doctor child").split()
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def _texts(n: int, seed: int, words: int = 40) -> list[str]:
@@ -95,15 +84,15 @@ def bench_memorization(model: str = "builtin:tiny-gpt2", n: int = 256, device: s
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current resident set
-            fh.write("5")
-        before = _status_kb("VmRSS") * 1024
+        if not reset_peak_rss():  # VmHWM back to the current resident set
+            raise SystemExit("cannot reset the peak RSS (/proc/self/clear_refs); this benchmark needs it")
+        before = proc_status_bytes("VmRSS")
     _passes(handle, base, n, samples)
     if cuda:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = _status_kb("VmHWM") * 1024
+        peak = proc_status_bytes("VmHWM")
     return {"n": n, "device": device, "peak_mb": (peak - before) / 2 ** 20, "before_mb": before / 2 ** 20,
             "forward_passes": handle.stats["forward_passes"]}
 
