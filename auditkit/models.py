@@ -894,18 +894,20 @@ def load_dtype(device: str):
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
-def parameter_count(model) -> int:
-    """Parameters of ``model`` as trained: a bitsandbytes 4-bit weight stores two values per byte of its
+def unpacked_numel(p) -> int:
+    """Values a parameter holds as trained: a bitsandbytes 4-bit weight stores two values per byte of its
     ``quant_storage`` (``Params4bit.numel()`` counts the packed bytes), the rule of transformers'
     ``num_parameters``."""
-    n = 0
-    for p in model.parameters():
-        k = p.numel()
-        if type(p).__name__ == "Params4bit":
-            storage = getattr(p, "quant_storage", None)
-            k *= 2 * (getattr(storage, "itemsize", 1) or 1)
-        n += k
-    return int(n)
+    k = p.numel()
+    if type(p).__name__ == "Params4bit":
+        storage = getattr(p, "quant_storage", None)
+        k *= 2 * (getattr(storage, "itemsize", 1) or 1)
+    return int(k)
+
+
+def parameter_count(model) -> int:
+    """Parameters of ``model`` as trained (tied ones once), 4-bit weights unpacked (:func:`unpacked_numel`)."""
+    return sum(unpacked_numel(p) for p in model.parameters())
 
 
 # ---------------------------------------------------------------------- loading

@@ -129,3 +129,17 @@ def test_int8_audit_on_cpu(tmp_path, cpu_as_cuda, registry):
     assert res["model"]["quantization"] == "8-bit LLM.int8"
     assert res["baseline"]["quantization"] == "8-bit LLM.int8"
     assert res["model"]["parameters"] == _plain_parameters(registry)
+
+
+def test_cost_counts_4bit_parameters_unpacked(cpu_as_cuda, registry):
+    """cost's ``parameters`` (and the Kaplan FLOPs built on the non-embedding count) read the model as
+    trained, not bitsandbytes' packed bytes; its ``weights_mb`` is what the 4-bit weights really take."""
+    from auditkit.models import load_model
+    from auditkit.suite import ModelSpec
+    from auditkit_plugins.cost import parameter_counts
+    plain = parameter_counts(load_model(BASE, "causal-lm", registry, device="cpu").model)
+    spec = ModelSpec(base=BASE, task="causal-lm", quantization_bits=4)
+    kbit = parameter_counts(load_model(BASE, "causal-lm", registry, device="cpu", model_spec=spec).model)
+    assert kbit["parameters"] == plain["parameters"]
+    assert kbit["non_embedding_parameters"] == plain["non_embedding_parameters"]
+    assert kbit["weights_mb"] < plain["weights_mb"]

@@ -104,12 +104,15 @@ J_PER_KWH = 3.6e6
 # ---------------------------------------------------------------------- measurements
 
 def parameter_counts(model) -> dict:
-    """Distinct parameters (tied counted once), those outside ``nn.Embedding`` modules, weight bytes."""
+    """Distinct parameters (tied counted once; 4-bit weights unpacked), those outside ``nn.Embedding``
+    modules, weight bytes (as stored)."""
     import torch
+
+    from auditkit.models import unpacked_numel
     params = list(model.parameters())  # deduplicated by identity: a tied LM head is counted once
-    total = sum(p.numel() for p in params)
+    total = sum(unpacked_numel(p) for p in params)
     emb_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
-    embedding = sum(p.numel() for p in params if id(p) in emb_ids)
+    embedding = sum(unpacked_numel(p) for p in params if id(p) in emb_ids)
     nbytes = sum(p.numel() * p.element_size() for p in params)
     seen = set()
     for b in model.buffers():
