@@ -223,24 +223,23 @@ def load_kwargs(model, device) -> dict:
     return kw
 
 
+def _layers_of(model):
+    """The model, and under a PEFT wrapper its base model and the transformers model inside: where
+    transformers marks placement (``hf_device_map``) and bitsandbytes loading (``is_loaded_in_4bit``)."""
+    inner = getattr(model, "base_model", model)
+    return [m for m in (model, inner, getattr(inner, "model", None)) if m is not None]
+
+
 def placed(model) -> bool:
     """True for a model placed at load (``device_map``) or quantized by bitsandbytes: never ``.to()`` it."""
-    inner = getattr(model, "base_model", model)
-    for m in (model, inner, getattr(inner, "model", None)):
-        if m is None:
-            continue
-        if getattr(m, "hf_device_map", None) or getattr(m, "is_loaded_in_4bit", False) \
-                or getattr(m, "is_loaded_in_8bit", False) or getattr(m, "hf_quantizer", None) is not None:
-            return True
-    return False
+    return any(getattr(m, "hf_device_map", None) or getattr(m, "is_loaded_in_4bit", False)
+               or getattr(m, "is_loaded_in_8bit", False) or getattr(m, "hf_quantizer", None) is not None
+               for m in _layers_of(model))
 
 
 def loaded_precision(model) -> str | None:
     """``"4-bit NF4"`` / ``"8-bit LLM.int8"`` for a bitsandbytes-quantized model (or a PEFT model on one), else None."""
-    inner = getattr(model, "base_model", model)
-    for m in (model, inner, getattr(inner, "model", None)):
-        if m is None:
-            continue
+    for m in _layers_of(model):
         if getattr(m, "is_loaded_in_4bit", False):
             return "4-bit NF4"
         if getattr(m, "is_loaded_in_8bit", False):
