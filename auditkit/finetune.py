@@ -791,10 +791,9 @@ def _kbit_base(handle, suite_file: str | None = None):
     The handle's own model stays the untouched baseline. Exit 2 on a machine without CUDA or bitsandbytes
     (:func:`auditkit.backends.preflight` says so before anything loads; this is the last guard)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from auditkit import backends
-    from auditkit.models import load_dtype
+    from auditkit.models import auto_model_class, load_dtype
     from auditkit.suite import ModelSpec
     if not backends._cuda_available():
         raise AuditInputError("finetune.method: qlora needs a CUDA GPU (bitsandbytes); this machine has none",
@@ -809,9 +808,7 @@ def _kbit_base(handle, suite_file: str | None = None):
     spec = ModelSpec(base=handle.source, task=handle.task, quantization_bits=4,
                      device_map="auto" if len(set((getattr(handle.model, "hf_device_map", None) or {}).values())) > 1
                      else None)
-    from transformers import AutoModelForSeq2SeqLM
-    auto = {"causal-lm": AutoModelForCausalLM, "seq2seq-lm": AutoModelForSeq2SeqLM}.get(
-        handle.task, AutoModelForSequenceClassification)
+    auto = auto_model_class(handle.task)
     extra = {"num_labels": handle.num_labels} if handle.task == "sequence-classification" and handle.num_labels else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -888,6 +888,13 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
                                   place="model.task", fix=f"set model.task: {task} or use a check for {self.task}")
 
 
+def auto_model_class(task: str):
+    """transformers' Auto class that builds a model for ``task`` (a classifier for anything but the LMs)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+    return {"causal-lm": AutoModelForCausalLM, "seq2seq-lm": AutoModelForSeq2SeqLM}.get(
+        task, AutoModelForSequenceClassification)
+
+
 def load_dtype(device: str):
     """The dtype weights load in: bf16 on CUDA, fp32 elsewhere."""
     import torch
@@ -1171,8 +1178,7 @@ def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_label
     adapter, the base's missing weights less those the adapter carries (``modules_to_save``).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, \
-        AutoTokenizer
+    from transformers import AutoTokenizer
 
     _quiet_transformers()
     src = check_model_source(spec, registry, allow_pickle=allow_pickle, file=file, place=place)
@@ -1186,8 +1192,7 @@ def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_label
     if model_spec is not None:  # device_map: auto and bitsandbytes k-bit loading (checked by backends.preflight)
         from auditkit import backends
         kwargs.update(backends.load_kwargs(model_spec, device))
-    auto = {"causal-lm": AutoModelForCausalLM, "seq2seq-lm": AutoModelForSeq2SeqLM}.get(
-        task, AutoModelForSequenceClassification)
+    auto = auto_model_class(task)
     extra = {"num_labels": num_labels} if task == "sequence-classification" and num_labels else {}
     weights_folder = Path(base_location) if Path(base_location).is_dir() else None
     try:
