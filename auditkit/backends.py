@@ -252,26 +252,6 @@ def input_device(model) -> str:
     return str(model.get_input_embeddings().weight.device)
 
 
-# ---------------------------------------------------------------------- lm-eval's tokenization
-
-def encode_pair(tokenizer, ctx: str, cont: str) -> tuple[list[int], list[int]]:
-    """(context ids, continuation ids) exactly as lm-eval's ``_encode_pair`` (and
-    ``ModelHandle.continuation_logprobs``): trailing spaces of the context move to the continuation,
-    ``cont = enc(ctx + cont)[len(enc(ctx)):]``; an empty context reads the BOS (else EOS) token."""
-    if ctx == "":
-        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        cont_ids = list(tokenizer(cont)["input_ids"])
-        if cont_ids[:1] == [prefix]:
-            return cont_ids[:1], cont_ids[1:]
-        return [prefix], cont_ids
-    n_sp = len(ctx) - len(ctx.rstrip())
-    if n_sp:
-        cont, ctx = ctx[-n_sp:] + cont, ctx[:-n_sp]
-    ctx_ids = list(tokenizer(ctx)["input_ids"])
-    cont_ids = list(tokenizer(ctx + cont)["input_ids"])[len(ctx_ids):]
-    return ctx_ids, cont_ids
-
-
 # ---------------------------------------------------------------------- vLLM
 
 def safetensors_fingerprint(folder: str | Path) -> str:
@@ -439,15 +419,16 @@ class VLLMHandle:
         return self.memo("token_logprobs", texts, lambda: self._prompt_logprobs(self._encode(texts)), persist=True)
 
     def continuation_logprobs(self, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray]:
-        """Per-token log-probs of each continuation given its context: lm-eval's loglikelihood, tokenized by
-        :func:`encode_pair`, the model reading ``(ctx + cont)[-(max_length + 1):]``."""
+        """Per-token log-probs of each continuation given its context: lm-eval's loglikelihood, tokenized as
+        the hf handle does (:func:`auditkit.models.encode_pairs`), the model reading
+        ``(ctx + cont)[-(max_length + 1):]``."""
         pairs = [tuple(p) for p in pairs]
 
         def compute():
+            from auditkit.models import encode_pairs
             limit = self.max_length + 1
             full, owner, out = [], [], [None] * len(pairs)
-            for i, (ctx, cont) in enumerate(pairs):
-                ctx_ids, cont_ids = encode_pair(self.tokenizer, ctx, cont)
+            for i, (ctx_ids, cont_ids) in enumerate(encode_pairs(self.tokenizer, self.task, pairs)):
                 if not cont_ids:
                     out[i] = np.zeros(0, dtype=np.float32)
                     continue

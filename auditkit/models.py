@@ -646,55 +646,16 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         return self.memo("token_logprobs", texts, lambda: self._forward(texts)["token_logprobs"], persist=True)
 
     def _tok_encode(self, texts: list[str], add_special_tokens: bool | None = None) -> list[list[int]]:
-        """lm-eval's ``HFLM.tok_encode`` over a list (one batched call): the tokenizer's own special tokens
-        unless ``add_special_tokens`` is given, and none for a text that already starts with the prefix token
-        (BOS, else EOS) as text."""
-        if not texts:
-            return []
-        if add_special_tokens is not None:
-            return self.tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
-        prefix = self.tokenizer.decode(self._prefix_token_id())
-        plain = [i for i, t in enumerate(texts) if not (prefix and t.startswith(prefix))]
-        out: list = [None] * len(texts)
-        for i, ids in zip(plain, self.tokenizer([texts[i] for i in plain])["input_ids"] if plain else []):
-            out[i] = ids
-        rest = [i for i in range(len(texts)) if out[i] is None]
-        for i, ids in zip(rest, self.tokenizer([texts[i] for i in rest], add_special_tokens=False)["input_ids"]
-                          if rest else []):
-            out[i] = ids
-        return out
+        """:func:`tok_encode` with this handle's tokenizer."""
+        return tok_encode(self.tokenizer, texts, add_special_tokens)
 
     def _prefix_token_id(self) -> int:
-        """lm-eval's ``prefix_token_id``: what an empty context reads (BOS, else EOS)."""
-        tok = self.tokenizer
-        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        """:func:`prefix_token_id` of this handle's tokenizer."""
+        return prefix_token_id(self.tokenizer)
 
     def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-        """``(context ids, continuation ids)`` of each pair, exactly as lm-eval's ``TemplateLM.loglikelihood``
-        tokenizes them (``_encode_pair``): trailing spaces of the context move to the continuation,
-        ``cont = enc(ctx + cont)[len(enc(ctx)):]`` (seq2seq: ``enc(ctx)`` and ``enc(cont)`` without special
-        tokens, encoded apart); an empty context is the prefix token (BOS, else EOS) before
-        ``enc(cont)`` without special tokens (or the continuation's own first token when that is the prefix)."""
-        prefix = self._prefix_token_id()
-        moved = []
-        s2s = self.task == "seq2seq-lm"
-        for ctx, cont in pairs:
-            n_sp = len(ctx) - len(ctx.rstrip())
-            moved.append((ctx[:-n_sp], ctx[-n_sp:] + cont) if ctx and n_sp else (ctx, cont))
-        full = [i for i, (ctx, _) in enumerate(moved) if ctx != ""]
-        empty = [i for i, (ctx, _) in enumerate(moved) if ctx == ""]
-        ctx_enc = self._tok_encode([moved[i][0] for i in full])
-        cont_enc = self._tok_encode([moved[i][1] for i in empty], add_special_tokens=False)
-        out: list = [None] * len(pairs)
-        if s2s:  # lm-eval's seq2seq _encode_pair: the two parts encoded apart, the continuation without specials
-            for i, c, x in zip(full, ctx_enc, self._tok_encode([moved[i][1] for i in full], add_special_tokens=False)):
-                out[i] = (c, x)
-        else:
-            for i, c, w in zip(full, ctx_enc, self._tok_encode([moved[i][0] + moved[i][1] for i in full])):
-                out[i] = (c, w[len(c):])
-        for i, c in zip(empty, cont_enc):
-            out[i] = ([prefix], c) if c[:1] != [prefix] else (c[:1], c[1:])
-        return out
+        """:func:`encode_pairs` with this handle's tokenizer and task."""
+        return encode_pairs(self.tokenizer, self.task, pairs)
 
     def _scorable(self, ctx, cont, side: str) -> tuple[list[int], list[int]]:
         """A (context, continuation) of token ids a loglikelihood request can score, as ints: a non-empty
@@ -886,6 +847,62 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         if self.task != task:
             raise AuditInputError(f"{op} needs a {task} model but {self.source} is loaded as {self.task}",
                                   place="model.task", fix=f"set model.task: {task} or use a check for {self.task}")
+
+
+# ---------------------------------------------------------------------- lm-eval's tokenization
+
+def prefix_token_id(tokenizer) -> int:
+    """lm-eval's ``prefix_token_id``: what an empty context reads (BOS, else EOS)."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def tok_encode(tokenizer, texts: list[str], add_special_tokens: bool | None = None) -> list[list[int]]:
+    """lm-eval's ``HFLM.tok_encode`` over a list (one batched call): the tokenizer's own special tokens
+    unless ``add_special_tokens`` is given, and none for a text that already starts with the prefix token
+    (BOS, else EOS) as text."""
+    if not texts:
+        return []
+    if add_special_tokens is not None:
+        return tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+    prefix = tokenizer.decode(prefix_token_id(tokenizer))
+    plain = [i for i, t in enumerate(texts) if not (prefix and t.startswith(prefix))]
+    out: list = [None] * len(texts)
+    for i, ids in zip(plain, tokenizer([texts[i] for i in plain])["input_ids"] if plain else []):
+        out[i] = ids
+    rest = [i for i in range(len(texts)) if out[i] is None]
+    for i, ids in zip(rest, tokenizer([texts[i] for i in rest], add_special_tokens=False)["input_ids"]
+                      if rest else []):
+        out[i] = ids
+    return out
+
+
+def encode_pairs(tokenizer, task: str, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """``(context ids, continuation ids)`` of each pair, exactly as lm-eval's ``TemplateLM.loglikelihood``
+    tokenizes them (``_encode_pair``): trailing spaces of the context move to the continuation,
+    ``cont = enc(ctx + cont)[len(enc(ctx)):]`` (seq2seq: ``enc(ctx)`` and ``enc(cont)`` without special
+    tokens, encoded apart); an empty context is the prefix token (BOS, else EOS) before
+    ``enc(cont)`` without special tokens (or the continuation's own first token when that is the prefix)."""
+    prefix = prefix_token_id(tokenizer)
+    moved = []
+    s2s = task == "seq2seq-lm"
+    for ctx, cont in pairs:
+        n_sp = len(ctx) - len(ctx.rstrip())
+        moved.append((ctx[:-n_sp], ctx[-n_sp:] + cont) if ctx and n_sp else (ctx, cont))
+    full = [i for i, (ctx, _) in enumerate(moved) if ctx != ""]
+    empty = [i for i, (ctx, _) in enumerate(moved) if ctx == ""]
+    ctx_enc = tok_encode(tokenizer, [moved[i][0] for i in full])
+    cont_enc = tok_encode(tokenizer, [moved[i][1] for i in empty], add_special_tokens=False)
+    out: list = [None] * len(pairs)
+    if s2s:  # lm-eval's seq2seq _encode_pair: the two parts encoded apart, the continuation without specials
+        conts = tok_encode(tokenizer, [moved[i][1] for i in full], add_special_tokens=False)
+        for i, c, x in zip(full, ctx_enc, conts):
+            out[i] = (c, x)
+    else:
+        for i, c, w in zip(full, ctx_enc, tok_encode(tokenizer, [moved[i][0] + moved[i][1] for i in full])):
+            out[i] = (c, w[len(c):])
+    for i, c in zip(empty, cont_enc):
+        out[i] = ([prefix], c) if c[:1] != [prefix] else (c[:1], c[1:])
+    return out
 
 
 def auto_model_class(task: str):

@@ -203,20 +203,21 @@ class Runner:
             return self._api
         import torch
         self.progress.stage(f"loading {spec} on {self.device}")
-        # weights a checkpoint lacks (a new classification head, BERT's pooler, neither in a LoRA
-        # adapter) are drawn at load time: draw them the same way on every load, whatever the RNG
-        # state, so a reloaded or reused fine-tune is the model that was trained and audited
         if m.backend == "vllm":
             from auditkit.backends import VLLMHandle
             # two engines in one run (a model and its baseline) must share the GPU: vLLM reserves 90% by default
             two = bool(self.suite.model.baseline or self.opts.baseline)
-            return VLLMHandle.load(m, self.registry, seed=self.suite.seed, base=spec, file=self.file, place=place,
-                                   gpu_memory_utilization=0.45 if two else None)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            handle = load_model(spec, m.task, self.registry, device=self.device, num_labels=m.num_labels,
-                                trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
-                                file=self.file, place=place, model_spec=m)
+            handle = VLLMHandle.load(m, self.registry, seed=self.suite.seed, base=spec, file=self.file, place=place,
+                                     gpu_memory_utilization=0.45 if two else None)
+        else:
+            # weights a checkpoint lacks (a new classification head, BERT's pooler, neither in a LoRA
+            # adapter) are drawn at load time: draw them the same way on every load, whatever the RNG
+            # state, so a reloaded or reused fine-tune is the model that was trained and audited
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                handle = load_model(spec, m.task, self.registry, device=self.device, num_labels=m.num_labels,
+                                    trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
+                                    file=self.file, place=place, model_spec=m)
         handle.batch_size, handle.max_length = m.batch_size, m.max_length
         handle.chat_template = m.chat_template
         return handle

@@ -328,7 +328,8 @@ def test_vllm_handle_logprobs_match_the_hf_handle(tiny_gpt2, monkeypatch):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, atol=1e-5)
     # lm-eval's tokenization: the continuation of a context with a trailing space keeps the space
-    ctx_ids, cont_ids = backends.encode_pair(tiny_gpt2.tokenizer, "The capital of France is ", "Paris")
+    from auditkit.models import encode_pairs
+    [(ctx_ids, cont_ids)] = encode_pairs(tiny_gpt2.tokenizer, "causal-lm", [("The capital of France is ", "Paris")])
     assert cont_ids == tiny_gpt2.tokenizer("The capital of France is Paris")["input_ids"][len(ctx_ids):]
     # the scoring request is lm-eval's: greedy, one token, prompt log-probs, no detokenization
     prompts, params = calls["generate"][-1]
@@ -339,6 +340,31 @@ def test_vllm_handle_logprobs_match_the_hf_handle(tiny_gpt2, monkeypatch):
     n = len(calls["generate"])
     h.token_logprobs(texts)  # memoized
     assert len(calls["generate"]) == n and h.stats["cache_hits"] >= 1
+
+
+def test_vllm_handle_tokenizes_as_the_hf_handle_with_a_bos_tokenizer(registry, monkeypatch):
+    """Llama's tokenizer adds BOS: an empty context reads it once, and a context that starts with the BOS text
+    gets no second one (the vLLM handle once had its own tokenization, without lm-eval's tok_encode rule)."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    from auditkit.models import ModelHandle, load_model
+    base = load_model("builtin:tiny-llama", "causal-lm", registry)
+    tok = copy.deepcopy(base.tokenizer)  # tiny-llama's tokenizer adds no BOS; this one does, as Llama's
+    bos = tok.bos_token
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tok.bos_token_id)])
+    assert tok("x")["input_ids"][0] == tok.bos_token_id and tok("x", add_special_tokens=False)["input_ids"][0] != 0
+    llama = ModelHandle(model=base.model, tokenizer=tok, task="causal-lm", source="bos")
+    mod, _ = _fake_vllm(llama.model, llama.tokenizer)
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    h = backends.VLLMHandle(mod.LLM(model="x"), llama.tokenizer, source="builtin:tiny-llama", location="/nowhere",
+                            max_length=llama.max_length)
+    # a context that already starts with the BOS text gets no second BOS (lm-eval's tok_encode)
+    pairs = [("", "hello world"), ("The capital of France is ", "Paris"), ("a b", " c d"), (bos + "Hello", " world")]
+    for w, g in zip(llama.continuation_logprobs(pairs), h.continuation_logprobs(pairs)):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, atol=1e-5)
 
 
 def test_vllm_handle_generate(tiny_gpt2, monkeypatch):
@@ -563,3 +589,19 @@ def test_ddp_step_shares_average_to_the_one_process_gradient(tiny_gpt2, n_rows, 
     assert total == pytest.approx(loss_one, abs=1e-6) and ntok == ntok_one
     for k in want:
         torch.testing.assert_close(acc[k] / 2, want[k], atol=1e-6, rtol=1e-5)
+
+
+def test_runner_gives_the_vllm_handle_the_suites_settings(registry, monkeypatch):
+    """``model.chat_template: false``, batch_size and max_length reach a vLLM handle as they reach an hf one
+    (the vLLM branch once returned before they were set, so chat templates were applied regardless)."""
+    from auditkit.runner import Runner
+    mod, _ = _fake_vllm(None, None)
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    spec = ModelSpec(base="builtin:tiny-gpt2", task="causal-lm", backend="vllm", max_length=48, batch_size=5,
+                     chat_template=False)
+    runner = types.SimpleNamespace(suite=types.SimpleNamespace(model=spec, seed=0), opts=types.SimpleNamespace(
+        model=None, baseline=None), progress=types.SimpleNamespace(stage=lambda *a: None), registry=registry,
+        file=None, device="cuda", _api=None)
+    h = Runner._load(runner, "builtin:tiny-gpt2", "model.base")
+    assert isinstance(h, backends.VLLMHandle)
+    assert (h.chat_template, h.batch_size, h.max_length) == (False, 5, 48)
