@@ -128,12 +128,14 @@ def cmd_run(args) -> int:
     opts = RunOptions(out_dir=out, model=args.model, baseline=args.baseline, device=args.device, only=args.only,
                       resume=args.resume, strict=args.strict, show_secrets=args.show_secrets,
                       processes=args.processes)
-    if args.processes is not None and args.processes > 1 and not distributed.launched():
-        # everything that can be checked without a model is checked here, once, before N copies start
+    if args.processes is not None and not distributed.launched():
         runner = Runner(suite, reg, opts, Progress())
-        distributed.check_processes(args.processes, runner.device)
-        runner.preflight()
-        return distributed.launch(args.processes, _without_processes(sys.argv[1:] if args.argv is None else args.argv))
+        distributed.check_processes(args.processes, runner.device)  # --processes 0 too: exit 2
+        if args.processes > 1:
+            # everything that can be checked without a model is checked here, once, before N copies start
+            runner.preflight()
+            return distributed.launch(args.processes,
+                                      _without_processes(sys.argv[1:] if args.argv is None else args.argv))
     progress = make_progress() if w.main else Progress()
     try:
         outcome = Runner(suite, reg, opts, progress).run()

@@ -80,6 +80,16 @@ def test_more_processes_than_cores_is_exit_2_before_anything_starts(tmp_path, ca
     assert not (tmp_path / "o" / "results.json").exists()
 
 
+@pytest.mark.parametrize("n", ["0", "-2"])
+def test_no_processes_is_exit_2_not_a_silent_single_process(tmp_path, capsys, monkeypatch, n):
+    import auditkit.runner as runner
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    suite = write_suite(tmp_path, CLASSIFIER.format(bs=8))
+    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--device", "cpu", "--processes", n]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--processes {n}: needs at least 1" in err[0], err
+
+
 def test_bad_suite_under_processes_is_exit_2_in_the_calling_process(tmp_path, capsys, monkeypatch):
     import auditkit.distributed as dist
     monkeypatch.setattr(dist, "launch", lambda *a, **k: pytest.fail("processes were launched"))
