@@ -64,7 +64,7 @@ def check_needs(spec, task: str) -> frozenset[str]:
 
 def preflight(model, device: str, checks: Sequence, *, finetune_method: str | None, file: str | None,
               registry=None, base: str | None = None, where: Callable[..., str] | None = None,
-              processes: int | None = None) -> None:
+              processes: int | None = None, all_checks: Sequence | None = None) -> None:
     """Refuse what this machine or suite cannot serve, before any model loads (AuditInputError, exit 2).
 
     ``model`` is the suite's ``ModelSpec``, ``device`` the resolved device (``cpu``, ``cuda``,
@@ -72,7 +72,8 @@ def preflight(model, device: str, checks: Sequence, *, finetune_method: str | No
     ``finetune.method`` (None without a fine-tune). ``registry`` resolves ``builtin:`` models for the
     ``device_map`` check (skipped without it), ``base`` is the model actually audited (``--model``),
     ``where(*path)`` turns a suite key path into "line N (path)", ``processes`` the number of
-    data-parallel processes (default: this process's world).
+    data-parallel processes (default: this process's world), ``all_checks`` the suite's checks (they
+    number the entries in messages; ``checks`` may be the ``--only`` subset).
     """
     def place(*path) -> str:
         if where is not None:
@@ -105,17 +106,13 @@ def preflight(model, device: str, checks: Sequence, *, finetune_method: str | No
                        "model itself", "remove it (vLLM reads a quantized checkpoint's own config; "
                        "tensor_parallel_size spreads it over GPUs)")
         have = capabilities(model)
-        for spec in checks:
-            if not getattr(spec.cls, "needs_model", True):
-                continue
-            missing = sorted(check_needs(spec, model.task) - have)
-            if missing:
-                i = _index(checks, spec)
-                raise AuditInputError(
-                    f"check {spec.id!r} needs {', '.join(missing)}, which backend vllm cannot serve (it serves "
-                    f"{', '.join(sorted(have))})", file=file,
-                    place=f"line {spec.line} (checks[{i}].uses)" if getattr(spec, "line", None)
-                    else f"checks[{i}].uses", fix="use backend: hf for this suite, or drop the check")
+        unserved = first_unserved(checks, have, model.task)
+        if unserved:
+            spec, missing = unserved
+            raise AuditInputError(
+                f"check {spec.id!r} needs {', '.join(missing)}, which backend vllm cannot serve (it serves "
+                f"{', '.join(sorted(have))})", file=file, place=check_place(spec, all_checks or checks),
+                fix="use backend: hf for this suite, or drop the check")
         if processes > 1:
             raise fail(("model", "backend"), f"backend: vllm runs in one process, not {processes}",
                        "drop --processes; model.tensor_parallel_size spreads vLLM over the GPUs")
@@ -151,40 +148,47 @@ def preflight(model, device: str, checks: Sequence, *, finetune_method: str | No
     if device_map and registry is not None:
         spec = base or model.base
         cls = model_class(spec, model.task, registry, trust_remote_code=model.trust_remote_code, file=file,
-                          place=place("model", "base"))
+                          place=place("model", "base"), allow_pickle=getattr(model, "allow_pickle", False))
         if cls is not None and not getattr(cls, "_no_split_modules", None):
             raise fail(("model", "device_map"), f"device_map: auto cannot spread {cls.__name__} over GPUs: the "
                        "class declares no _no_split_modules (the blocks that must stay on one device)",
                        "leave device_map out (one GPU), or use quantization: {bits: 4} to make it fit")
 
 
-def _index(checks: Sequence, spec) -> int:
-    for i, c in enumerate(checks):
-        if c is spec:
-            return i
-    return 0
+def first_unserved(checks: Sequence, have: frozenset, task: str):
+    """``(spec, missing)``: the first check that reads the model and needs what a backend serving ``have``
+    cannot (sorted names), or None."""
+    for spec in checks:
+        if getattr(spec.cls, "needs_model", True):
+            missing = sorted(check_needs(spec, task) - have)
+            if missing:
+                return spec, missing
+    return None
+
+
+def check_place(spec, all_checks: Sequence) -> str:
+    """``line N (checks[i].uses)`` for a check entry, numbered in the whole suite (not the ``--only`` subset)."""
+    i = next((k for k, c in enumerate(all_checks) if c is spec), 0)
+    line = getattr(spec, "line", None)
+    return f"line {line} (checks[{i}].uses)" if line else f"checks[{i}].uses"
 
 
 def model_class(spec: str, task: str, registry, *, trust_remote_code: bool = False, file: str | None = None,
-                place: str = "model.base"):
+                place: str = "model.base", allow_pickle: bool = False):
     """The transformers class ``from_pretrained`` would build for ``spec`` and ``task``, from config.json
     alone (``architectures``/``model_type`` through the task's auto mapping); no weights are read.
 
     None when it cannot be told without loading (a hub id offline, custom code): the load decides then.
     """
-    from auditkit.models import check_model_source
-    src = check_model_source(spec, registry, file=file, place=place)
+    from auditkit.models import auto_model_class, check_model_source
+    src = check_model_source(spec, registry, allow_pickle=allow_pickle, file=file, place=place)
     folder = Path(src.base_location)
     if not (folder / "config.json").is_file():
         return None
     try:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+        from transformers import AutoConfig
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-        auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
-        if task == "seq2seq-lm":
-            from transformers import AutoModelForSeq2SeqLM
-            auto = AutoModelForSeq2SeqLM
-        return auto._model_mapping[type(config)]
+        return auto_model_class(task)._model_mapping[type(config)]
     except Exception:  # an unknown model type, remote code: the load itself says what is wrong
         return None
 

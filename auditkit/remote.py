@@ -561,21 +561,14 @@ def preflight_api(checks: Sequence, *, task: str = "causal-lm", finetune: bool =
         raise AuditInputError(f"an API model is audited from one process, not {processes}", file=file,
                               place=place("model", "base"), fix="drop --processes; model.concurrency sets how many "
                               "requests run at once")
-    have = APIModelHandle.capabilities
-    for spec in checks:
-        i = next((k for k, c in enumerate(all_checks or checks) if c is spec), 0)
-        cls = spec.cls
-        if not getattr(cls, "needs_model", True):
-            continue
-        fn = getattr(cls, "needs_for", None)
-        needs = frozenset(fn(spec.params, task)) if callable(fn) else frozenset(getattr(cls, "needs", ()))
-        missing = sorted(needs - have)
-        if missing:
-            line = getattr(spec, "line", None)
-            raise AuditInputError(f"check {spec.id!r} needs the model's weights; an API model has none (it asks "
-                                  f"for {', '.join(missing)}; an API serves only generation and log-probs)",
-                                  file=file, place=f"line {line} (checks[{i}].uses)" if line else f"checks[{i}].uses",
-                                  fix="drop the check, or audit a local copy of the model (model.base: a folder)")
+    from auditkit.backends import check_place, first_unserved
+    unserved = first_unserved(checks, APIModelHandle.capabilities, task)
+    if unserved:
+        spec, missing = unserved
+        raise AuditInputError(f"check {spec.id!r} needs the model's weights; an API model has none (it asks "
+                              f"for {', '.join(missing)}; an API serves only generation and log-probs)",
+                              file=file, place=check_place(spec, all_checks or checks),
+                              fix="drop the check, or audit a local copy of the model (model.base: a folder)")
 
 
 # ---------------------------------------------------------------------- opening

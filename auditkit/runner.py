@@ -405,7 +405,7 @@ class Runner:
             backends.preflight(suite.model, self.device, checks,
                                finetune_method=suite.finetune.method if suite.finetune else None,
                                file=self.file, registry=self.registry, base=opts.model, where=self.where,
-                               processes=opts.processes)
+                               processes=opts.processes, all_checks=suite.checks)
         return checks
 
     def run(self) -> RunOutcome:

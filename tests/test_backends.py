@@ -605,3 +605,23 @@ def test_runner_gives_the_vllm_handle_the_suites_settings(registry, monkeypatch)
     h = Runner._load(runner, "builtin:tiny-gpt2", "model.base")
     assert isinstance(h, backends.VLLMHandle)
     assert (h.chat_template, h.batch_size, h.max_length) == (False, 5, 48)
+
+
+def test_an_unservable_check_is_numbered_in_the_whole_suite_under_only(tmp_path, run_cli, no_load, monkeypatch):
+    """With --only, the refused check is still named by its place in the suite file (checks[1], its line),
+    not by its place in the selected subset."""
+    from auditkit.api import Check
+    from auditkit.plugins import registry as get_registry
+
+    class NeedsGrad(Check):
+        name = "needs-grad"
+        description = "test: needs gradients"
+        tasks = ("causal-lm",)
+        needs_data = False
+        needs = frozenset({"gradients"})
+
+    monkeypatch.setitem(get_registry().checks, "needs-grad", NeedsGrad)
+    suite = _suite(tmp_path, CAUSAL.format(extra=", backend: vllm"),
+                   checks="  - {uses: bias.pairs, gates: []}\n  - {uses: needs-grad, gates: []}")
+    line = _exit2(run_cli, suite, "--device", "cpu", "--only", "needs-grad")
+    assert "line 6 (checks[1].uses)" in line, line
