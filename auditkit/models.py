@@ -545,9 +545,10 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         logits and gathers the positions afterwards.
         """
         import inspect
-        cls = type(self.model)
-        mode = self._head_modes.get(cls)
+        key = self._head_key()
+        mode = self._head_modes.get(key)
         if mode is None:
+            cls, post = key
             mode = "full"
             try:
                 fwd = cls.forward
@@ -557,14 +558,19 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
             except (TypeError, OSError, ValueError):
                 pass
             if mode == "full":
-                cfg = self.model.config
-                post = any(getattr(cfg, a, None) not in (None, 1, 1.0) for a in self._LOGIT_POSTPROCESSING)
                 base = getattr(self.model, "base_model", None)
                 head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
                 if not post and head is not None and base is not None and base is not self.model:
                     mode = "hidden"
-            self._head_modes[cls] = mode
+            self._head_modes[key] = mode
         return mode
+
+    def _head_key(self) -> tuple:
+        """What :meth:`_head_mode` depends on: the model's class, and whether its config asks for logit
+        post-processing (two models of one class may differ there, so the class alone is not the key)."""
+        cfg = getattr(self.model, "config", None)
+        post = any(getattr(cfg, a, None) not in (None, 1, 1.0) for a in self._LOGIT_POSTPROCESSING)
+        return type(self.model), post
 
     def _lm_logits(self, inp, mask, keep, **extra):
         """``(logits [K, V], outputs)``: the LM's logits at the ``K`` True positions of the boolean ``keep``
@@ -576,13 +582,13 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
             out = self.model(**kw, logits_to_keep=keep)
             if out.logits.dim() == 2 and out.logits.shape[0] == k:
                 return out.logits, out
-            self._head_modes[type(self.model)] = "full"  # not the slicing we expected: never again
+            self._head_modes[self._head_key()] = "full"  # not the slicing we expected: never again
         elif mode == "hidden":
             out = self.model.base_model(**kw)
             last = getattr(out, "last_hidden_state", None)
             if last is not None:
                 return self.model.get_output_embeddings()(last[keep]), out
-            self._head_modes[type(self.model)] = "full"  # a wrapper whose base_model is no backbone
+            self._head_modes[self._head_key()] = "full"  # a wrapper whose base_model is no backbone
         out = self.model(**kw)
         return out.logits[keep], out
 

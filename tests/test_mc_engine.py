@@ -83,19 +83,32 @@ def test_fast_path_equals_a_plain_full_logits_loop(lm, max_length):
 @pytest.mark.parametrize("mode", ["hidden", "full"])
 def test_every_head_mode_gives_the_same_numbers(lm, mode):
     """The fallbacks (backbone + output embeddings; all logits) equal the logits_to_keep path."""
-    cls = type(lm.model)
+    key = fresh(lm)._head_key()
     assert fresh(lm)._head_mode() == "keep"
     want = fresh(lm, max_length=12).continuation_logprobs(PAIRS)
     tl_want = fresh(lm).token_logprobs([p[0] + p[1] for p in PAIRS])
-    saved = ModelHandle._head_modes.get(cls)
-    ModelHandle._head_modes[cls] = mode
+    saved = ModelHandle._head_modes.get(key)
+    ModelHandle._head_modes[key] = mode
     try:
         got = fresh(lm, max_length=12).continuation_logprobs(PAIRS)
         tl_got = fresh(lm).token_logprobs([p[0] + p[1] for p in PAIRS])
     finally:
-        ModelHandle._head_modes[cls] = saved
+        ModelHandle._head_modes[key] = saved
     for a, b in zip(got + tl_got, want + tl_want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_head_mode_is_decided_per_class_and_logit_post_processing(lm):
+    """A model whose config scales or soft-caps its logits never reuses the head mode decided for another
+    model of its class without it (the "hidden" shortcut would skip the post-processing)."""
+    import copy
+    plain = fresh(lm)
+    scaled_model = copy.copy(lm.model)
+    scaled_model.config = copy.deepcopy(lm.model.config)
+    scaled_model.config.logit_scale = 2.0
+    scaled = ModelHandle(model=scaled_model, tokenizer=lm.tokenizer, task="causal-lm", source="scaled")
+    assert plain._head_key()[0] is scaled._head_key()[0]
+    assert plain._head_key() != scaled._head_key()
 
 
 def test_batch_size_invariance(lm):
