@@ -605,21 +605,6 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         res = self._forward(None, ids=ids)
         return res["token_logprobs"] if self.task == "causal-lm" else res["logits"]
 
-    def _last_token_logprobs(self, contexts: list[list[int]], targets: list[list[int]]) -> list[np.ndarray]:
-        """For each context, the log-probs of its candidate next tokens after its last position."""
-        import torch
-        self.stats["forward_passes"] += 1
-
-        def run(idx, inp, mask):
-            with torch.inference_mode():
-                lengths = mask.sum(1)
-                keep = torch.arange(inp.shape[1], device=inp.device)[None, :] == (lengths - 1)[:, None]
-                logits, _ = self._lm_logits(inp, mask, keep)
-                rows = torch.log_softmax(logits.float(), dim=-1)
-                return [rows[row, targets[i]].cpu().numpy() for row, i in enumerate(idx)]
-
-        return self.map_batches(contexts, run)
-
     def ensure_eager(self) -> None:
         """Switch to eager attention (sdpa returns no attention weights)."""
         cfg = self.model.config

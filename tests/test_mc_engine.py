@@ -150,7 +150,7 @@ def test_scoring_passes_skip_the_kv_cache_and_head_sees_only_needed_positions(lm
         mc_head = sum(head_rows)
         h.token_logprobs(["A short text to score.", "Another, somewhat longer, text to score here."])
         h.score_ids([[1, 2, 3], [4, 5]])
-        h._last_token_logprobs([[1, 2, 3], [4, 5]], [[7, 8], [9]])
+        h.next_token_logprobs([[1, 2, 3], [4, 5]], [[7, 8], [9]])
     finally:
         for hk in hooks:
             hk.remove()

@@ -6,12 +6,11 @@ The distribution ``p(· | x)`` at each input's last token, reduced inside the ba
   (``k = 1``: the greedy next token, as greedy decoding picks it);
 - :meth:`NextTokenRequests.next_token_logprobs`: the log-probs of given candidate tokens.
 
-Vocabulary-sized rows exist only inside the batch; where the model's forward takes ``logits_to_keep``
-(transformers' causal LMs), the LM head runs only at the batch's last positions.
+Vocabulary-sized rows exist only inside the batch, and the LM head runs only at each input's last
+position (the handle's ``_lm_logits``, as every scoring pass).
 """
 from __future__ import annotations
 
-import inspect
 from typing import Callable, Sequence
 
 import numpy as np
@@ -59,29 +58,16 @@ class NextTokenRequests:
                          persist=True)
 
     def _last_position(self, ids: list[list[int]], reduce: Callable) -> list:
-        """``reduce(log p(· | ids[i]) as a float32 numpy row, i)`` per input, one batched pass."""
+        """``reduce(log p(· | ids[i]) as a float32 numpy row, i)`` per input, one batched pass; the LM head
+        runs at each row's last position only (:meth:`ModelHandle._lm_logits`)."""
         import torch
         self.stats["forward_passes"] += 1
-        model = self.model
-        try:
-            keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
-        except (TypeError, ValueError):
-            keep_arg = False
 
         def run(idx, inp, mask):
-            last = mask.sum(1) - 1
-            kw = dict(self._no_kv_cache())
             with torch.inference_mode():
-                if keep_arg:
-                    # only the batch's distinct last positions go through the LM head
-                    where = torch.unique(last)
-                    logits = model(input_ids=inp, attention_mask=mask, logits_to_keep=where, **kw).logits
-                    col = torch.searchsorted(where, last)
-                else:
-                    logits = model(input_ids=inp, attention_mask=mask, **kw).logits
-                    col = last
-                logp = torch.log_softmax(logits[torch.arange(len(idx), device=logits.device), col].float(), -1)
-                logp = logp.cpu().numpy()
+                keep = torch.arange(inp.shape[1], device=inp.device)[None, :] == (mask.sum(1) - 1)[:, None]
+                logits, _ = self._lm_logits(inp, mask, keep)  # [B, V], one row per input in order
+                logp = torch.log_softmax(logits.float(), -1).cpu().numpy()
             return [reduce(logp[row], i) for row, i in enumerate(idx)]
 
         return self.map_batches(ids, run)
