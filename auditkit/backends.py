@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from auditkit.errors import AuditInputError
+from auditkit.passes.generation import GenerationRequests
 
 #: every request an in-process transformers model serves
 HF_CAPABILITIES = frozenset({"logits", "logprobs", "generate", "hidden_states", "attentions", "gradients",
@@ -276,13 +277,15 @@ def _logprob_value(x) -> float:
     return float(getattr(x, "logprob", x))
 
 
-class VLLMHandle:
+class VLLMHandle(GenerationRequests):
     """A causal LM served by vLLM (``model.backend: vllm``) with the request surface checks use.
 
     ``token_logprobs`` and ``continuation_logprobs`` read vLLM's ``prompt_logprobs`` (the log-prob of
     every prompt token given its prefix; lm-eval's ``VLLM._loglikelihood_tokens``), tokenized exactly as
-    the hf handle does; ``generate`` maps to ``SamplingParams`` (stop sequences, per-prompt seeds).
-    Prompts go to vLLM as token ids (``TokensPrompt``), so both backends read the same tokens.
+    the hf handle does. Generation is the engine's own :class:`GenerationRequests` (prompt rendering,
+    chat templates, argument checks, memo, stop cuts) with only ``_generate`` done by vLLM:
+    ``SamplingParams`` with stop sequences and one seed per prompt. Prompts go to vLLM as token ids
+    (``TokensPrompt``), so both backends read the same tokens.
     """
 
     task = "causal-lm"
@@ -443,31 +446,6 @@ class VLLMHandle:
             return out
 
         return self.memo("continuation_logprobs", pairs, compute, persist=True)
-
-    def generate(self, prompts, *, max_new_tokens=32, temperature=0.0, top_p=1.0, stop=(), seed=0,
-                 samples=1) -> list:
-        """``[prompt][sample]`` :class:`~auditkit.passes.generation.Generation` through vLLM: greedy at
-        ``temperature=0``, else nucleus sampling with one seed per prompt (``seed`` + prompt index), so a
-        prompt's samples do not depend on the others in the call. Prompts are encoded (chat template
-        included) as the hf handle encodes them; stop sequences end a row and are cut from its text."""
-        from auditkit.passes.generation import GenerationRequests
-        ids = GenerationRequests._prompt_ids(self, list(prompts))
-        return self.generate_ids(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                 stop=stop, seed=seed, samples=samples)
-
-    # the hf handle's prompt rendering (chat template, errors) is shared: it reads only the tokenizer
-    def render_prompts(self, prompts):
-        from auditkit.passes.generation import GenerationRequests
-        return GenerationRequests.render_prompts(self, prompts)
-
-    def _prompt_ids(self, prompts):
-        from auditkit.passes.generation import GenerationRequests
-        return GenerationRequests._prompt_ids(self, prompts)
-
-    def generate_ids(self, prefix_ids, **kw) -> list:
-        """As the engine's (argument checks, memo, one Generation per prompt and sample); vLLM decodes."""
-        from auditkit.passes.generation import GenerationRequests
-        return GenerationRequests.generate_ids(self, prefix_ids, **kw)
 
     def _require_generative(self, op: str) -> None:
         """vLLM serves causal LMs only (checked before loading)."""

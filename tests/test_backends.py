@@ -383,6 +383,8 @@ def test_vllm_handle_generate(tiny_gpt2, monkeypatch):
     mod, calls = _fake_vllm(tiny_gpt2.model, tok, canned)
     monkeypatch.setitem(sys.modules, "vllm", mod)
     h = backends.VLLMHandle(mod.LLM(model="x"), tok, source="builtin:tiny-gpt2", location="/nowhere", max_length=64)
+    with pytest.raises(TypeError, match="a list of prompts"):
+        h.generate("stop here")  # one string is not three one-letter prompts
     res = h.generate(["stop here", "the end", "go on"], max_new_tokens=5, stop=["\n"])
     assert [[(g.text, g.finish_reason) for g in r] for r in res] == \
         [[(" yes", "stop")], [(" done", "eos")], [(" sample 0", "stop")]]
