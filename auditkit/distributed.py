@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any
 
 from auditkit.errors import AuditInputError
 
@@ -67,15 +66,6 @@ class World:
         flags: list = [None] * self.size
         dist.all_gather_object(flags, bool(flag))
         return all(flags)
-
-    def broadcast(self, obj: Any) -> Any:
-        """Process 0's ``obj`` on every process."""
-        if not self.parallel:
-            return obj
-        import torch.distributed as dist
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
 
     def barrier(self) -> None:
         if self.parallel:

@@ -207,8 +207,8 @@ class GenerationRequests:
             n = len(owners)
             x = torch.full((n, width), pad, dtype=torch.long)
             m = torch.zeros((n, width), dtype=torch.long)
-            for r, (i, _) in enumerate(owners):
-                p = prompts[idx.index(i)]
+            for r in range(n):
+                p = prompts[r // per]  # owners run prompt by prompt, ``per`` rows each
                 if seq2seq:  # the encoder reads right-padded input
                     x[r, :len(p)] = torch.tensor(p, dtype=torch.long)
                     m[r, :len(p)] = 1
