@@ -2,7 +2,7 @@
 
 Every process runs the same audit, in the same order, on the same seed; only the model passes are
 split. The handle's batch driver (:meth:`auditkit.models.ModelHandle.map_batches`) deals its
-length-sorted batches round-robin to the processes and gathers every answer back to every process,
+length-sorted batches to the processes by their size (:meth:`World.deal`) and gathers every answer back to every process,
 so each check sees the whole list, exactly as in one process (the batches themselves are the same,
 so the numbers are too). Process 0 alone writes the reports, the fine-tuned model and the disk cache.
 
@@ -42,9 +42,22 @@ class World:
     def parallel(self) -> bool:
         return self.size > 1
 
-    def mine(self, k: int) -> bool:
-        """Whether the k-th unit of work (a batch) is this process's: dealt round-robin."""
-        return k % self.size == self.rank
+    def deal(self, costs: list[float]) -> list[bool]:
+        """Which units of work (batches, with these costs) are this process's.
+
+        Longest-processing-time-first (Graham 1969): the costliest unit not yet dealt goes to the process
+        with the least work so far (ties: the lower rank). Every process computes the same deal from the
+        same costs, with no message; the units themselves never depend on the number of processes.
+        """
+        if not self.parallel:
+            return [True] * len(costs)
+        load = [0.0] * self.size
+        owner = [0] * len(costs)
+        for k in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
+            r = min(range(self.size), key=lambda r: (load[r], r))
+            owner[k] = r
+            load[r] += costs[k]
+        return [r == self.rank for r in owner]
 
     def gather(self, local: dict) -> dict:
         """Merge every process's ``{index: value}`` into one dict, on every process."""

@@ -418,17 +418,20 @@ def _evaluate(model, examples, task: str, pad_id: int, device: str, batch_size: 
               w=None) -> tuple[float, float | None]:
     """Mean loss (per example for classification, per token for LMs) and accuracy (classifiers).
 
-    Under data parallel (``w.parallel``) the batches are dealt round-robin and the sums all-reduced, so
-    every process gets the numbers of the whole set (the batches are those of one process)."""
+    Under data parallel (``w.parallel``) the batches are dealt by size (:meth:`World.deal`) and the sums
+    all-reduced, so every process gets the numbers of the whole set (the batches are those of one process)."""
     import torch
     model.eval()
     total_loss, total_n, correct = 0.0, 0, 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    plan = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    mine = w.deal([len(b) * len(examples[b[-1]]["input_ids"]) for b in plan]) if w is not None \
+        else [True] * len(plan)
     with torch.inference_mode(), amp():
-        for k, s in enumerate(range(0, len(order), batch_size)):
-            if w is not None and w.parallel and not w.mine(k):
+        for b, ours in zip(plan, mine):
+            if not ours:
                 continue
-            batch = [examples[i] for i in order[s:s + batch_size]]
+            batch = [examples[i] for i in b]
             inp, mask, labels = _collate(batch, pad_id, task, device, _left(model, task))
             if task == "seq2seq-lm":
                 from auditkit import seq2seq

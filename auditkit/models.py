@@ -441,15 +441,17 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
 
         ``fn`` returns one value per row of its batch (in ``idx`` order), as numpy or plain Python: never
         a tensor that holds the batch's activations. The values come back in input order. Under data
-        parallel (:mod:`auditkit.distributed`) the batches are dealt round-robin to the processes and the
-        answers gathered, so every process gets the whole list. Every request of the handle runs here;
+        parallel (:mod:`auditkit.distributed`) the batches are dealt to the processes by their padded size
+        (:meth:`~auditkit.distributed.World.deal`) and the answers gathered, so every process gets the whole list. Every request of the handle runs here;
         a plugin with a pass of its own should too, to be split, counted and bounded by the batch alike.
         """
         from auditkit.distributed import world
         w = world()
         local: dict[int, Any] = {}
-        for k, idx in enumerate(self.plan(ids, batch_size)):
-            if not w.mine(k):
+        plan = self.plan(ids, batch_size)
+        mine = w.deal([len(idx) * max(len(ids[i]) for i in idx) for idx in plan])
+        for idx, ours in zip(plan, mine):
+            if not ours:
                 continue
             inp, mask = self.tensors(ids, idx)
             values = fn(idx, inp, mask)

@@ -97,3 +97,20 @@ def test_bad_suite_under_processes_is_exit_2_in_the_calling_process(tmp_path, ca
     assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--device", "cpu", "--processes", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.jsonl" in err[0]
+
+
+def test_deal_gives_each_batch_to_one_process_and_balances_the_work():
+    """Batches are dealt largest first to the least-loaded process: every process computes the same deal,
+    each batch is run exactly once, and the busiest process has less work than round-robin would give it."""
+    from auditkit.distributed import World
+    costs = [1120, 992, 960, 896, 864, 832, 800, 768, 736, 704, 640, 144]  # a release-gate pass's batches
+    for size in (1, 2, 3):
+        deals = [World(rank=r, size=size).deal(costs) for r in range(size)]
+        assert [sum(d[k] for d in deals) for k in range(len(costs))] == [1] * len(costs)
+        busiest = max(sum(c for c, ours in zip(costs, d) if ours) for d in deals)
+        round_robin = max(sum(costs[r::size]) for r in range(size))
+        assert busiest <= round_robin
+    two = [World(rank=r, size=2).deal(costs) for r in range(2)]
+    assert max(sum(c for c, ours in zip(costs, d) if ours) for d in two) < max(sum(costs[0::2]), sum(costs[1::2]))
+    assert World(rank=1, size=2).deal(costs) == World(rank=1, size=2).deal(list(costs))  # no hidden state
+    assert World(rank=0, size=4).deal([5.0]) == [True] and World(rank=3, size=4).deal([5.0]) == [False]
