@@ -493,14 +493,9 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
                     out = self.model.get_encoder()(input_ids=inp, attention_mask=mask, **extra)
                     logits = None
                 elif lm:
-                    lengths = mask.sum(1)
-                    pos = torch.arange(inp.shape[1], device=inp.device)
-                    keep = pos[None, :] < (lengths - 1)[:, None]  # position t predicts token t + 1
-                    logits, out = self._lm_logits(inp, mask, keep, **extra)
-                    target = inp[:, 1:][keep[:, :-1]]
+                    logits, target, counts, out = self._next_token_logits(inp, mask, **extra)
                     # per-token log-probs of each next token; keep only these, not full vocab logits
-                    tok_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target[:, None])[:, 0]
-                    per_row = torch.split(tok_lp, (lengths - 1).clamp(min=0).tolist())
+                    per_row = torch.split(self._target_logprobs(logits, target), counts)
                 else:
                     out = self.model(input_ids=inp, attention_mask=mask, **extra)
                     logits = out.logits.float()
@@ -593,6 +588,23 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
             self._head_modes[self._head_key()] = "full"  # a wrapper whose base_model is no backbone
         out = self.model(**kw)
         return out.logits[keep], out
+
+    def _next_token_logits(self, inp, mask, **extra):
+        """``(logits [K, V], targets [K], counts, outputs)`` of a right-padded causal-LM batch: the logits at
+        the ``K`` positions that predict a real token (``t < length - 1``, no padding; row-major), the token
+        each predicts, and how many of them each row has (for ``torch.split``)."""
+        import torch
+        lengths = mask.sum(1)
+        pos = torch.arange(inp.shape[1], device=inp.device)
+        keep = pos[None, :] < (lengths - 1)[:, None]  # position t predicts token t + 1
+        logits, out = self._lm_logits(inp, mask, keep, **extra)
+        return logits, inp[:, 1:][keep[:, :-1]], (lengths - 1).clamp(min=0).tolist(), out
+
+    @staticmethod
+    def _target_logprobs(logits, target):
+        """``log softmax(logits)[k, target[k]]`` in float32: each row's log-prob of its target token."""
+        import torch
+        return torch.log_softmax(logits.float(), dim=-1).gather(-1, target[:, None])[:, 0]
 
     def _no_kv_cache(self) -> dict:
         """Scoring passes never decode further: building a KV cache is wasted work (causal and seq2seq LMs)."""

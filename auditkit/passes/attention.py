@@ -21,7 +21,9 @@ to what an explanation needs, one length-``T`` vector per example (or per reques
 
 Rollout and head statistics come from one eager pass: asking for one stores the other (for the
 default query rows), and the pass also leaves the classifier logits / token log-probs of text inputs
-in the handle's cache, so a check that needs all three runs the model once.
+in the handle's cache, so a check that needs all three runs the model once. A causal LM's head runs
+through :meth:`~auditkit.models.ModelHandle._lm_logits`, at the positions that predict a real token only,
+so the token log-probs are those :meth:`~auditkit.models.ModelHandle.token_logprobs` computes.
 """
 from __future__ import annotations
 
@@ -153,7 +155,9 @@ class AttentionRequests:
                 "special_mass": spec.sum(0) / total, "rows": total, "per_example": sums}
 
     def _attention_pass(self, items: Sequence, qs: list) -> tuple[list, tuple]:
-        """One eager forward: rollout rows, head-statistic sums, and the plain scores of text inputs."""
+        """One eager forward: rollout rows, head-statistic sums, and the plain scores of text inputs (causal
+        LMs: the LM head and log-softmax through :meth:`_lm_logits`, at the non-padding positions that predict
+        a next token, as :meth:`token_logprobs`; classifiers: the logits of the same forward)."""
         import torch
         ids, texts = _as_ids(self, items)
         self.ensure_eager()
@@ -163,13 +167,19 @@ class AttentionRequests:
 
         def run(idx, inp, mask):
             with torch.inference_mode():
-                out = self.model(input_ids=inp, attention_mask=mask, output_attentions=True, **self._no_kv_cache())
+                if lm:  # the LM head only where a real next token is predicted, as token_logprobs applies it
+                    logits, target, counts, out = self._next_token_logits(inp, mask, output_attentions=True)
+                    if not getattr(out, "attentions", None):  # an output that carries no maps: the whole model
+                        out = self.model(input_ids=inp, attention_mask=mask, output_attentions=True,
+                                         **self._no_kv_cache())
+                    per_row = torch.split(self._target_logprobs(logits, target), counts)
+                else:
+                    out = self.model(input_ids=inp, attention_mask=mask, output_attentions=True,
+                                     **self._no_kv_cache())
+                    logits = out.logits.float()
                 atts = out.attentions
                 if not atts:
                     raise RuntimeError("the model returned no attention maps (eager attention unsupported?)")
-                logits = out.logits.float()
-                if lm:
-                    tok_lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, inp[:, 1:].unsqueeze(-1)).squeeze(-1)
                 rows = []
                 for row, i in enumerate(idx):
                     n = len(ids[i])
@@ -179,7 +189,7 @@ class AttentionRequests:
                     roll = rollout_rows(att, q).cpu().numpy()
                     special = torch.tensor([t in special_ids for t in ids[i]], device=att.device)
                     sums = head_sums(att, special, lm)
-                    first = tok_lp[row, :n - 1].cpu().numpy() if lm else logits[row].cpu().numpy()
+                    first = per_row[row].cpu().numpy() if lm else logits[row].cpu().numpy()
                     rows.append((_pick(roll, qs[i]), sums, first))
                 return rows
 

@@ -5,11 +5,12 @@
   scored through a token trie. The rows are sorted into the trie; the common prefix and each subtree's
   first token run as one sequence, then level by level each node runs its last token against its
   parent's KV cache, so shared prefixes are scored once. The subtrees are the units of
-  :meth:`~auditkit.models.ModelHandle.map_batches` (one per batch, dealt round-robin to processes);
+  :meth:`~auditkit.models.ModelHandle.map_batches` (one per batch, dealt to the processes by size);
   inside one, a level runs in chunks that keep its KV cache under a byte budget.
 - :meth:`PrefixTreeRequests.next_token_moments`: per position the token log-prob and the mean and
-  standard deviation of ``log p(z | x_<t)`` under ``z ~ p(. | x_<t)`` (Min-K%++: Zhang et al. 2024),
-  reduced inside the batch so no ``[T, V]`` distribution outlives it.
+  standard deviation of ``log p(z | x_<t)`` under ``z ~ p(. | x_<t)`` (Min-K%++: Zhang et al. 2024), the LM
+  head applied through the handle's ``_lm_logits`` at the non-padding positions only, and reduced inside
+  the batch so no ``[T, V]`` distribution outlives it.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ CUDA_BUDGET_MAX = 16 << 30
 MAX_CHUNK, MIN_CHUNK = 1 << 16, 16
 #: plan the chunks from the memory budget on the CPU too (tests; the CPU keeps its fixed rule otherwise)
 PLAN_ON_CPU = False
-#: logits one slice of a moments batch may hold (rows of a batch are split below this)
+#: logits one slice of a moments batch may hold: its kept positions (those predicting a real token) times the
+#: vocabulary (a batch's rows are split below this, one row at least)
 MOMENT_LOGITS = 8_000_000
 
 
@@ -280,9 +282,12 @@ class PrefixTreeRequests:
     def next_token_moments(self, texts: Sequence[str]) -> dict:
         """Per text (as :meth:`token_logprobs` tokenizes and scores it): the token log-probs and, per
         position, the mean ``mu_t`` and standard deviation ``sigma_t`` of ``log p(z|x_<t)`` under
-        ``z ~ p(.|x_<t)`` (Min-K%++, Zhang et al. 2024). Only three numbers per position leave the batch;
-        a batch is split into slices of at most ``MOMENT_LOGITS`` logits. Memoized (also on disk); the
-        token log-probs are also stored as the shared ``token_logprobs`` pass of the same texts."""
+        ``z ~ p(.|x_<t)`` (Min-K%++, Zhang et al. 2024). The LM head runs through :meth:`_lm_logits` at the
+        positions that predict a real token only (``t < len - 1``, no padding), as :meth:`token_logprobs`
+        applies it; only three numbers per position leave the batch, and a batch is split into slices of
+        consecutive rows whose kept positions hold at most ``MOMENT_LOGITS`` logits (one row at least).
+        Memoized (also on disk); the token log-probs are also stored as the shared ``token_logprobs`` pass of
+        the same texts."""
         self._require("causal-lm", "next_token_moments")
         texts = list(texts)
 
@@ -290,30 +295,39 @@ class PrefixTreeRequests:
             import torch
             ids = self.token_ids(texts)
             vocab = int(getattr(self.model.config, "vocab_size", 0) or 32000)
+            per_slice = max(1, MOMENT_LOGITS // vocab)  # kept positions one slice may hold
             self.stats["forward_passes"] += 1
 
             def run(idx, inp, mask):
-                width = inp.shape[1]
-                step = max(1, int(MOMENT_LOGITS // max(1, width * vocab)))
+                scored = [max(0, len(ids[i]) - 1) for i in idx]  # positions that predict a real token
+                slices, a = [], 0
+                while a < len(idx):
+                    b, held = a + 1, scored[a]
+                    while b < len(idx) and held + scored[b] <= per_slice:
+                        held += scored[b]
+                        b += 1
+                    slices.append((a, b))
+                    a = b
                 rows = []
                 with torch.inference_mode():
-                    for a in range(0, len(idx), step):
-                        sub_inp, sub_mask = inp[a:a + step], mask[a:a + step]
-                        logits = self.model(input_ids=sub_inp, attention_mask=sub_mask,
-                                            **self._no_kv_cache()).logits[:, :-1].float()
+                    for a, b in slices:
+                        # the slice's rows only, less the padding columns none of them needs (right padding)
+                        width = max(len(ids[i]) for i in idx[a:b])
+                        sub_inp, sub_mask = inp[a:b, :width], mask[a:b, :width]
+                        logits, target, counts, _ = self._next_token_logits(sub_inp, sub_mask)  # [K, V]
                         # token log-probs as token_logprobs computes them (float32); the moments in float64,
                         # since float32 sums over the vocabulary move by a few ulps with the batch's padding
-                        lp = torch.log_softmax(logits, dim=-1).gather(-1, sub_inp[:, 1:].unsqueeze(-1)).squeeze(-1)
+                        lp = self._target_logprobs(logits, target)
                         logp = torch.log_softmax(logits.double(), dim=-1)
                         del logits
                         p = logp.exp()
                         mu = (p * logp).sum(-1)
                         var = (p * (logp - mu.unsqueeze(-1)).pow(2)).sum(-1)
                         del logp, p
-                        for row, i in enumerate(idx[a:a + step]):
-                            t = len(ids[i]) - 1
-                            rows.append((lp[row, :t].cpu().numpy(), mu[row, :t].float().cpu().numpy(),
-                                         var[row, :t].clamp_min(0).sqrt().float().cpu().numpy()))
+                        sd = var.clamp_min(0).sqrt().float()
+                        for r_lp, r_mu, r_sd in zip(torch.split(lp, counts), torch.split(mu.float(), counts),
+                                                    torch.split(sd, counts)):
+                            rows.append((r_lp.cpu().numpy(), r_mu.cpu().numpy(), r_sd.cpu().numpy()))
                 return rows
 
             out = self.map_batches(ids, run)
