@@ -58,9 +58,10 @@ class DistributionRequests:
             other.stats["forward_passes"] += 1
 
             def run(idx, inp, mask):
+                keep = mask.bool()  # every real position (right padding), none of the padding
                 with torch.inference_mode():
-                    lc = F.log_softmax(_lm_logits_all(self, inp, mask).float(), -1)
-                    lb = _lm_logits_all(other, inp.to(other.device), mask.to(other.device))
+                    lc = F.log_softmax(_lm_logits_at(self, inp, mask, keep).float(), -1)
+                    lb = _lm_logits_at(other, inp.to(other.device), mask.to(other.device), keep.to(other.device))
                     lb = F.log_softmax(lb.float().to(lc.device), -1)
                     if lb.shape != lc.shape:
                         raise AuditInputError(f"{other.source} and {self.source} have different vocabularies "
@@ -70,7 +71,7 @@ class DistributionRequests:
                     kl = F.kl_div(lc, lb, reduction="none", log_target=True).sum(-1).clamp_min(0.0)
                     kl = kl.cpu().numpy().astype(np.float64)
                     del lc, lb
-                return [kl[row, :len(ids[i])].copy() for row, i in enumerate(idx)]
+                return np.split(kl, np.cumsum([len(ids[i]) for i in idx])[:-1])
 
             return self.map_batches(ids, run)
 
@@ -78,17 +79,18 @@ class DistributionRequests:
                          other_config=other_config)
 
 
-def _lm_logits_all(handle, inp, mask):
-    """``[B, T, V]`` logits at every position of right-padded ``inp``: a causal LM reading it, or a seq2seq
-    LM's decoder teacher-forced on it (the encoder reading the prefix token alone), no KV cache."""
+def _lm_logits_at(handle, inp, mask, keep):
+    """``[K, V]`` logits at the ``K`` True positions of ``keep`` (row-major) of right-padded ``inp``: a causal
+    LM reading it (its head applied there only, :meth:`~auditkit.models.ModelHandle._lm_logits`), or a
+    seq2seq LM's decoder teacher-forced on it (the encoder reading the prefix token alone); no KV cache."""
     import torch
     if handle.task != "seq2seq-lm":
-        return handle.model(input_ids=inp, attention_mask=mask, **handle._no_kv_cache()).logits
+        return handle._lm_logits(inp, mask, keep)[0]
     enc = torch.full((inp.shape[0], 1), int(handle._prefix_token_id()), dtype=torch.long, device=inp.device)
     labels = inp.masked_fill(mask == 0, -100)
     dec_in = handle.model.prepare_decoder_input_ids_from_labels(labels=labels)
     return handle.model(input_ids=enc, attention_mask=torch.ones_like(enc), decoder_input_ids=dec_in,
-                        use_cache=False).logits
+                        use_cache=False).logits[keep]
 
 
 def _vocab_size(model) -> int | None:
