@@ -290,6 +290,47 @@ def test_check_evidence_of_an_extracted_sequence_is_truncated(memorized, registr
     assert any("no canaries" in n for n in res.notes)
 
 
+def test_secret_table_is_composed_once_for_a_model_and_a_base_sharing_a_tokenizer(memorized, tiny_gpt2, monkeypatch):
+    """The table of every secret's token ids (10^digits rows, the expensive part of enumerating the secret
+    space) is composed once when the audited model and its base tokenize alike (each handle still checks
+    its own tokenization on a sample), and the exposures equal those of two separate builds."""
+    from auditkit.api import CheckContext, CheckResult
+    from auditkit.finetune import make_canaries
+    from auditkit.models import ModelHandle
+    from auditkit_plugins.memorization import Memorization, exposure
+    monkeypatch.setenv("AUDITKIT_DISK_CACHE", "0")
+    canaries = make_canaries({"count": 2, "repeats": [1, 5], "digits": 3, "references": 60,
+                              "template": "my PIN is {digits}"}, 0)
+    builds = []
+    compose = exposure.compose_table
+    monkeypatch.setattr(exposure, "compose_table", lambda *a, **kw: builds.append(a[1]) or compose(*a, **kw))
+
+    def fresh(h):  # an empty memo (the space's log-probs are memoized per handle) and a tokenizer of its own
+        return ModelHandle(model=h.model, tokenizer=copy.deepcopy(h.tokenizer), task="causal-lm", source=h.source)
+
+    params = {k: v.default for k, v in Memorization.params.items()}
+    params.update(parts=["exposure"])
+    ctx = CheckContext(model=fresh(memorized), baseline=fresh(tiny_gpt2), params=params, seed=0, device="cpu",
+                       check_id="memorization", artifacts={"canaries": copy.deepcopy(canaries)})
+    res = Memorization().run(ctx)
+    assert builds == [3]  # one table for the model and the base
+    assert "exposure_method: exact" in res.notes and "baseline.exposure_max" in res.metrics
+    # the two-build path: each handle alone, no shared table
+    separate = CheckResult()
+    for prefix, h in (("", fresh(memorized)), ("baseline.", fresh(tiny_gpt2))):
+        e = exposure.canary_exposures(h, copy.deepcopy(canaries), params["unseen"], params["exact_max"])
+        assert e["method"] == "exact"
+        Memorization._exposure_metrics(separate, prefix, canaries["canaries"], e, 0)
+    assert builds == [3, 3, 3]
+    assert separate.metrics and all(res.metrics[k] == m for k, m in separate.metrics.items())
+    # a base whose pieces tokenize differently (another template) gets a table of its own
+    ids = {}
+    exposure.candidate_ids(fresh(tiny_gpt2), "my PIN is {digits}", 3, "-", cache=ids)
+    exposure.candidate_ids(fresh(tiny_gpt2), "my PIN is {digits}", 3, "-", cache=ids)
+    exposure.candidate_ids(fresh(tiny_gpt2), "code: {digits}!", 3, "-", cache=ids)
+    assert builds == [3, 3, 3, 3, 3] and len(ids) == 2
+
+
 # ---------------------------------------------------------------------- end to end (causal LM)
 
 def test_exposure_rises_with_repeats_and_unseen_canaries_stay_at_chance(lm_run):

@@ -331,8 +331,11 @@ class Memorization(Check):
             exp = blackbox_exposures(ctx.model, canaries, p["unseen"])
             base_exp = blackbox_exposures(base, canaries, p["unseen"]) if base is not None else None
         else:
-            exp = canary_exposures(ctx.model, canaries, p["unseen"], p["exact_max"])
-            base_exp = canary_exposures(base, canaries, p["unseen"], p["exact_max"]) if base is not None else None
+            # the token ids of every secret, composed once where the base tokenizes them as the model does
+            ids: dict = {}
+            exp = canary_exposures(ctx.model, canaries, p["unseen"], p["exact_max"], id_cache=ids)
+            base_exp = canary_exposures(base, canaries, p["unseen"], p["exact_max"], id_cache=ids) \
+                if base is not None else None
         for prefix, e in (("", exp), ("baseline.", base_exp)):
             if e is None:
                 continue
@@ -385,99 +388,50 @@ class Memorization(Check):
 
     # ------------------------------------------------------------------ extraction
     def _extraction(self, ctx, p, res: CheckResult, members, canaries, base) -> dict | None:
-        """Training-sequence extraction metrics; returns the canaries' extraction (or None)."""
-        if self._bb:
-            return self._extraction_bb(ctx, p, res, members, canaries, base)
-        tok = ctx.model.tokenizer
-        if members is not None:
-            texts = members[0][:p["max_extraction"]]
-            if ctx.model.task == "seq2seq-lm" and members[1] is not None:
-                # the prompt in the encoder; the completion's first suffix_tokens tokens must come out
-                enc = ctx.model.encode_pairs(members[1][:p["max_extraction"]])
-                keep = [i for i, (_, c) in enumerate(enc) if c]
-                pre = [list(enc[i][0]) for i in keep]
-                suf = [list(enc[i][1][:p["suffix_tokens"]]) for i in keep]
-            else:
-                ids = ctx.model.token_ids(texts)
-                keep, pre, suf = split_sequences(ids, p["prefix_tokens"], p["suffix_tokens"])
-            if not keep:
-                res.notes.append(f"extraction: no training sequence has {p['prefix_tokens']} + "
-                                 f"{p['suffix_tokens']} tokens; lower prefix_tokens / suffix_tokens")
-            else:
-                out = extraction(ctx.model, pre, suf, samples=p["samples"], temperature=p["temperature"],
-                                 seed=ctx.seed)
-                rate, ci = rate_ci(out["greedy"])
-                res.add("extraction_rate", rate, ci=ci, n=len(keep), higher_is_better=False)
-                if out["sampled"] is not None:
-                    res.add("extraction_prob", float(out["sampled"].mean()), ci=mean_ci(out["sampled"], ctx.seed),
-                            n=len(keep), higher_is_better=False)
-                if base is not None and _same_tokens(ctx.model, base, texts):
-                    b = extraction(base, pre, suf)
-                    res.add("baseline.extraction_rate", rate_ci(b["greedy"])[0], n=len(keep), higher_is_better=False)
-                res.records["extracted"] = out["greedy"].astype(int).tolist()
-                hits = np.flatnonzero(out["greedy"])
-                show = bool(ctx.artifacts.get("show_secrets"))
-                _extraction_evidence(res, hits, keep, members, out, show,
-                                     lambda j: (tok.decode(pre[j]), tok.decode(suf[j])))
-                res.notes.append(f"extraction: {len(keep)} training sequences of at least {p['prefix_tokens']} + "
-                                 f"{p['suffix_tokens']} tokens; {p['samples']} samples each at temperature "
-                                 f"{p['temperature']}")
-        if canaries and canaries.get("canaries"):
-            cans = canaries["canaries"]
-            pre, suf = canary_split(ctx.model, [c["text"] for c in cans], canaries["template"])
-            out = extraction(ctx.model, pre, suf, samples=p["samples"], temperature=p["temperature"],
-                             seed=ctx.seed)
-            rate, ci = rate_ci(out["greedy"])
-            res.add("canary_extraction_rate", rate, ci=ci, n=len(cans), higher_is_better=False)
-            if out["sampled"] is not None:
-                res.add("canary_extraction_prob", float(out["sampled"].mean()), n=len(cans), higher_is_better=False)
-            if base is not None and _same_tokens(ctx.model, base, [c["text"] for c in cans]):
-                b = extraction(base, pre, suf)
-                res.add("baseline.canary_extraction_rate", rate_ci(b["greedy"])[0], n=len(cans),
-                        higher_is_better=False)
-            return out
-        return None
+        """Training-sequence and canary extraction metrics; returns the canaries' extraction (or None).
 
-    def _extraction_bb(self, ctx, p, res: CheckResult, members, canaries, base) -> dict | None:
-        """Extraction from text prompts (black-box): words for tokens."""
+        One bookkeeping for both paths; only how prompts, suffixes and continuations are obtained differs
+        (``_ExtractionPath``): token ids and greedy decoding on the weights (white-box), or words for tokens
+        and the handle's text generations (black-box, ``blackbox.text_extraction``)."""
+        way = _ExtractionPath.black_box(p) if self._bb else _ExtractionPath.white_box(ctx.model, p)
         kw = dict(samples=p["samples"], temperature=p["temperature"], seed=ctx.seed)
         if members is not None:
             texts = members[0][:p["max_extraction"]]
-            keep, pre, suf = split_words(texts, p["prefix_tokens"], p["suffix_tokens"])
+            keep, pre, suf = way.split_members(members)
             if not keep:
                 res.notes.append(f"extraction: no training sequence has {p['prefix_tokens']} + "
-                                 f"{p['suffix_tokens']} words; lower prefix_tokens / suffix_tokens")
+                                 f"{p['suffix_tokens']} {way.unit}; lower prefix_tokens / suffix_tokens")
             else:
-                out = text_extraction(ctx.model, pre, suf, **kw)
+                out = way.extract(ctx.model, pre, suf, **kw)
                 rate, ci = rate_ci(out["greedy"])
                 res.add("extraction_rate", rate, ci=ci, n=len(keep), higher_is_better=False)
                 if out["sampled"] is not None:
                     res.add("extraction_prob", float(out["sampled"].mean()), ci=mean_ci(out["sampled"], ctx.seed),
                             n=len(keep), higher_is_better=False)
-                if base is not None:
-                    b = text_extraction(base, pre, suf)
+                if base is not None and way.same_prompts(base, texts):
+                    b = way.extract(base, pre, suf)
                     res.add("baseline.extraction_rate", rate_ci(b["greedy"])[0], n=len(keep), higher_is_better=False)
                 res.records["extracted"] = out["greedy"].astype(int).tolist()
                 hits = np.flatnonzero(out["greedy"])
                 show = bool(ctx.artifacts.get("show_secrets"))
-                _extraction_evidence(res, hits, keep, members, out, show, lambda j: (pre[j], " ".join(suf[j])))
-                res.notes.append(f"extraction (black-box): {len(keep)} training sequences of at least "
-                                 f"{p['prefix_tokens']} + {p['suffix_tokens']} words; {p['samples']} samples each "
-                                 f"at temperature {p['temperature']}")
+                _extraction_evidence(res, hits, keep, members, out, show, lambda j: way.shown(pre[j], suf[j]))
+                res.notes.append(f"{way.label}: {len(keep)} training sequences of at least {p['prefix_tokens']} + "
+                                 f"{p['suffix_tokens']} {way.unit}; {p['samples']} samples each at temperature "
+                                 f"{p['temperature']}")
         if canaries and canaries.get("canaries"):
             cans = canaries["canaries"]
             texts = [c["text"] for c in cans]
-            pre, suf = canary_prompts(texts, canaries["template"])
-            if not all(pre):
+            pre, suf = way.split_canaries(texts, canaries["template"])
+            if way.words and not all(pre):
                 res.notes.append("canary extraction: the template has no text before the secret to prompt with")
                 return None
-            out = text_extraction(ctx.model, pre, suf, **kw)
+            out = way.extract(ctx.model, pre, suf, **kw)
             rate, ci = rate_ci(out["greedy"])
             res.add("canary_extraction_rate", rate, ci=ci, n=len(cans), higher_is_better=False)
             if out["sampled"] is not None:
                 res.add("canary_extraction_prob", float(out["sampled"].mean()), n=len(cans), higher_is_better=False)
-            if base is not None:
-                b = text_extraction(base, pre, suf)
+            if base is not None and way.same_prompts(base, texts):
+                b = way.extract(base, pre, suf)
                 res.add("baseline.canary_extraction_rate", rate_ci(b["greedy"])[0], n=len(cans),
                         higher_is_better=False)
             return out
@@ -563,6 +517,47 @@ class Memorization(Check):
         if dropped:
             note += f"; {dropped} texts with no scored token were left out"
         res.notes.append(note)
+
+
+class _ExtractionPath:
+    """What differs between white-box and black-box extraction: how training texts and canaries become
+    prompts and suffixes, how continuations are obtained (``extract(handle, prompts, suffixes, samples=,
+    temperature=, seed=)``), whether the base model can be prompted the same way, and how a hit is shown
+    in the evidence (only with --show-secrets)."""
+
+    def __init__(self, *, words: bool, split_members, split_canaries, extract, same_prompts, shown):
+        self.words = words
+        self.unit = "words" if words else "tokens"
+        self.label = "extraction (black-box)" if words else "extraction"
+        self.split_members, self.split_canaries = split_members, split_canaries
+        self.extract, self.same_prompts, self.shown = extract, same_prompts, shown
+
+    @classmethod
+    def white_box(cls, model, p: dict) -> "_ExtractionPath":
+        """Token ids, greedy decoding on the weights; the base only where it tokenizes the texts alike."""
+        def split_members(members):
+            if model.task == "seq2seq-lm" and members[1] is not None:
+                # the prompt in the encoder; the completion's first suffix_tokens tokens must come out
+                enc = model.encode_pairs(members[1][:p["max_extraction"]])
+                keep = [i for i, (_, c) in enumerate(enc) if c]
+                return keep, [list(enc[i][0]) for i in keep], [list(enc[i][1][:p["suffix_tokens"]]) for i in keep]
+            ids = model.token_ids(members[0][:p["max_extraction"]])
+            return split_sequences(ids, p["prefix_tokens"], p["suffix_tokens"])
+
+        tok = model.tokenizer
+        return cls(words=False, split_members=split_members,
+                   split_canaries=lambda texts, template: canary_split(model, texts, template),
+                   extract=extraction, same_prompts=lambda base, texts: _same_tokens(model, base, texts),
+                   shown=lambda pre, suf: (tok.decode(pre), tok.decode(suf)))
+
+    @classmethod
+    def black_box(cls, p: dict) -> "_ExtractionPath":
+        """Words for tokens, text generations through the handle; the base is prompted with the same text."""
+        return cls(words=True,
+                   split_members=lambda members: split_words(members[0][:p["max_extraction"]], p["prefix_tokens"],
+                                                             p["suffix_tokens"]),
+                   split_canaries=canary_prompts, extract=text_extraction, same_prompts=lambda base, texts: True,
+                   shown=lambda pre, suf: (pre, " ".join(suf)))
 
 
 @hookimpl

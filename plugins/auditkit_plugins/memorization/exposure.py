@@ -120,22 +120,10 @@ def _pack(rows: Sequence[Sequence[int]]) -> np.ndarray:
     return out
 
 
-def candidate_ids(handle, template: str, digits: int, sep: str, probe: Sequence[int] = ()) -> tuple[np.ndarray, str]:
-    """Token ids ``[10**digits, L]`` (right-padded with -1) of every secret of the template, in
-    enumeration order, exactly as the handle tokenizes the texts; and how they were obtained.
-
-    Tokenizing 10^6 texts one by one takes about a minute, so the ids are composed from the tokens of
-    the pieces ``head + d1``, ``sep + d2``, ..., ``sep + dn + tail`` (10 variants each) and checked against
-    the handle's own tokenization of a sample (``probe`` indices: the canaries and references, every
-    repeated-digit secret and 512 seeded random ones). Where any differs (a tokenizer that merges across
-    the pieces), every text is tokenized instead.
-    """
-    n = 10 ** digits
+def _digit_tables(tok, template: str, digits: int, sep: str) -> list[np.ndarray]:
+    """Per digit position, the token ids ``[10, w]`` (right-padded with -1) of its piece ``head + d1``,
+    ``sep + d2``, ..., ``sep + dn + tail`` for each digit value (special tokens with the first piece)."""
     head, tail = template_parts(template)
-    tok = handle.tokenizer
-
-    def text(i: int) -> str:
-        return template.format(digits=sep.join(f"{i:0{digits}d}"))
 
     def enc(s: str, special: bool) -> list[int]:
         return list(tok(s, add_special_tokens=special)["input_ids"])
@@ -145,19 +133,66 @@ def candidate_ids(handle, template: str, digits: int, sep: str, probe: Sequence[
         pre = head if j == 0 else sep
         post = tail if j == digits - 1 else ""
         tables.append(_pack([enc(pre + str(d) + post, j == 0) for d in range(10)]))
+    return tables
+
+
+def _composed_row(tables: Sequence[np.ndarray], i: int, digits: int) -> list[int]:
+    """The composed token ids of secret ``i`` (its pieces' ids, padding dropped)."""
+    out: list[int] = []
+    for j, ch in enumerate(f"{i:0{digits}d}"):
+        piece = tables[j][int(ch)]
+        out.extend(int(t) for t in piece[piece >= 0])
+    return out
+
+
+def compose_table(tables: Sequence[np.ndarray], digits: int) -> np.ndarray:
+    """The ``[10**digits, L]`` table (right-padded with -1) of every secret's composed token ids, in
+    enumeration order: the expensive step (about 0.5-0.9 s for 10^6 secrets), done once per distinct
+    ``tables`` in a run (:func:`candidate_ids`' ``cache``)."""
+    n = 10 ** digits
     dig = (np.arange(n, dtype=np.int64)[:, None] // 10 ** np.arange(digits - 1, -1, -1, dtype=np.int64)) % 10
     full = np.concatenate([tables[j][dig[:, j]] for j in range(digits)], axis=1)
     del dig
     order = np.argsort(full < 0, axis=1, kind="stable")  # move the -1 gaps to the end, keeping token order
     full = np.take_along_axis(full, order, axis=1)
     del order
-    full = full[:, :int((full >= 0).sum(axis=1).max())]
+    return full[:, :int((full >= 0).sum(axis=1).max())]
+
+
+def candidate_ids(handle, template: str, digits: int, sep: str, probe: Sequence[int] = (),
+                  cache: dict | None = None) -> tuple[np.ndarray, str]:
+    """Token ids ``[10**digits, L]`` (right-padded with -1) of every secret of the template, in
+    enumeration order, exactly as the handle tokenizes the texts; and how they were obtained.
+
+    Tokenizing 10^6 texts one by one takes about a minute, so the ids are composed from the tokens of
+    the pieces ``head + d1``, ``sep + d2``, ..., ``sep + dn + tail`` (10 variants each) and checked against
+    the handle's own tokenization of a sample (``probe`` indices: the canaries and references, every
+    repeated-digit secret and 512 seeded random ones). Where any differs (a tokenizer that merges across
+    the pieces), every text is tokenized instead.
+
+    ``cache`` (a dict the caller keeps, e.g. for the audited model and its base) holds the composed
+    tables by the pieces' token ids: a second handle whose tokenizer gives the same pieces (and passes its
+    own sample check) reuses the table instead of composing it again. The composed table is a function of
+    the pieces alone, so the reuse changes no number.
+    """
+    n = 10 ** digits
+    tables = _digit_tables(handle.tokenizer, template, digits, sep)
+
+    def text(i: int) -> str:
+        return template.format(digits=sep.join(f"{i:0{digits}d}"))
+
     rng = np.random.default_rng(0)
     sample = sorted(set(int(i) for i in probe)
                     | {int(str(d) * digits) for d in range(10)}
                     | set(rng.integers(0, n, size=min(n, 512)).tolist()))
     real = handle.token_ids([text(i) for i in sample])
-    if all(list(full[i][full[i] >= 0]) == list(r) for i, r in zip(sample, real)):
+    if all(_composed_row(tables, i, digits) == list(r) for i, r in zip(sample, real)):
+        key = (digits, tuple((t.shape, t.tobytes()) for t in tables))
+        full = cache.get(key) if cache is not None else None
+        if full is None:
+            full = compose_table(tables, digits)
+            if cache is not None:
+                cache[key] = full
         return full, "composed from per-digit tokens (checked on a sample)"
     rows: list[list[int]] = []
     for s in range(0, n, 50_000):
@@ -177,11 +212,13 @@ def full_logprobs(handle, ids: np.ndarray, chunk: int = 20_000) -> np.ndarray:
     return handle.full_sequence_logprobs(ids, chunk=chunk)
 
 
-def space_logprobs(handle, template: str, digits: int, sep: str, probe: Sequence[int] = ()) -> dict:
+def space_logprobs(handle, template: str, digits: int, sep: str, probe: Sequence[int] = (),
+                   id_cache: dict | None = None) -> dict:
     """Log-prob of every secret of the template (enumeration order), memoized on the handle (and on disk,
-    so a second audit of the same base model skips it): ``{"logprob", "tokens", "scoring"}``."""
+    so a second audit of the same base model skips it): ``{"logprob", "tokens", "scoring"}``. ``id_cache``:
+    :func:`candidate_ids`' cache of composed token tables, shared between handles."""
     def compute():
-        ids, how = candidate_ids(handle, template, digits, sep, probe)
+        ids, how = candidate_ids(handle, template, digits, sep, probe, cache=id_cache)
         lp = trie_logprobs(handle, ids)
         scoring = "token trie with a shared KV cache"
         if lp is None:
@@ -204,7 +241,8 @@ def exact_rank(space_lp: np.ndarray, indices) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------------- per canary
 
-def canary_exposures(handle, canaries: dict, unseen: int = 20, exact_max: int = EXACT_MAX, score=None) -> dict:
+def canary_exposures(handle, canaries: dict, unseen: int = 20, exact_max: int = EXACT_MAX, score=None,
+                     id_cache: dict | None = None) -> dict:
     """Exposure of every inserted canary and of ``unseen`` held-out never-inserted references.
 
     The canaries and references are scored in one batched pass through the handle's shared, cached
@@ -213,7 +251,9 @@ def canary_exposures(handle, canaries: dict, unseen: int = 20, exact_max: int = 
     space has at most ``exact_max`` secrets it is enumerated and ``exposure`` is exact; otherwise
     ``exposure`` is the larger of the rank-based and skew-normal estimates (``method`` says which).
     ``score`` (``texts -> per-token log-probs``) replaces the handle's ``token_logprobs`` (the black-box
-    path scores the text after the template's head given the head).
+    path scores the text after the template's head given the head). ``id_cache``: a dict shared by the
+    calls for the audited model and its base, so the table of every secret's token ids is composed once
+    where both tokenizers give the same ids (:func:`candidate_ids`).
     """
     refs = list(canaries.get("references") or [])
     cans = list(canaries.get("canaries") or [])
@@ -246,7 +286,8 @@ def canary_exposures(handle, canaries: dict, unseen: int = 20, exact_max: int = 
         held_idx = [secret_index(_secret_of(t, head, tail), sep) for t in held]
         ref_idx = [secret_index(_secret_of(t, head, tail), sep) for t in ranked]
         try:
-            sp = space_logprobs(handle, canaries["template"], digits, sep, can_idx + held_idx + ref_idx)
+            sp = space_logprobs(handle, canaries["template"], digits, sep, can_idx + held_idx + ref_idx,
+                                id_cache=id_cache)
         except Exception as exc:  # out of memory (host or torch's device OOM): keep the estimate, and say why
             if not (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"):
                 raise

@@ -69,28 +69,38 @@ def min_k_plus_plus(token_lp: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: 
     return min_k(z, k)
 
 
-def lm_scores(handle, texts: Sequence[str], k: float, reference=None, minkpp: bool = True) -> dict:
-    """Every attack score (higher = member) for causal-LM texts; NaN where a text has no scored token."""
-    texts = list(texts)
-    if minkpp:
-        mom = next_token_moments(handle, texts)
-        lps = mom["token_logprobs"]
-    else:
-        lps = handle.token_logprobs(texts)
-    mean_lp = np.array([float(np.mean(lp)) if len(lp) else np.nan for lp in lps])
+def _mean_logprobs(lps) -> np.ndarray:
+    """The mean token log-prob of each text (NaN where a text has no scored token)."""
+    return np.array([float(np.mean(lp)) if len(lp) else np.nan for lp in lps])
+
+
+def logprob_scores(texts: Sequence[str], lps, k: float, *, moments: dict | None = None,
+                   reference_lps=None) -> dict:
+    """Every attack score (higher = member) from per-text token log-probs ``lps``: LOSS (mean log-prob),
+    zlib ratio (of ``texts``), Min-K%; Min-K%++ where the next-token ``moments`` (``{"mu", "sigma"}`` per
+    text) are given; the reference difference where the reference model's token log-probs of the same
+    texts are given. NaN where a text has no scored token. Shared by the causal-LM and seq2seq scores."""
+    mean_lp = _mean_logprobs(lps)
     scores = {
         "loss": mean_lp,
         "zlib": np.array([m / zlib_entropy(t) for m, t in zip(mean_lp, texts)]),
         "mink": np.array([min_k(lp, k) for lp in lps]),
     }
-    if minkpp:
+    if moments is not None:
         scores["minkpp"] = np.array([min_k_plus_plus(lp, mu, sd, k) if len(lp) else np.nan
-                                     for lp, mu, sd in zip(lps, mom["mu"], mom["sigma"])])
-    if reference is not None:
-        ref = reference.token_logprobs(texts)
-        ref_mean = np.array([float(np.mean(lp)) if len(lp) else np.nan for lp in ref])
-        scores["ref"] = mean_lp - ref_mean
+                                     for lp, mu, sd in zip(lps, moments["mu"], moments["sigma"])])
+    if reference_lps is not None:
+        scores["ref"] = mean_lp - _mean_logprobs(reference_lps)
     return scores
+
+
+def lm_scores(handle, texts: Sequence[str], k: float, reference=None, minkpp: bool = True) -> dict:
+    """Every attack score (higher = member) for causal-LM texts; NaN where a text has no scored token."""
+    texts = list(texts)
+    mom = next_token_moments(handle, texts) if minkpp else None
+    lps = mom["token_logprobs"] if minkpp else handle.token_logprobs(texts)
+    ref = reference.token_logprobs(texts) if reference is not None else None
+    return logprob_scores(texts, lps, k, moments=mom, reference_lps=ref)
 
 
 def seq2seq_scores(handle, texts: Sequence[str], pairs, k: float, reference=None) -> dict:
@@ -103,17 +113,8 @@ def seq2seq_scores(handle, texts: Sequence[str], pairs, k: float, reference=None
     def logprobs(h):
         return h.continuation_logprobs(list(pairs)) if pairs is not None else h.token_logprobs(texts)
 
-    lps = logprobs(handle)
-    mean_lp = np.array([float(np.mean(lp)) if len(lp) else np.nan for lp in lps])
-    scores = {
-        "loss": mean_lp,
-        "zlib": np.array([m / zlib_entropy(t) for m, t in zip(mean_lp, texts)]),
-        "mink": np.array([min_k(lp, k) for lp in lps]),
-    }
-    if reference is not None:
-        ref_mean = np.array([float(np.mean(lp)) if len(lp) else np.nan for lp in logprobs(reference)])
-        scores["ref"] = mean_lp - ref_mean
-    return scores
+    return logprob_scores(texts, logprobs(handle), k,
+                          reference_lps=logprobs(reference) if reference is not None else None)
 
 
 def classifier_scores(handle, texts: Sequence[str], labels: Sequence[int]) -> dict:
