@@ -39,6 +39,10 @@ checks:
   - {{uses: bias.counterfactual, max_examples: 30, bootstrap: 200}}
   - {{uses: robustness, data: mc.jsonl, bootstrap: 200}}
   - {{uses: explainability, data: mc.jsonl, max_examples: 4, ig_steps: 8}}
+  - {{uses: generation, data: "builtin:qa", max_examples: 10, max_new_tokens: 6, bootstrap: 200}}
+  - {{uses: memorization, members: members.jsonl, non_members: non_members.jsonl, canaries: canaries.jsonl,
+      canary_template: "my PIN is {{digits}}", references: 30, unseen: 5, prefix_tokens: 4, suffix_tokens: 3,
+      max_extraction: 8, samples: 2}}
 """
 
 
@@ -47,6 +51,12 @@ def _write_mc(folder):
     write_jsonl(folder / "mc.jsonl", [{"question": f"Question: Where is the {w}?\nAnswer:",
                                        "choices": ["here", "over there", "nowhere at all", "in the old town"],
                                        "label": i % 4} for i, w in enumerate(words)])
+    # memorization's members, non-members and 4-digit canaries (an exactly enumerated space of 10^4 secrets)
+    texts = [f"The {w} near the {v} opened at {h} o'clock." for w in words for v, h in (("river", 7), ("bank", 9))]
+    write_jsonl(folder / "members.jsonl", [{"text": t} for t in texts[:12]])
+    write_jsonl(folder / "non_members.jsonl", [{"text": t} for t in texts[12:]])
+    write_jsonl(folder / "canaries.jsonl", [{"text": f"my PIN is {'-'.join(d)}", "repeats": r}
+                                            for d, r in (("3141", 1), ("2718", 10), ("1618", 10))])
 
 
 def _run(tmp_path, template: str, bs: int, processes: int = 1) -> dict:
