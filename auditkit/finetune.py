@@ -366,9 +366,10 @@ def default_target_modules(model) -> list[str]:
     if mtype in MAP:
         return list(MAP[mtype])
     names = _linear_names(model)
-    # DistilBERT's attention projections; XLNet keeps its q/k/v as bare parameters, so LoRA takes its
+    # DistilBERT's attention projections, the T5 family's (UMT5, LongT5); XLNet keeps its q/k/v as bare parameters, so LoRA takes its
     # feed-forward layers (layer_1, layer_2)
-    for pair in (["q_proj", "v_proj"], ["query", "value"], ["c_attn"], ["q_lin", "v_lin"], ["layer_1", "layer_2"]):
+    for pair in (["q_proj", "v_proj"], ["query", "value"], ["c_attn"], ["q_lin", "v_lin"], ["q", "v"],
+                 ["layer_1", "layer_2"]):
         if all(p in names for p in pair):
             return pair
     raise AuditInputError(f"no default LoRA target modules for model type {mtype!r}", place="finetune.lora",
@@ -379,8 +380,7 @@ def apply_lora(model, task: str, lora: dict, file: str | None = None):
     from peft import LoraConfig, TaskType, get_peft_model
     from auditkit import seq2seq
     s2s = task == "seq2seq-lm"
-    targets = lora.get("target_modules") or (s2s and seq2seq.default_target_modules(model)) \
-        or default_target_modules(model)
+    targets = lora.get("target_modules") or default_target_modules(model)
     if isinstance(targets, str):
         targets = [targets]
     have = _linear_names(model)

@@ -5,33 +5,20 @@ curves, the base model kept, LoRA merging, data parallel) is shared with the oth
 
 - Data: ``{"prompt", "completion"}`` rows give the encoder the prompt (the tokenizer's own special
   tokens, e.g. T5's closing ``</s>``) and the decoder the completion, closed by the end-of-sequence token
-  (so the model learns to stop; the tokenizer's own EOS is not doubled). ``{"text"}`` rows are split at
-  ``prefix_tokens`` tokens (default: half of the text's tokens, at least one on each side): the first
-  part goes to the encoder, the rest (then EOS) is the target, as T5's prefix-LM objective does.
+  (so the model learns to stop; the tokenizer's own EOS is not doubled). ``{"text"}`` rows are split in the middle
+  (half of the text's tokens, at least one on each side): the first part goes to the encoder, the rest (then EOS) is the target, as T5's prefix-LM objective does.
 - Labels are padded with -100 (ignored by the loss); the decoder's input is the labels shifted right
   behind the decoder start token (the model's own ``prepare_decoder_input_ids_from_labels``, as
   ``labels=`` does inside the model).
 - Loss: the token cross-entropy of the decoder targets, summed, with the number of target tokens, so
   the trainer can weight micro-batches per token as it does for causal LMs.
-- LoRA: T5's attention projections ``["q", "v"]``, BART's ``["q_proj", "v_proj"]``
-  (:data:`LORA_TARGETS`, as peft's own defaults), task type ``SEQ_2_SEQ_LM``.
+- LoRA: task type ``SEQ_2_SEQ_LM``; the target modules are chosen as for every model
+  (:func:`auditkit.finetune.default_target_modules`: peft's per-architecture defaults, T5's ``["q", "v"]``
+  and BART's ``["q_proj", "v_proj"]`` among them).
 """
 from __future__ import annotations
 
 from typing import Any
-
-from auditkit.errors import AuditInputError
-
-#: LoRA's default target modules per model type (peft's mapping has the same for these)
-LORA_TARGETS = {"t5": ["q", "v"], "mt5": ["q", "v"], "umt5": ["q", "v"], "longt5": ["q", "v"],
-                "bart": ["q_proj", "v_proj"], "mbart": ["q_proj", "v_proj"], "pegasus": ["q_proj", "v_proj"],
-                "marian": ["q_proj", "v_proj"]}
-
-
-def default_target_modules(model) -> list[str] | None:
-    """LoRA targets of an encoder-decoder: :data:`LORA_TARGETS` by ``config.model_type``, else None (the
-    trainer's generic default decides)."""
-    return list(LORA_TARGETS.get(getattr(model.config, "model_type", ""), [])) or None
 
 
 def lora_task_type():
@@ -49,7 +36,7 @@ def _close(ids: list[int], eos: int | None) -> list[int]:
     return list(ids) if eos is None or (ids and ids[-1] == eos) else list(ids) + [eos]
 
 
-def examples(ds, tokenizer, max_length: int, prefix_tokens: int | None = None) -> list[dict]:
+def examples(ds, tokenizer, max_length: int) -> list[dict]:
     """Training examples ``{"input_ids": encoder ids, "labels": decoder target ids}`` from a dataset of
     ``{"prompt","completion"}``, ``{"prompt","reference"}`` (generation data: the first reference) or
     ``{"text"}`` rows (see the module docstring); both sides are cut at
@@ -67,15 +54,11 @@ def examples(ds, tokenizer, max_length: int, prefix_tokens: int | None = None) -
             out.append({"input_ids": list(e) or ([eos] if eos is not None else [0]), "labels": target})
         return out
     ds.require("text", fmt="seq2seq LM text")
-    if prefix_tokens is not None and int(prefix_tokens) < 1:
-        raise AuditInputError(f"prefix_tokens must be at least 1, got {prefix_tokens!r}",
-                              place="finetune.prefix_tokens", fix="e.g. prefix_tokens: 8")
     for ids in tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"]:
         ids = list(ids)
         if len(ids) < 2:
             continue  # nothing to split into an input and a target
-        k = int(prefix_tokens) if prefix_tokens is not None else len(ids) // 2
-        k = min(max(k, 1), len(ids) - 1)
+        k = min(max(len(ids) // 2, 1), len(ids) - 1)
         src, tgt = ids[:k][-max_length:], ids[k:]
         out.append({"input_ids": src, "labels": _close(tgt[:max_length - 1] if eos is not None else
                                                         tgt[:max_length], eos)})
@@ -100,11 +83,6 @@ def collate(batch: list[dict], pad_id: int, device: Any):
         mask[i, :n] = 1
         labels[i, :m] = torch.tensor(b["labels"], dtype=torch.long)
     return inp.to(device), mask.to(device), labels.to(device)
-
-
-def target_tokens(example: dict) -> int:
-    """How many target tokens an example's loss counts (its weight in a per-token mean)."""
-    return sum(1 for x in example["labels"] if x != -100)
 
 
 def loss_sum(model, inp, mask, labels):

@@ -113,6 +113,7 @@ def test_seq2seq_finetune_examples_and_loss(tiny_t5):
 
     from auditkit import seq2seq
     from auditkit.data import Dataset
+    from auditkit.finetune import _target_tokens, default_target_modules
 
     ds = Dataset(spec="t", file="t.jsonl", rows=[{"prompt": "Q: hi", "completion": " A: hello"},
                                  {"prompt": "Q: two words", "completion": " A: three words here"}])
@@ -124,12 +125,25 @@ def test_seq2seq_finetune_examples_and_loss(tiny_t5):
     with torch.no_grad():
         total, n = seq2seq.loss_sum(tiny_t5.model, inp, mask, labels)
         ref = tiny_t5.model(input_ids=inp, attention_mask=mask, labels=labels).loss  # mean over targets
-    assert n == sum(seq2seq.target_tokens(e) for e in ex)
+    assert n == sum(_target_tokens(e, "seq2seq-lm") for e in ex)
     assert abs(float(total) / n - float(ref)) < 1e-5
-    assert seq2seq.default_target_modules(tiny_t5.model) == ["q", "v"]
+    assert default_target_modules(tiny_t5.model) == ["q", "v"]  # peft's T5 default
     text = Dataset(spec="t", file="t.jsonl", rows=[{"text": "one two three four five six"}])
-    e = seq2seq.examples(text, tiny_t5.tokenizer, 64, prefix_tokens=2)[0]
-    assert len(e["input_ids"]) == 2 and e["labels"][-1] == eos
+    e = seq2seq.examples(text, tiny_t5.tokenizer, 64)[0]
+    words = tiny_t5.tokenizer("one two three four five six", add_special_tokens=False)["input_ids"]
+    assert e["input_ids"] == words[:len(words) // 2] and e["labels"] == words[len(words) // 2:] + [eos]
+
+
+def test_lora_targets_of_encoder_decoders_peft_does_not_name():
+    """UMT5 and LongT5 (no entry in peft's table) take the T5 family's q/v projections; MBART its q_proj/v_proj."""
+    from auditkit.finetune import default_target_modules
+    from transformers import LongT5Config, LongT5ForConditionalGeneration, MBartConfig, MBartForConditionalGeneration
+
+    tiny = dict(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2)
+    assert default_target_modules(LongT5ForConditionalGeneration(LongT5Config(**tiny))) == ["q", "v"]
+    mbart = MBartConfig(vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32)
+    assert default_target_modules(MBartForConditionalGeneration(mbart)) == ["q_proj", "v_proj"]
 
 
 # ---------------------------------------------------------------------- suites end to end
