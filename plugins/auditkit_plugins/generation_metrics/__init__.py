@@ -33,6 +33,31 @@ MODULES = {
 CORPUS_LEVEL = ("bleu", "chrf")
 
 
+def metric_info(description: str, citation: str):
+    """The ``evaluate.MetricInfo`` every module here shares: string predictions, lists of string references."""
+    import datasets
+    import evaluate
+    return evaluate.MetricInfo(
+        description=description, citation=citation,
+        inputs_description="predictions: list of str; references: list of lists of str (one or more each)",
+        features=datasets.Features({"predictions": datasets.Value("string"),
+                                    "references": datasets.Sequence(datasets.Value("string"))}))
+
+
+def sacrebleu_scores(metric, sentence_score, key: str, predictions, references) -> dict:
+    """A sacreBLEU corpus metric (``BLEU()`` or ``CHRF()``) in this package's layout: the corpus ``key``, the
+    per-example ``sentence_<key>_per_example`` (``sentence_score(prediction, references)``), the per-example
+    sufficient statistics ``stats`` (their column sums give the corpus score back) and the signature. The
+    references may differ in number per prediction: sacreBLEU's streams are padded with None, which it skips."""
+    k = max((len(r) for r in references), default=1)
+    streams = [[refs[j] if j < len(refs) else None for refs in references] for j in range(k)]
+    stats = [list(map(int, s)) for s in metric._extract_corpus_statistics(predictions, streams)]
+    corpus = metric.corpus_score(predictions, streams)
+    sentence = [float(sentence_score(p, list(refs)).score) for p, refs in zip(predictions, references)]
+    return {key: float(corpus.score), f"sentence_{key}_per_example": sentence, "stats": stats,
+            "signature": str(metric.get_signature())}
+
+
 def module_path(module: str) -> str:
     return str(HERE / module / f"{module}.py")
 

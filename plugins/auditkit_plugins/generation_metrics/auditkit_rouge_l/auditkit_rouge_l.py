@@ -6,18 +6,15 @@ maximum over the references. The corpus value is the mean of the per-example F-m
 """
 from __future__ import annotations
 
-import datasets
 import evaluate
 from rouge_score import rouge_scorer
+
+from auditkit_plugins.generation_metrics import metric_info
 
 
 class AuditkitRougeL(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__, citation="Lin, ROUGE: A Package for Automatic Evaluation of Summaries, 2004",
-            inputs_description="predictions: list of str; references: list of lists of str",
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Sequence(datasets.Value("string"))}))
+        return metric_info(__doc__, "Lin, ROUGE: A Package for Automatic Evaluation of Summaries, 2004")
 
     def _compute(self, predictions, references, use_stemmer: bool = False):
         scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)

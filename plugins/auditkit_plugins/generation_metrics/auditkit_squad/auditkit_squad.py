@@ -18,8 +18,9 @@ import re
 import string
 from collections import Counter
 
-import datasets
 import evaluate
+
+from auditkit_plugins.generation_metrics import metric_info
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = frozenset(string.punctuation)
@@ -46,12 +47,8 @@ def token_f1(prediction: str, reference: str) -> float:
 
 class AuditkitSquad(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=__doc__, citation="Rajpurkar et al., SQuAD: 100,000+ Questions for Machine "
-            "Comprehension of Text, EMNLP 2016", inputs_description="predictions: list of str; references: "
-            "list of lists of str (one or more references per prediction)",
-            features=datasets.Features({"predictions": datasets.Value("string"),
-                                        "references": datasets.Sequence(datasets.Value("string"))}))
+        return metric_info(__doc__, "Rajpurkar et al., SQuAD: 100,000+ Questions for Machine Comprehension of "
+                           "Text, EMNLP 2016")
 
     def _compute(self, predictions, references):
         em = [max(exact_match(p, r) for r in refs) for p, refs in zip(predictions, references)]
