@@ -43,12 +43,13 @@ def bootstrap_ci(statistic: Callable, *arrays, seed: int = 0, n_resamples: int =
     return float(low), float(high)
 
 
-def mean_ci(values, seed: int = 0) -> tuple[float, float]:
-    """Bootstrap 95% CI of a mean (degenerate samples give a zero-width interval)."""
+def mean_ci(values, seed: int = 0, n_resamples: int = 1000) -> tuple[float, float]:
+    """Percentile-bootstrap 95% CI of a mean (:func:`bootstrap_ci`); a constant sample (every value
+    alike, one value included) gives a zero-width interval at that value, an empty one (nan, nan)."""
     x = np.asarray(values, dtype=float)
     if x.size and np.all(x == x[0]):
         return float(x[0]), float(x[0])
-    return bootstrap_ci(np.mean, x, seed=seed)
+    return bootstrap_ci(np.mean, x, seed=seed, n_resamples=n_resamples)
 
 
 def mcnemar(correct_a, correct_b) -> dict:

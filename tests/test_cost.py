@@ -574,3 +574,34 @@ def test_a_run_with_an_energy_counter_reports_it_and_applies_the_warn_gate(run_c
     gate = next(g for g in check["gates"] if g["expr"].startswith("energy_j_per_token"))
     assert gate["severity"] == "warn" and gate["status"] in ("pass", "warn")
     assert any(n.startswith("energy_method: rapl: a stand-in") for n in check["notes"])
+
+
+def test_energy_ci_is_the_shared_mean_bootstrap_over_repeats(tiny_bert, monkeypatch, tmp_path):
+    """Energy that varies from repeat to repeat: the CI is ``auditkit.stats.mean_ci`` of the per-repeat J/token
+    (seeded, ``bootstrap`` resamples), which is scipy's percentile bootstrap of the mean."""
+    import auditkit_plugins.cost as cost
+    from scipy.stats import bootstrap
+    from auditkit.stats import mean_ci
+    (p0, _), _ = fake_powercap(tmp_path / "powercap", 1000)
+    monkeypatch.setattr(cost, "RAPL_ROOT", str(tmp_path / "powercap"))
+    calls = []
+
+    def timed(handle, batch):
+        uj = 5000 + 1700 * len(calls) % 9001 + 300 * len(batch)
+        calls.append(uj)
+        _advance(p0, uj)
+        return 0.01
+
+    monkeypatch.setattr(cost, "timed_call", timed)
+    sizes, seq, repeats, warmup = [1, 3], 4, 6, 1
+    params = _params(batch_sizes=sizes, seq_len=seq, repeats=repeats, warmup=warmup, memory="none", bootstrap=300)
+    res = _cost()().run(CheckContext(model=tiny_bert, params=params, seed=4, device="cpu"))
+    per_round = [sum(calls[r * len(sizes):(r + 1) * len(sizes)]) for r in range(warmup, warmup + repeats)]
+    per_token = np.asarray(per_round) / 1e6 / sum(b * seq for b in sizes)
+    m = res.metrics["energy_j_per_token"]
+    assert m.value == pytest.approx(per_token.mean(), rel=1e-12) and m.n == repeats
+    assert (m.ci_low, m.ci_high) == pytest.approx(mean_ci(per_token, 4, 300), rel=1e-12)
+    ref = bootstrap((per_token,), np.mean, n_resamples=300, method="percentile",
+                    rng=np.random.default_rng(4)).confidence_interval
+    assert (m.ci_low, m.ci_high) == pytest.approx((ref.low, ref.high), rel=1e-12)
+    assert m.ci_low < m.value < m.ci_high

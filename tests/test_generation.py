@@ -237,6 +237,21 @@ def test_bootstrap_ci_of_corpus_bleu_matches_a_recomputation():
     assert s["ci"][0] <= s["value"] <= s["ci"][1]
 
 
+def test_per_example_metric_cis_are_the_shared_mean_ci():
+    """exact_match, f1 and rouge_l: ``auditkit.stats.mean_ci`` of the per-example scores (seed, resamples)."""
+    from auditkit.stats import mean_ci
+    from auditkit_plugins.generation import score
+    preds = ["Paris", "4", "blue", "Pacific", "William Shakespeare", "hot", "green", "the cat"]
+    refs = [["Paris"], ["four", "4"], ["green"], ["the Pacific Ocean"], ["Shakespeare"], ["cold"], ["green"],
+            ["a cat"]]
+    s = score(["exact_match", "f1", "rouge_l"], preds, refs, seed=7, n_resamples=250)
+    for name in ("exact_match", "f1", "rouge_l"):
+        assert s[name]["ci"] == mean_ci(s[name]["per_example"], 7, 250), name
+        assert s[name]["ci"][0] < s[name]["ci"][1]
+    same = score(["exact_match"], ["x", "y"], [["a"], ["b"]], seed=7, n_resamples=250)["exact_match"]
+    assert same["ci"] == (0.0, 0.0)  # no answer right: a zero-width interval
+
+
 def test_records_feed_the_paired_tests_of_compare():
     from auditkit.compare import paired_tests
     a = _run(FakeHandle(ANSWERS))

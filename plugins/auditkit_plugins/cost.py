@@ -34,7 +34,8 @@ a batch of ``b`` inputs holds exactly ``b * seq_len`` tokens and no padding.
 - ``energy_j_per_token``: joules per token of the timed calls (warm-up left out), each model's own: the
   energy counter is read just before and just after every timed call, outside its clock, and the
   differences are summed per model over all batch sizes, then divided by the tokens those calls scored.
-  Its 95% CI is a seeded bootstrap over the repeats (a repeat = one timed call per batch size). The
+  Its 95% CI is a seeded percentile bootstrap of the mean over the repeats (``auditkit.stats.mean_ci``;
+  a repeat = one timed call per batch size). The
   counters, by ``energy`` (auto: nvml on a CUDA run, rapl on CPU), are the offline methods codecarbon
   itself relies on, read by hand (codecarbon 3.3.2 pulls in 15 packages, and without RAPL its CPU figure
   is a TDP guess that would only restate the latency):
@@ -91,6 +92,7 @@ import numpy as np
 from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
 from auditkit.errors import AuditInputError
 from auditkit.hookspecs import hookimpl
+from auditkit.stats import mean_ci
 
 MB = 2.0 ** 20
 #: where Linux exposes the RAPL energy counters (a constant so tests can point it at a fake tree)
@@ -358,17 +360,6 @@ def energy_meter(choice: str, device: str):
 def co2_g_per_1k_tokens(j_per_token: float, grid_g_per_kwh: float) -> float:
     """Grams of CO2e per 1000 tokens: J/token x 1000 tokens / (3.6e6 J/kWh) x g/kWh."""
     return j_per_token * 1000.0 / J_PER_KWH * grid_g_per_kwh
-
-
-def mean_ci(x, seed: int, n_resamples: int = 1000) -> tuple[float, float]:
-    """Percentile-bootstrap 95% CI of the mean of ``x`` (vectorized, seeded)."""
-    x = np.asarray(x, dtype=float)
-    if x.size < 2:
-        v = float(x.mean()) if x.size else float("nan")
-        return v, v
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 # ---------------------------------------------------------------------- the check

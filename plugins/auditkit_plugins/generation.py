@@ -36,7 +36,7 @@ from auditkit.api import (Check, CheckContext, CheckResult, MetricSpec, Param, c
                           check_stop_sequences)
 from auditkit.errors import AuditInputError
 from auditkit.hookspecs import hookimpl
-from auditkit.stats import bootstrap_ci
+from auditkit.stats import bootstrap_ci, mean_ci
 from auditkit_plugins import generation_metrics as gm
 
 GENERATIVE = ("causal-lm", "seq2seq-lm")
@@ -140,9 +140,7 @@ def score(metrics, predictions: list[str], refs: list[list[str]], seed: int, n_r
             else:
                 ci = (r["value"], r["value"])
         else:
-            # a constant sample (every answer right, or none) has a zero-width interval, as mean_ci gives
-            ci = (float(per[0]), float(per[0])) if per.size and np.all(per == per[0]) else \
-                bootstrap_ci(np.mean, per, seed=seed, n_resamples=n_resamples)
+            ci = mean_ci(per, seed=seed, n_resamples=n_resamples)  # constant sample: zero width
         out[name] = {"value": r["value"], "ci": ci, "per_example": per, "signature": r.get("signature")}
     return out
 
