@@ -64,8 +64,32 @@ def default_baseline_token(tokenizer) -> int:
     return 0
 
 
+def _ig_baseline(inp, idx, positions, ref_id: int):
+    """The baseline ids of a batch: ``inp`` with each example's ``positions`` set to ``ref_id``."""
+    import torch
+    ref = inp.clone()
+    for row, i in enumerate(idx):
+        if positions[i]:
+            ref[row, torch.as_tensor(positions[i], device=inp.device)] = ref_id
+    return ref
+
+
 class GradientRequests:
     """Mixin of ModelHandle: gradients with respect to the embeddings."""
+
+    def _ig_inputs(self, items: Sequence, targets: Sequence, positions, baseline_token, what: str):
+        """Token ids of ``items`` (checked one ``what`` per input), the positions each baseline replaces
+        (default: the non-special tokens) and the baseline token (default :func:`default_baseline_token`)."""
+        from auditkit.passes.attention import _as_ids
+        ids, _ = _as_ids(self, items)
+        if len(targets) != len(ids):
+            raise ValueError(f"{len(targets)} {what} for {len(ids)} inputs")
+        if positions is None:
+            special = set(self.tokenizer.all_special_ids or [])
+            positions = [[j for j, t in enumerate(x) if t not in special] for x in ids]
+        positions = [[int(j) for j in p] for p in positions]
+        ref_id = default_baseline_token(self.tokenizer) if baseline_token is None else int(baseline_token)
+        return ids, positions, ref_id
 
     def integrated_gradients(self, items: Sequence, targets: Sequence[int], *,
                              positions: Sequence[Sequence[int]] | None = None, baseline_token: int | None = None,
@@ -85,16 +109,8 @@ class GradientRequests:
             return self._integrated_gradients_seq2seq(items, targets, positions=positions,
                                                       baseline_token=baseline_token, n_steps=n_steps,
                                                       internal_batch_size=internal_batch_size)
-        from auditkit.passes.attention import _as_ids
-        ids, _ = _as_ids(self, items)
         targets = [int(t) for t in targets]
-        if len(targets) != len(ids):
-            raise ValueError(f"{len(targets)} targets for {len(ids)} inputs")
-        if positions is None:
-            special = set(self.tokenizer.all_special_ids or [])
-            positions = [[j for j, t in enumerate(x) if t not in special] for x in ids]
-        positions = [[int(j) for j in p] for p in positions]
-        ref_id = default_baseline_token(self.tokenizer) if baseline_token is None else int(baseline_token)
+        ids, positions, ref_id = self._ig_inputs(items, targets, positions, baseline_token, "targets")
         key = [[x, t, p] for x, t, p in zip(ids, targets, positions)]
 
         def compute():
@@ -112,10 +128,7 @@ class GradientRequests:
             lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
 
             def run(idx, inp, mask):
-                ref = inp.clone()
-                for row, i in enumerate(idx):
-                    if positions[i]:
-                        ref[row, torch.as_tensor(positions[i], device=inp.device)] = ref_id
+                ref = _ig_baseline(inp, idx, positions, ref_id)
                 tgt = torch.tensor([targets[i] for i in idx], device=inp.device)
                 with torch.enable_grad():
                     attr, d = lig.attribute(inp, baselines=ref, additional_forward_args=(mask, tgt),
@@ -139,18 +152,10 @@ class GradientRequests:
         log-probs of the answer's tokens, the decoder teacher-forced on the answer. ``items`` are the
         encoder inputs (texts or token ids), ``answers`` the decoder targets (e.g. the model's own greedy
         answer, EOS included). Returns what :meth:`integrated_gradients` returns; memoized."""
-        from auditkit.passes.attention import _as_ids
-        ids, _ = _as_ids(self, items)
         answers = [[int(t) for t in a] for a in answers]
-        if len(answers) != len(ids):
-            raise ValueError(f"{len(answers)} answers for {len(ids)} inputs")
+        ids, positions, ref_id = self._ig_inputs(items, answers, positions, baseline_token, "answers")
         if any(not a for a in answers):
             raise ValueError("every answer needs at least one token")
-        if positions is None:
-            special = set(self.tokenizer.all_special_ids or [])
-            positions = [[j for j, t in enumerate(x) if t not in special] for x in ids]
-        positions = [[int(j) for j in p] for p in positions]
-        ref_id = default_baseline_token(self.tokenizer) if baseline_token is None else int(baseline_token)
         key = [[x, a, p] for x, a, p in zip(ids, answers, positions)]
 
         def compute():
@@ -172,10 +177,7 @@ class GradientRequests:
             ig = IntegratedGradients(forward)
 
             def run(idx, inp, mask):
-                ref = inp.clone()
-                for row, i in enumerate(idx):
-                    if positions[i]:
-                        ref[row, torch.as_tensor(positions[i], device=inp.device)] = ref_id
+                ref = _ig_baseline(inp, idx, positions, ref_id)
                 width = max(len(answers[i]) for i in idx)
                 labels = torch.full((len(idx), width), -100, dtype=torch.long)
                 for row, i in enumerate(idx):
