@@ -134,8 +134,10 @@ def cmd_run(args) -> int:
         if args.processes > 1:
             # everything that can be checked without a model is checked here, once, before N copies start
             runner.preflight()
-            return distributed.launch(args.processes,
-                                      _without_processes(sys.argv[1:] if args.argv is None else args.argv))
+            argv = _without_processes(sys.argv[1:] if args.argv is None else args.argv)
+            if args.device is None:  # the suite's device, resolved here: the copies join gloo or nccl by it
+                argv += ["--device", runner.device.split(":")[0]]
+            return distributed.launch(args.processes, argv)
     progress = make_progress() if w.main else Progress()
     try:
         outcome = Runner(suite, reg, opts, progress).run()
@@ -363,21 +365,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; under a distributed launcher, join its processes first and leave them at the end."""
     from auditkit import distributed
-    if distributed.launched():
-        import torch
-        args = list(argv if argv is not None else sys.argv[1:])
-        on_cpu = not torch.cuda.is_available() or "--device=cpu" in args or \
-            any(a == "--device" and b == "cpu" for a, b in zip(args, args[1:]))
-        distributed.init_from_env(cpu=on_cpu)
-    main_process = distributed.world().main
     try:
-        code = _main(argv)
+        code = _main(argv)  # joins the launcher's processes once the command line is parsed
+        main_process = distributed.world().main
     finally:
         try:
             distributed.shutdown()
         except Exception:  # pragma: no cover - a peer that died already
             pass
     return distributed.report_exit(code, main_process)
+
+
+def _join_launcher(args) -> None:
+    """Under a distributed launcher, join its process group: gloo when this run is on the CPU (``--device
+    cpu``, or no CUDA device), nccl otherwise; the device is the parsed ``--device``."""
+    from auditkit import distributed
+    if not distributed.launched():
+        return
+    import torch
+    device = getattr(args, "device", None)
+    distributed.init_from_env(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -390,6 +397,7 @@ def _main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "fn", None) is cmd_run:
             args.argv = list(argv) if argv is not None else None
+        _join_launcher(args)
         return int(args.fn(args))
     except AuditInputError as exc:
         print(f"auditkit: error: {exc.line()}", file=sys.stderr)

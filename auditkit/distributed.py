@@ -14,6 +14,7 @@ The process group is set up by accelerate's ``PartialState``, which reads the la
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -146,27 +147,37 @@ def launch(n: int, argv: list[str]) -> int:
     """Run ``auditkit <argv>`` as N processes under ``torch.distributed.run``; process 0's exit code.
 
     The launched copies report their verdict through a file rather than their exit status, so a
-    failing gate (exit 1) is not mistaken by the launcher for a crashed worker.
+    failing gate (exit 1) is not mistaken by the launcher for a crashed worker. The launcher's log
+    folder (the other processes' output) is removed afterwards, unless process 0 wrote no exit code
+    (a crashed worker): then it is kept, and its path printed on stderr.
     """
     fd, exit_file = tempfile.mkstemp(prefix="auditkit-exit-")
     os.close(fd)
     os.unlink(exit_file)
+    log_dir = tempfile.mkdtemp(prefix="auditkit-launch-")
     env = dict(os.environ, **{EXIT_FILE_ENV: exit_file})
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or n) // n)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           "--log_dir", tempfile.mkdtemp(prefix="auditkit-launch-"),
+           "--log_dir", log_dir,
            # only process 0 talks; the others' output goes to the launcher's log folder
            *(["--redirects", ",".join(f"{r}:3" for r in range(1, n))] if n > 1 else []),
            "-m", "auditkit", *argv]
-    proc = subprocess.run(cmd, env=env)
+    code = None
     try:
-        with open(exit_file) as fh:
-            return int(fh.read().strip())
-    except (OSError, ValueError):
-        return proc.returncode or 3
+        proc = subprocess.run(cmd, env=env)
+        try:
+            with open(exit_file) as fh:
+                code = int(fh.read().strip())
+        except (OSError, ValueError):
+            return proc.returncode or 3
+        return code
     finally:
         if os.path.exists(exit_file):
             os.unlink(exit_file)
+        if code is None:  # no verdict from process 0: the workers' logs are the evidence
+            print(f"auditkit: the launched processes' logs are kept in {log_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def report_exit(code: int, main: bool) -> int:
