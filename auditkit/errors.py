@@ -5,6 +5,12 @@ An :class:`AuditInputError` always renders as one line: ``FILE:PLACE: what is wr
 from __future__ import annotations
 
 
+def dotted(path) -> str:
+    """A key path as it reads in a suite: ``("checks", 0, "data")`` -> ``"checks[0].data"``,
+    ``("model", "x")`` -> ``"model.x"`` (an int is an index, anything else a key)."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if i else str(p) for i, p in enumerate(path))
+
+
 class AuditInputError(Exception):
     """Bad input: a suite, data file, model or argument the user must fix."""
 

@@ -20,7 +20,7 @@ from typing import Any
 from auditkit import __version__
 from auditkit.api import CheckContext, CheckResult
 from auditkit.data import Dataset, load_dataset
-from auditkit.errors import AuditInputError, TrainingDiverged
+from auditkit.errors import AuditInputError, TrainingDiverged, dotted
 from auditkit.gates import evaluate
 from auditkit.models import ModelHandle, check_model_source, load_model, resolve_device
 from auditkit.distributed import world
@@ -159,12 +159,12 @@ class Runner:
 
     def where(self, *path) -> str:
         """The suite line of a key path, e.g. ("checks", 0, "data") -> "line 7 (checks[0].data)"."""
-        dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+        where = dotted(path)
         key = tuple(path)
         while key and key not in self.suite.lines:
             key = key[:-1]
         line = self.suite.lines.get(key) if key else None
-        return f"line {line} ({dotted})" if line else dotted
+        return f"line {line} ({where})" if line else where
 
     def _located(self, exc: AuditInputError) -> AuditInputError:
         """Give a suite error raised with a dotted place (``finetune.lora.target_modules``) its line."""

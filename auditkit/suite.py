@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from auditkit.api import TASKS, Check, did_you_mean, find_metric
-from auditkit.errors import AuditInputError
+from auditkit.errors import AuditInputError, dotted
 from auditkit.gates import Gate, GateSyntaxError, parse_gate
 
 SUITE_KEYS = ("name", "description", "seed", "device", "model", "finetune", "checks")
@@ -239,8 +239,8 @@ class _Ctx:
         return self.lines.get(path)
 
     def fail(self, path: tuple, message: str, fix: str | None = None):
-        dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
-        msg = f"{dotted}: {message}" if dotted else message
+        where = dotted(path)
+        msg = f"{where}: {message}" if where else message
         return AuditInputError(msg, file=self.file, place=f"line {self.line(path)}" if self.line(path) else None,
                                fix=fix)
 
