@@ -22,7 +22,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from auditkit.errors import AuditInputError
+from auditkit.errors import AuditInputError, dotted
+from auditkit.models import PassMemo
 from auditkit.passes.generation import GenerationRequests
 
 #: every request an in-process transformers model serves
@@ -79,7 +80,7 @@ def preflight(model, device: str, checks: Sequence, *, finetune_method: str | No
     def place(*path) -> str:
         if where is not None:
             return where(*path)
-        return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+        return dotted(path)
 
     def fail(path: tuple, message: str, fix: str | None = None) -> AuditInputError:
         return AuditInputError(message, file=file, place=place(*path), fix=fix)
@@ -277,7 +278,7 @@ def _logprob_value(x) -> float:
     return float(getattr(x, "logprob", x))
 
 
-class VLLMHandle(GenerationRequests):
+class VLLMHandle(GenerationRequests, PassMemo):
     """A causal LM served by vLLM (``model.backend: vllm``) with the request surface checks use.
 
     ``token_logprobs`` and ``continuation_logprobs`` read vLLM's ``prompt_logprobs`` (the log-prob of
@@ -373,20 +374,15 @@ class VLLMHandle(GenerationRequests):
             raise AuditInputError(f"{op} needs a {task} model but {self.source} is served by vLLM as causal-lm",
                                   place="model.backend", fix="use backend: hf")
 
-    # ------------------------------------------------------------------ caching
-    def memo(self, op: str, items: Sequence, compute: Callable[[], Any], *, persist: bool = False, **kw) -> Any:
-        """Cache ``compute()`` under (``op``, the content of ``items``, ``kw``), as ``ModelHandle.memo``;
-        with ``persist`` also on disk, keyed by the safetensors fingerprint and the backend, so vLLM's
-        numbers are never read back as the hf backend's (or the other way round)."""
-        from auditkit.models import cache_dir, disk_cache_enabled, memo_step, texts_key
-        key = (op, texts_key(items), json.dumps(kw, sort_keys=True))
-        path = None
-        if persist and disk_cache_enabled() and key not in self._cache:
-            from auditkit import __version__
-            blob = json.dumps(["vllm", __version__, self.fingerprint, self.max_length, self.tokenizer_key(), *key])
-            digest = hashlib.blake2b(blob.encode(), digest_size=20).hexdigest()
-            path = cache_dir() / "passes" / self.fingerprint / f"vllm-{op[:40]}-{digest}.npz"
-        return memo_step(self._cache, self.stats, key, path, compute)
+    # ------------------------------------------------------------------ caching (memo: PassMemo)
+    def _disk_path(self, op: str, items_key: str, kw_json: str) -> Path:
+        """A persisted pass of this engine, keyed by the safetensors fingerprint and the backend, so
+        vLLM's numbers are never read back as the hf backend's (or the other way round)."""
+        from auditkit import __version__
+        from auditkit.models import pass_cache_path
+        return pass_cache_path(self.fingerprint, op, ["vllm", __version__, self.fingerprint, self.max_length,
+                                                      self.tokenizer_key(), op, items_key, kw_json],
+                               prefix="vllm-", op_chars=40)
 
     def tokenizer_key(self) -> str:
         tok = self.tokenizer
@@ -446,9 +442,6 @@ class VLLMHandle(GenerationRequests):
             return out
 
         return self.memo("continuation_logprobs", pairs, compute, persist=True)
-
-    def _require_generative(self, op: str) -> None:
-        """vLLM serves causal LMs only (checked before loading)."""
 
     def _generate(self, ids, *, max_new_tokens, temperature, top_p, stop, seed, samples) -> dict:
         from vllm import SamplingParams, TokensPrompt

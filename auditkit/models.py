@@ -228,24 +228,62 @@ def _disk_store(path: Path, value) -> bool:
             os.unlink(tmp)
 
 
-def memo_step(cache: dict, stats: dict, key: tuple, path: Path | None, compute: Callable[[], Any]) -> Any:
-    """One process's memo: ``cache`` (memory), then the stored pass at ``path`` (when given), else
-    ``compute()`` kept in both. Backends that run in one process (vLLM, API models) memoize with this;
-    :meth:`ModelHandle.memo` adds what data parallel needs (every process agrees on a disk hit)."""
-    if key in cache:
-        stats["cache_hits"] = stats.get("cache_hits", 0) + 1
-        return cache[key]
-    if path is not None:
-        value = _disk_load(path)
-        if value is not _MISSING:
-            stats["disk_hits"] = stats.get("disk_hits", 0) + 1
-            cache[key] = value
-            return value
-    value = compute()
-    cache[key] = value
-    if path is not None:
-        _disk_store(path, value)
-    return value
+def memo_key(op: str, items: Sequence, kw: dict) -> tuple:
+    """The memo key of a pass: (``op``, the content of ``items``, ``kw`` as sorted JSON)."""
+    return (op, texts_key(items), json.dumps(kw, sort_keys=True))
+
+
+def pass_cache_path(fingerprint: str, op: str, identity: Sequence, *, prefix: str = "",
+                    op_chars: int = 60) -> Path:
+    """Where a stored pass lives: ``AUDITKIT_CACHE/passes/<fingerprint>/<prefix><op>-<digest>.npz``,
+    the digest hashing ``identity`` (everything that changes the value: the handle's own fingerprint
+    parts, the op, the items key and the keyword JSON)."""
+    digest = hashlib.blake2b(json.dumps(list(identity), sort_keys=True).encode(), digest_size=20).hexdigest()
+    safe_op = re.sub(r"[^A-Za-z0-9_.-]", "_", op)[:op_chars]
+    return cache_dir() / "passes" / fingerprint / f"{prefix}{safe_op}-{digest}.npz"
+
+
+class PassMemo:
+    """The one memo of every model handle (transformers, vLLM, API): a mixin over the handle's
+    ``_cache`` (dict), ``stats`` (dict) and ``_disk_path(op, items_key, kw_json)`` (where a pass of this
+    handle is stored on disk: each handle keys it by its own fingerprint)."""
+
+    _cache: dict
+    stats: dict
+
+    def memo(self, op: str, items: Sequence, compute: Callable[[], Any], *, persist: bool = False, **kw) -> Any:
+        """Cache ``compute()`` under (this model, ``op``, the content of ``items``, ``kw``).
+
+        Plugins may cache their own passes here too, so two checks never run the same pass twice.
+        With ``persist=True`` (and ``AUDITKIT_DISK_CACHE`` not 0) the value is also kept on disk, keyed
+        by the model's fingerprint, so another run with the same weights and inputs skips the pass; the
+        scoring primitives persist, a plugin's own op opts in (a value read back from disk is a
+        new object, equal to but not identical with what another memo returned in an earlier run).
+        ``kw`` must be JSON-serialisable: it is part of the key. Under data parallel every process takes
+        the same road (a disk hit only when every process has the pass) and rank 0 alone writes.
+        """
+        key = memo_key(op, items, kw)
+        if key in self._cache:
+            self.stats["cache_hits"] = self.stats.get("cache_hits", 0) + 1
+            return self._cache[key]
+        from auditkit.distributed import world
+        w = world()
+        path = self._disk_path(*key) if persist and disk_cache_enabled() else None
+        if path is not None:
+            value = _disk_load(path)
+            # every process must take the same road (computing is collective under data parallel)
+            if w.all_agree(value is not _MISSING):
+                self.stats["disk_hits"] = self.stats.get("disk_hits", 0) + 1
+                self._cache[key] = value
+                return value
+        value = compute()
+        self._cache[key] = value
+        if path is not None and w.main:
+            _disk_store(path, value)
+        return value
+
+    def _disk_path(self, op: str, items_key: str, kw_json: str) -> Path:  # pragma: no cover - abstract
+        raise NotImplementedError
 
 
 def _disk_load(path: Path):
@@ -274,7 +312,7 @@ from auditkit.passes.prefix_tree import PrefixTreeRequests  # noqa: E402
 
 @dataclass
 class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, GradientRequests, NextTokenRequests,
-                  GenerationRequests, PrefixTreeRequests):
+                  GenerationRequests, PrefixTreeRequests, PassMemo):
     """A loaded model with its tokenizer, task kind and a cache of scoring passes.
 
     The plain scoring requests live here; the others come from the mixins in :mod:`auditkit.passes`.
@@ -324,37 +362,7 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         self._fingerprint = None
         self._tok_fp = None
 
-    # ------------------------------------------------------------------ caching
-    def memo(self, op: str, items: Sequence, compute: Callable[[], Any], *, persist: bool = False, **kw) -> Any:
-        """Cache ``compute()`` under (this model, ``op``, the content of ``items``, ``kw``).
-
-        Plugins may cache their own passes here too, so two checks never run the same pass twice.
-        With ``persist=True`` (and ``AUDITKIT_DISK_CACHE`` not 0) the value is also kept on disk, keyed
-        by the model's fingerprint, so another run with the same weights and inputs skips the pass; the
-        scoring primitives below persist, a plugin's own op opts in (a value read back from disk is a
-        new object, equal to but not identical with what another memo returned in an earlier run).
-        ``kw`` must be JSON-serialisable: it is part of the key.
-        """
-        key = (op, texts_key(items), json.dumps(kw, sort_keys=True))
-        if key in self._cache:
-            self.stats["cache_hits"] += 1
-            return self._cache[key]
-        from auditkit.distributed import world
-        w = world()
-        path = self._disk_path(*key) if persist and disk_cache_enabled() else None
-        if path is not None:
-            value = _disk_load(path)
-            # every process must take the same road (computing is collective under data parallel)
-            if w.all_agree(value is not _MISSING):
-                self.stats["disk_hits"] = self.stats.get("disk_hits", 0) + 1
-                self._cache[key] = value
-                return value
-        value = compute()
-        self._cache[key] = value
-        if path is not None and w.main:
-            _disk_store(path, value)
-        return value
-
+    # ------------------------------------------------------------------ caching (memo: PassMemo)
     def _pass_config(self) -> dict:
         """Everything besides the weights that changes what a pass returns."""
         if self._tok_fp is None:
@@ -381,16 +389,12 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
 
     def _disk_path(self, op: str, items_key: str, kw_json: str) -> Path:
         from auditkit import __version__
-        blob = json.dumps([_DISK_FORMAT, __version__, self.fingerprint, self._pass_config(), op, items_key,
-                           kw_json],
-                          sort_keys=True)
-        digest = hashlib.blake2b(blob.encode(), digest_size=20).hexdigest()
-        safe_op = re.sub(r"[^A-Za-z0-9_.-]", "_", op)[:60]
-        return cache_dir() / "passes" / self.fingerprint / f"{safe_op}-{digest}.npz"
+        return pass_cache_path(self.fingerprint, op, [_DISK_FORMAT, __version__, self.fingerprint,
+                                                      self._pass_config(), op, items_key, kw_json])
 
     def _put(self, op: str, items: Sequence, value: Any, **kw) -> None:
         """Store a by-product of another pass (in memory and, like the primitives, on disk)."""
-        key = (op, texts_key(items), json.dumps(kw, sort_keys=True))
+        key = memo_key(op, items, kw)
         self._cache[key] = value
         from auditkit.distributed import world
         if disk_cache_enabled() and world().main:
@@ -841,13 +845,6 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         """The token ids each text is scored with (for labelling attention maps)."""
         return self.memo("token_ids", texts, lambda: self._encode(texts))
 
-    def _require_lm(self, op: str) -> None:
-        """A causal or seq2seq LM (the log-likelihood requests serve both)."""
-        if self.task not in ("causal-lm", "seq2seq-lm"):
-            raise AuditInputError(f"{op} needs a causal-lm model (or a seq2seq-lm model) but {self.source} is "
-                                  f"loaded as {self.task}", place="model.task",
-                                  fix=f"set model.task: causal-lm or seq2seq-lm, or use a check for {self.task}")
-
     def _require(self, task: str, op: str) -> None:
         if self.task != task:
             raise AuditInputError(f"{op} needs a {task} model but {self.source} is loaded as {self.task}",
@@ -1204,7 +1201,7 @@ def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_label
 
     _quiet_transformers()
     src = check_model_source(spec, registry, allow_pickle=allow_pickle, file=file, place=place)
-    location, base_location, base_spec = src.location, src.base_location, src.base_spec
+    location, base_location = src.location, src.base_location
     local, adapter = Path(location), src.adapter
     is_dir = local.is_dir()
     dtype = load_dtype(device)

@@ -37,8 +37,6 @@ import hashlib
 import json
 import os
 import random
-import re
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,10 +46,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from auditkit.errors import AuditInputError
-from auditkit.models import cache_dir, disk_cache_enabled, memo_step, texts_key
+from auditkit.errors import AuditInputError, dotted
+from auditkit.models import PassMemo, cache_dir, disk_cache_enabled, pass_cache_path
 
-from auditkit.passes.generation import Generation
+from auditkit.passes.generation import Generation, generation_options, prompt_list
+from auditkit.results import write_text_atomic
 
 #: what each scoring request is needed for (named when the endpoint returns no prompt log-probs)
 LOGPROB_NEEDS = {
@@ -101,7 +100,7 @@ def _server_message(resp) -> str:
     return _first_line(json.dumps(obj))
 
 
-class APIModelHandle:
+class APIModelHandle(PassMemo):
     """A causal LM served over an OpenAI-compatible API: generation and log-probs, no weights.
 
     ``capabilities`` says what it can do; a check that needs the weights (explainability, CKA,
@@ -172,19 +171,10 @@ class APIModelHandle:
             raise AuditInputError(f"{op} needs a {task} model but {self.source} is an API causal LM",
                                   place="model.task", fix=f"use a check for {self.task}")
 
-    # ------------------------------------------------------------------ caching
-    def memo(self, op: str, items: Sequence, compute: Callable[[], Any], *, persist: bool = False, **kw) -> Any:
-        """Cache ``compute()`` under (this model, ``op``, the content of ``items``, ``kw``), as
-        :meth:`auditkit.models.ModelHandle.memo` does; ``persist=True`` keeps it on disk too."""
-        key = (op, texts_key(items), json.dumps(kw, sort_keys=True))
-        path = self._memo_path(*key) if persist and disk_cache_enabled() and key not in self._cache else None
-        return memo_step(self._cache, self.stats, key, path, compute)
-
-    def _memo_path(self, op: str, items_key: str, kw_json: str) -> Path:
+    # ------------------------------------------------------------------ caching (memo: PassMemo)
+    def _disk_path(self, op: str, items_key: str, kw_json: str) -> Path:
         from auditkit import __version__
-        blob = json.dumps([__version__, self.fingerprint, op, items_key, kw_json], sort_keys=True)
-        digest = hashlib.blake2b(blob.encode(), digest_size=20).hexdigest()
-        return cache_dir() / "passes" / self.fingerprint / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', op)[:60]}-{digest}.npz"
+        return pass_cache_path(self.fingerprint, op, [__version__, self.fingerprint, op, items_key, kw_json])
 
     def _request_path(self, path: str, body: dict) -> Path:
         blob = json.dumps([_CACHE_FORMAT, path, body], sort_keys=True, ensure_ascii=False)
@@ -201,20 +191,12 @@ class APIModelHandle:
 
     @staticmethod
     def _cache_write(path: Path, response: dict) -> None:
+        """Keep an answer (atomically: :func:`auditkit.results.write_text_atomic`); a cache that cannot
+        be written is no error."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".req-", suffix=".tmp", dir=path.parent)
-        except OSError:
-            return
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"format": _CACHE_FORMAT, "response": response}, fh, ensure_ascii=False)
-            os.replace(tmp, path)
+            write_text_atomic(path, json.dumps({"format": _CACHE_FORMAT, "response": response}, ensure_ascii=False))
         except OSError:
             pass
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     # ------------------------------------------------------------------ HTTP
     def _session(self):
@@ -354,14 +336,9 @@ class APIModelHandle:
         by ``/chat/completions``. ``seed`` (OpenAI's parameter) and ``n = samples`` are sent as they are;
         a server that ignores ``seed`` samples differently on each uncached run.
         """
-        if isinstance(prompts, str):
-            raise TypeError("generate takes a list of prompts, not one string")
-        prompts = list(prompts)
-        stop = [str(x) for x in ([stop] if isinstance(stop, str) else stop) if str(x)]
-        opts = {"max_new_tokens": int(max_new_tokens), "temperature": float(temperature), "top_p": float(top_p),
-                "stop": stop, "seed": int(seed), "samples": int(samples)}
-        if opts["max_new_tokens"] < 0 or opts["samples"] < 1 or opts["temperature"] < 0 or not 0 < opts["top_p"] <= 1:
-            raise ValueError(f"generate: bad arguments {opts}")
+        prompts = prompt_list(prompts)
+        opts = generation_options(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop,
+                                  seed=seed, samples=samples)
         if not prompts:
             return []
 
@@ -548,8 +525,7 @@ def preflight_api(checks: Sequence, *, task: str = "causal-lm", finetune: bool =
     ``CheckSpec``s that will run (``all_checks``, the suite's, number them); ``where(*path)`` turns a
     suite key path into "line N (path)"."""
     def place(*path) -> str:
-        return where(*path) if where is not None else \
-            "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+        return where(*path) if where is not None else dotted(path)
 
     if task != "causal-lm":
         raise AuditInputError(f"an openai-compatible model is audited as a causal-lm, not {task}", file=file,

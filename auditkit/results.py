@@ -39,10 +39,36 @@ def dumps(results: dict) -> str:
     return json.dumps(_clean(results), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+def _proc_umask() -> int | None:
+    """This process's umask from ``/proc/self/status`` (Linux 4.7+), read without changing it; None
+    where it cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _import_umask() -> int:
+    mask = _proc_umask()
+    if mask is None:  # no /proc: set and restore it once, at import (before any writer thread runs)
+        mask = os.umask(0o022)
+        os.umask(mask)
     return mask
+
+
+_IMPORT_UMASK = _import_umask()
+
+
+def _umask() -> int:
+    """The process umask, never changed to read it (``os.umask(0)`` then back would race between the
+    threads that write: a file could get mode 0666, or the umask stay 0); the umask at import where
+    ``/proc`` is missing."""
+    mask = _proc_umask()
+    return _IMPORT_UMASK if mask is None else mask
 
 
 def write_text_atomic(path: str | Path, data: str | bytes) -> Path:

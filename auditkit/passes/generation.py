@@ -56,6 +56,26 @@ def _cut(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[:min(hits)], True) if hits else (text, False)
 
 
+def prompt_list(prompts) -> list:
+    """The prompts of a generation request as a list; one bare string is a TypeError (a list of prompts
+    was meant, not a list of its characters)."""
+    if isinstance(prompts, str):
+        raise TypeError("generate takes a list of prompts, not one string")
+    return list(prompts)
+
+
+def generation_options(*, max_new_tokens=32, temperature=0.0, top_p=1.0, stop=(), seed=0, samples=1) -> dict:
+    """The keywords of a generation request, checked and normalised (ints, floats, ``stop`` a list of
+    non-empty strings, one string standing for itself); ValueError on a negative ``max_new_tokens`` or
+    ``temperature``, ``samples < 1`` or ``top_p`` outside (0, 1]. Every backend checks with this."""
+    stop = [str(s) for s in ([stop] if isinstance(stop, str) else stop) if str(s)]
+    kw = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
+              stop=stop, seed=int(seed), samples=int(samples))
+    if kw["max_new_tokens"] < 0 or kw["samples"] < 1 or kw["temperature"] < 0 or not 0 < kw["top_p"] <= 1:
+        raise ValueError(f"generate: bad arguments {kw}")
+    return kw
+
+
 class GenerationRequests:
     """Mixin of ModelHandle: greedy and sampled generation (causal and seq2seq LMs)."""
 
@@ -110,23 +130,18 @@ class GenerationRequests:
         ``[prompt][sample]`` :class:`Generation`. ``temperature=0`` is greedy decoding (every sample the
         same); otherwise seeded nucleus sampling by the Gumbel-max trick (see the module docstring).
         Stop sequences cut the text (the stop itself excluded) and end that row early."""
-        self._require_generative("generate")
-        if isinstance(prompts, str):
-            raise TypeError("generate takes a list of prompts, not one string")
-        ids = self._prompt_ids(list(prompts))
+        self._require_lm("generate")
+        ids = self._prompt_ids(prompt_list(prompts))
         return self.generate_ids(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                  stop=stop, seed=seed, samples=samples)
 
     def generate_ids(self, prefix_ids, *, max_new_tokens=32, temperature=0.0, top_p=1.0, stop=(), seed=0,
                      samples=1) -> list[list[Generation]]:
         """:meth:`generate` from token-id prefixes (used as given: no special tokens added, no truncation)."""
-        self._require_generative("generate")
+        self._require_lm("generate")
         ids = [[int(t) for t in p] for p in prefix_ids]
-        stop = [str(s) for s in ([stop] if isinstance(stop, str) else stop) if str(s)]
-        kw = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
-                  stop=stop, seed=int(seed), samples=int(samples))
-        if kw["max_new_tokens"] < 0 or kw["samples"] < 1 or kw["temperature"] < 0 or not 0 < kw["top_p"] <= 1:
-            raise ValueError(f"generate: bad arguments {kw}")
+        kw = generation_options(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stop,
+                                seed=seed, samples=samples)
         if not ids:
             return []
         res = self.memo("generate", ids, lambda: self._generate(ids, **kw), persist=True, **kw)
@@ -134,11 +149,13 @@ class GenerationRequests:
         return [[Generation(str(res["text"][j]), [int(x) for x in res["ids"][j]], str(res["reason"][j]))
                  for j in range(p * k, (p + 1) * k)] for p in range(len(ids))]
 
-    def _require_generative(self, op: str) -> None:
+    def _require_lm(self, op: str) -> None:
+        """A causal or seq2seq LM (generation and the log-likelihood requests serve both); the one check
+        of every handle (``ModelHandle``, ``VLLMHandle``)."""
         if self.task not in _GENERATIVE:
-            raise AuditInputError(f"{op} needs a causal-lm or seq2seq-lm model but {self.source} is loaded as "
-                                  f"{self.task}", place="model.task",
-                                  fix="use a generative model, or a check for " + str(self.task))
+            raise AuditInputError(f"{op} needs a causal-lm model (or a seq2seq-lm model) but {self.source} is "
+                                  f"loaded as {self.task}", place="model.task",
+                                  fix=f"set model.task: causal-lm or seq2seq-lm, or use a check for {self.task}")
 
     # ------------------------------------------------------------------ the pass
     def _generate(self, ids: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
