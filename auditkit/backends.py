@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -318,6 +319,9 @@ class VLLMHandle(GenerationRequests, PassMemo):
         if src.adapter:
             raise AuditInputError(f"backend: vllm loads full models; {spec} is a PEFT adapter", file=file,
                                   place=place, fix="merge the adapter into its base and save that, or use backend: hf")
+        if importlib.util.find_spec("flashinfer") is None:
+            # vLLM's sampler imports FlashInfer when it starts unless told not to; without it, PyTorch sampling
+            os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         try:
             from vllm import LLM
         except ImportError as exc:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import types
@@ -414,7 +415,13 @@ def test_vllm_handle_load_and_describe(registry, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "vllm", mod)
     spec = ModelSpec(base="builtin:tiny-gpt2", task="causal-lm", backend="vllm", tensor_parallel_size=2,
                      max_length=64, batch_size=8)
+    monkeypatch.setenv("VLLM_USE_FLASHINFER_SAMPLER", "unset")  # recorded, so the variable is removed after
+    monkeypatch.delenv("VLLM_USE_FLASHINFER_SAMPLER")
+    real_find_spec = backends.importlib.util.find_spec
+    monkeypatch.setattr(backends.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "flashinfer" else real_find_spec(name, *a))
     h = backends.VLLMHandle.load(spec, registry, seed=3)
+    assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "0"  # without FlashInfer, vLLM samples with PyTorch
     kw = calls["init"][0]
     location = str(registry.model_sources["tiny-gpt2"].fn(cache_dir()))
     assert kw["model"] == location and kw["tensor_parallel_size"] == 2 and kw["dtype"] == "bfloat16" \
