@@ -120,10 +120,11 @@ def cmd_run(args) -> int:
     from auditkit.runner import Progress
 
     reg = registry()
+    suite = load_suite(args.suite, reg)
+    _join_launcher(args.device or suite.device)
     w = distributed.world()
     if w.main:
         _report_plugin_failures(reg)
-    suite = load_suite(args.suite, reg)
     out = Path(args.out) if args.out else Path("reports") / suite.name
     opts = RunOptions(out_dir=out, model=args.model, baseline=args.baseline, device=args.device, only=args.only,
                       resume=args.resume, strict=args.strict, show_secrets=args.show_secrets,
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; under a distributed launcher, join its processes first and leave them at the end."""
     from auditkit import distributed
     try:
-        code = _main(argv)  # joins the launcher's processes once the command line is parsed
+        code = _main(argv)  # `run` joins the launcher's processes once its suite is read
         main_process = distributed.world().main
     finally:
         try:
@@ -376,14 +377,14 @@ def main(argv: list[str] | None = None) -> int:
     return distributed.report_exit(code, main_process)
 
 
-def _join_launcher(args) -> None:
+def _join_launcher(device: str | None) -> None:
     """Under a distributed launcher, join its process group: gloo when this run is on the CPU (``--device
-    cpu``, or no CUDA device), nccl otherwise; the device is the parsed ``--device``."""
+    cpu`` or the suite's ``device: cpu``, or no CUDA device), nccl otherwise. Joined once the suite is
+    read, so a suite that does not load is one line and exit 2 in every copy, with no group to leave."""
     from auditkit import distributed
     if not distributed.launched():
         return
     import torch
-    device = getattr(args, "device", None)
     distributed.init_from_env(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
@@ -397,7 +398,6 @@ def _main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "fn", None) is cmd_run:
             args.argv = list(argv) if argv is not None else None
-        _join_launcher(args)
         return int(args.fn(args))
     except AuditInputError as exc:
         print(f"auditkit: error: {exc.line()}", file=sys.stderr)

@@ -51,26 +51,46 @@ def test_launch_gets_the_command_line_less_processes_and_a_device(tmp_path, capt
     assert not (tmp_path / "o").exists()  # nothing ran in the calling process
 
 
-@pytest.mark.parametrize("flag, cuda, on_cpu", [
-    (["--device=cpu"], True, True),
-    (["--device", "cpu"], True, True),
-    (["--device=cuda"], True, False),
-    (["--device", "cuda"], True, False),
-    (["--device", "auto"], True, False),
-    ([], True, False),
-    ([], False, True),
-    (["--device", "cuda"], False, True),  # no CUDA: gloo (the run itself then stops with exit 2)
+class _Joined(BaseException):
+    """Stops the command right after it joined (nothing is loaded)."""
+
+
+@pytest.mark.parametrize("flag, suite_device, cuda, on_cpu", [
+    (["--device=cpu"], "", True, True),
+    (["--device", "cpu"], "", True, True),
+    (["--device=cuda"], "", True, False),
+    (["--device", "cuda"], "", True, False),
+    (["--device", "auto"], "", True, False),
+    ([], "", True, False),
+    ([], "device: cpu\n", True, True),        # the suite's own device, under `accelerate launch` too
+    (["--device", "cuda"], "device: cpu\n", True, False),  # the command line wins over the suite
+    ([], "", False, True),
+    (["--device", "cuda"], "", False, True),  # no CUDA: gloo (the run itself then stops with exit 2)
 ])
-def test_a_launched_copy_joins_gloo_or_nccl_by_the_parsed_device(tmp_path, monkeypatch, flag, cuda, on_cpu):
+def test_a_launched_copy_joins_gloo_or_nccl_by_its_device(tmp_path, monkeypatch, flag, suite_device, cuda, on_cpu):
     import torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv(dist.EXIT_FILE_ENV, raising=False)
-    joined, ran = [], []
-    monkeypatch.setattr(dist, "init_from_env", lambda cpu: joined.append(cpu))
-    monkeypatch.setattr(cli, "cmd_run", lambda args: ran.append(args.device) or 0)
-    assert cli.main(["run", "suite.yaml", *flag]) == 0
-    assert joined == [on_cpu] and len(ran) == 1
+    joined = []
+
+    def join(cpu):
+        joined.append(cpu)
+        raise _Joined
+    monkeypatch.setattr(dist, "init_from_env", join)
+    suite = write_suite(tmp_path, SUITE.format(device=suite_device))
+    with pytest.raises(_Joined):
+        cli._main(["run", str(suite), "--out", str(tmp_path / "o"), *flag])
+    assert joined == [on_cpu]
+
+
+def test_a_suite_that_does_not_load_is_exit_2_before_joining(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv(dist.EXIT_FILE_ENV, raising=False)
+    monkeypatch.setattr(dist, "init_from_env", lambda cpu: pytest.fail("joined a process group"))
+    suite = write_suite(tmp_path, "name: x\nmodel: {base: builtin:tiny-bert}\nchecks: [{uses: no-such-check}]\n")
+    assert cli.main(["run", str(suite), "--device", "cpu"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("flag", [["--device", "tpu"], ["--device=cuda:1"]])
