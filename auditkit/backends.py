@@ -198,13 +198,14 @@ def model_class(spec: str, task: str, registry, *, trust_remote_code: bool = Fal
 
 # ---------------------------------------------------------------------- loading with transformers
 
-def quantization_config(bits: int):
-    """bitsandbytes through transformers: 4-bit NF4 with bf16 compute (QLoRA's recipe), or LLM.int8."""
+def quantization_config(bits: int, compute_dtype=None):
+    """bitsandbytes through transformers: 4-bit NF4 computing in ``compute_dtype`` (default bf16, QLoRA's
+    recipe), or LLM.int8."""
     import torch
     from transformers import BitsAndBytesConfig
     if bits == 4:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_compute_dtype=torch.bfloat16)
+                                  bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16)
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     raise ValueError(f"quantization bits must be 4 or 8, got {bits!r}")
@@ -225,8 +226,9 @@ def load_kwargs(model, device) -> dict:
         kw["device_map"] = "auto"
     elif bits:
         kw["device_map"] = {"": str(device) if str(device) != "cuda" else "cuda:0"}
-    if bits:
-        kw["quantization_config"] = quantization_config(bits)
+    if bits:  # 4-bit computes in the dtype the rest of the model loads in (bf16 on CUDA unless model.dtype says)
+        from auditkit.models import load_dtype
+        kw["quantization_config"] = quantization_config(bits, load_dtype(device, getattr(model, "dtype", "auto")))
     return kw
 
 
@@ -294,8 +296,9 @@ class VLLMHandle(GenerationRequests, PassMemo):
     num_labels = 0
 
     def __init__(self, llm, tokenizer, *, source: str, location: str, batch_size: int = 32,
-                 max_length: int = 256, tensor_parallel_size: int = 1, seed: int = 0):
+                 max_length: int = 256, tensor_parallel_size: int = 1, seed: int = 0, dtype: str = "bfloat16"):
         self.llm, self.tokenizer = llm, tokenizer
+        self.dtype = dtype
         self.source, self.location = source, location
         self.batch_size, self.max_length = batch_size, max_length
         self.tensor_parallel_size, self.seed = tensor_parallel_size, seed
@@ -332,10 +335,12 @@ class VLLMHandle(GenerationRequests, PassMemo):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         extra = {"gpu_memory_utilization": float(gpu_memory_utilization)} if gpu_memory_utilization else {}
+        dtype = model.dtype if model.dtype != "auto" else "bfloat16"
         llm = LLM(model=src.location, tokenizer=src.location, tensor_parallel_size=int(model.tensor_parallel_size),
-                  dtype="bfloat16", seed=int(seed), trust_remote_code=bool(model.trust_remote_code), **extra)
+                  dtype=dtype, seed=int(seed), trust_remote_code=bool(model.trust_remote_code), **extra)
         return cls(llm, tokenizer, source=spec, location=src.location, batch_size=model.batch_size,
-                   max_length=model.max_length, tensor_parallel_size=int(model.tensor_parallel_size), seed=seed)
+                   max_length=model.max_length, tensor_parallel_size=int(model.tensor_parallel_size), seed=seed,
+                   dtype=dtype)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -367,7 +372,8 @@ class VLLMHandle(GenerationRequests, PassMemo):
         except Exception:
             n = None
         return {"id": self.source, "fingerprint": self.fingerprint, "task": self.task, "architecture": arch,
-                "parameters": n, "backend": "vllm", "tensor_parallel_size": self.tensor_parallel_size}
+                "parameters": n, "dtype": self.dtype, "backend": "vllm",
+                "tensor_parallel_size": self.tensor_parallel_size}
 
     def invalidate(self) -> None:
         self._cache.clear()
@@ -384,8 +390,10 @@ class VLLMHandle(GenerationRequests, PassMemo):
         vLLM's numbers are never read back as the hf backend's (or the other way round)."""
         from auditkit import __version__
         from auditkit.models import pass_cache_path
+        # the dtype joins the key only when it is not vLLM's default here (bf16), so stored passes stay valid
+        dtype = [self.dtype] if self.dtype != "bfloat16" else []
         return pass_cache_path(self.fingerprint, op, ["vllm", __version__, self.fingerprint, self.max_length,
-                                                      self.tokenizer_key(), op, items_key, kw_json],
+                                                      self.tokenizer_key(), *dtype, op, items_key, kw_json],
                                prefix="vllm-", op_chars=40)
 
     def tokenizer_key(self) -> str:

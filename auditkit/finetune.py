@@ -473,8 +473,12 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
     w = world()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
+    from auditkit.models import float_dtype
+    # bf16 models train with fp32 master weights and bf16 autocast on CUDA; a model loaded in fp32
+    # (model.dtype: float32) trains in fp32
+    use_amp = device.startswith("cuda") and float_dtype(handle.model) == torch.bfloat16
     model = _kbit_base(handle, suite_file) if cfg.method == "qlora" else copy.deepcopy(handle.model)
-    if device.startswith("cuda") and cfg.method == "full":
+    if use_amp and cfg.method == "full":
         model.float()  # master weights in fp32; bf16 through autocast
     train_ex = _examples(train_ds, task, tok, cfg.max_length, handle.num_labels or None)
     val_ex = _examples(val_ds, task, tok, cfg.max_length, handle.num_labels or None) if val_ds is not None else []
@@ -525,7 +529,6 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
         from accelerate import Accelerator
         accelerator = Accelerator(cpu=not device.startswith("cuda"), mixed_precision="no")
         ddp, opt = accelerator.prepare(model, opt)
-    use_amp = device.startswith("cuda")
 
     def amp():
         return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else _null()
@@ -796,7 +799,7 @@ def _kbit_base(handle, suite_file: str | None = None):
     import torch
 
     from auditkit import backends
-    from auditkit.models import auto_model_class, load_dtype
+    from auditkit.models import auto_model_class, float_dtype
     from auditkit.suite import ModelSpec
     if not backends._cuda_available():
         raise AuditInputError("finetune.method: qlora needs a CUDA GPU (bitsandbytes); this machine has none",
@@ -808,15 +811,15 @@ def _kbit_base(handle, suite_file: str | None = None):
     if not location:
         raise AuditInputError(f"qlora cannot find the folder {handle.source} was loaded from", file=suite_file,
                               place="finetune.method", fix="use method: lora")
-    spec = ModelSpec(base=handle.source, task=handle.task, quantization_bits=4,
+    dtype = float_dtype(handle.model)  # the dtype load_model gave the audited model, so a reload is this model
+    spec = ModelSpec(base=handle.source, task=handle.task, quantization_bits=4, dtype=str(dtype).split(".")[-1],
                      device_map="auto" if len(set((getattr(handle.model, "hf_device_map", None) or {}).values())) > 1
                      else None)
     auto = auto_model_class(handle.task)
     extra = {"num_labels": handle.num_labels} if handle.task == "sequence-classification" and handle.num_labels else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        # the dtype load_model gives this device, so a reload of the saved adapter is this model
-        model = auto.from_pretrained(location, dtype=load_dtype(handle.device), **backends.load_kwargs(spec, handle.device),
+        model = auto.from_pretrained(location, dtype=dtype, **backends.load_kwargs(spec, handle.device),
                                      **extra)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = handle.tokenizer.pad_token_id

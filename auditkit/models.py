@@ -345,7 +345,8 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
 
     def describe(self) -> dict:
         out = {"id": self.source, "fingerprint": self.fingerprint, "task": self.task,
-               "architecture": type(self.model).__name__, "parameters": parameter_count(self.model)}
+               "architecture": type(self.model).__name__, "parameters": parameter_count(self.model),
+               "dtype": str(float_dtype(self.model)).removeprefix("torch.")}
         from auditkit.backends import loaded_precision
         precision = loaded_precision(self.model)
         if precision:  # what was audited is the quantized model: say so beside its identity
@@ -914,10 +915,21 @@ def auto_model_class(task: str):
         task, AutoModelForSequenceClassification)
 
 
-def load_dtype(device: str):
-    """The dtype weights load in: bf16 on CUDA, fp32 elsewhere."""
+def load_dtype(device: str, requested: str = "auto"):
+    """The dtype weights load in: ``model.dtype`` when given, else (``auto``) bf16 on CUDA and fp32 elsewhere."""
     import torch
+    if requested and requested != "auto":
+        return getattr(torch, requested)
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def float_dtype(model):
+    """The dtype of a model's first floating-point parameter (what it was loaded in; k-bit weights skipped)."""
+    import torch
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
 
 
 def unpacked_numel(p) -> int:
@@ -1204,7 +1216,7 @@ def load_model(spec: str, task: str, registry, *, device: str = "cpu", num_label
     location, base_location = src.location, src.base_location
     local, adapter = Path(location), src.adapter
     is_dir = local.is_dir()
-    dtype = load_dtype(device)
+    dtype = load_dtype(device, getattr(model_spec, "dtype", "auto"))
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "dtype": dtype, "output_loading_info": True}
     if not allow_pickle:
         kwargs["use_safetensors"] = True

@@ -18,9 +18,11 @@ from auditkit.gates import Gate, GateSyntaxError, parse_gate
 SUITE_KEYS = ("name", "description", "seed", "device", "model", "finetune", "checks")
 MODEL_KEYS = ("base", "task", "num_labels", "baseline", "trust_remote_code", "allow_pickle",
               "allow_new_head", "max_length", "batch_size", "backend", "device_map", "quantization",
-              "tensor_parallel_size", "endpoint", "name", "api_key_env", "concurrency", "chat_template")
+              "tensor_parallel_size", "endpoint", "name", "api_key_env", "concurrency", "chat_template", "dtype")
 #: ``model.backend``: in-process transformers, or vLLM (causal LMs, ``auditkit[vllm]``)
 BACKENDS = ("hf", "vllm")
+#: model.dtype: auto is bf16 on CUDA and fp32 elsewhere
+DTYPES = ("auto", "float32", "bfloat16")
 #: ``model.base`` naming a model behind an OpenAI-compatible HTTP API (``endpoint``, ``name``, ``api_key_env``)
 API_BASE = "openai-compatible"
 #: a suite file larger than this is refused before it is parsed
@@ -50,6 +52,8 @@ class ModelSpec:
     quantization_bits: int | None = None
     #: vLLM's tensor parallel degree
     tensor_parallel_size: int = 1
+    #: the dtype the weights load and run in: "auto" (bf16 on CUDA, fp32 elsewhere), "float32" or "bfloat16"
+    dtype: str = "auto"
     #: an OpenAI-compatible API model (``base: openai-compatible``)
     endpoint: str | None = None
     name: str | None = None
@@ -371,6 +375,12 @@ def _parse_scale_keys(model: ModelSpec, raw: dict, cx: _Ctx) -> None:
                           "add backend: vllm, or use device_map: auto to spread an hf model over GPUs")
     if "concurrency" in raw:
         model.concurrency = cx.positive(raw["concurrency"], ("model", "concurrency"), "model.concurrency")
+    if "dtype" in raw:
+        dtype = raw["dtype"]
+        if dtype not in DTYPES:
+            raise cx.fail(("model", "dtype"), f"model.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}",
+                          did_you_mean(str(dtype), DTYPES) if isinstance(dtype, str) else "e.g. dtype: float32")
+        model.dtype = dtype
     if "chat_template" in raw:
         model.chat_template = cx.typed(raw["chat_template"], bool, ("model", "chat_template"), "model.chat_template")
     api_keys = ("endpoint", "name", "api_key_env")
@@ -385,9 +395,9 @@ def _parse_scale_keys(model: ModelSpec, raw: dict, cx: _Ctx) -> None:
         if not model.endpoint.startswith(("http://", "https://")):
             raise cx.fail(("model", "endpoint"), f"model.endpoint must be an http(s) URL, got {model.endpoint!r}",
                           "e.g. http://127.0.0.1:8000/v1")
-        if backend != "hf" or model.device_map or model.quantization_bits:
-            raise cx.fail(("model", "base"), f"an {API_BASE} model runs on its server: backend, device_map and "
-                          "quantization do not apply", "remove them")
+        if backend != "hf" or model.device_map or model.quantization_bits or model.dtype != "auto":
+            raise cx.fail(("model", "base"), f"an {API_BASE} model runs on its server: backend, device_map, "
+                          "quantization and dtype do not apply", "remove them")
     else:
         for key in api_keys:
             if key in raw:
