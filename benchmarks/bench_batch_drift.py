@@ -7,6 +7,7 @@ overall. On CPU in fp32 it is within 1e-6 (``tests/test_invariance.py`` asserts 
 padding changes the kernels' reduction order, and this says by how much.
 
     python benchmarks/bench_batch_drift.py suites/lm-release.yaml --device cuda --batch-sizes 1,7,32
+    python benchmarks/bench_batch_drift.py benchmarks/drift-lm.yaml --device cpu --dtypes float32,bfloat16
 """
 from __future__ import annotations
 
@@ -49,16 +50,38 @@ def compare(ref: dict, other: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import yaml
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("suite")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--batch-sizes", default="1,7,32")
     ap.add_argument("--model", help="audit this model instead of the suite's model.base")
     ap.add_argument("--json", help="also write the comparison here")
+    ap.add_argument("--dtypes", default="",
+                    help="comma-separated model.dtype values (e.g. float32,bfloat16) measured side by side in this "
+                         "run; default: the suite's own")
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.batch_sizes.split(",")]
+    dtypes = [d for d in args.dtypes.split(",") if d] or [None]
+    summary = {}
+    for dtype in dtypes:
+        if dtype:
+            print(f"\n=== model.dtype: {dtype}", flush=True)
+        code, report = drift(args, sizes, dtype)
+        if code:
+            return code
+        summary[dtype or "suite"] = max((d for cmp in report.values() for d, _ in cmp["worst"].values()), default=0.0)
+    if len(dtypes) > 1:
+        print("\nlargest |metric difference| across batch sizes " + ", ".join(map(str, sizes)) + ": "
+              + ", ".join(f"{k} {v:.3g}" for k, v in summary.items()))
+    return 0
+
+
+def drift(args, sizes: list[int], dtype: str | None) -> tuple[int, dict]:
+    """Run the suite at each batch size (in ``dtype`` when given) and compare every run with the first."""
+    import yaml
     raw = yaml.safe_load(Path(args.suite).read_text())
+    if dtype:
+        raw["model"]["dtype"] = dtype
     work = Path(tempfile.mkdtemp(prefix="auditkit-drift-"))
     results = {}
     for i, bs in enumerate(sizes):
@@ -75,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         suite.unlink()
         if not (out / "results.json").exists():
             print(f"batch_size {bs}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
-            return 1
+            return 1, {}
         results[bs] = json.loads((out / "results.json").read_text())
         print(f"batch_size {bs}: exit {proc.returncode}, {results[bs]['status']}, "
               f"{results[bs]['run']['duration_s']:.1f} s", flush=True)
@@ -89,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         for cid, (d, where) in sorted(cmp["worst"].items()):
             print(f"  {cid:22} {d:10.3g}  ({where})")
     if args.json:
-        Path(args.json).write_text(json.dumps({str(k): {**v, "worst": {c: list(w) for c, w in v["worst"].items()}}
-                                               for k, v in report.items()}, indent=1))
-    return 0
+        name = args.json if not dtype else str(Path(args.json).with_suffix(f".{dtype}.json"))
+        Path(name).write_text(json.dumps({str(k): {**v, "worst": {c: list(w) for c, w in v["worst"].items()}}
+                                          for k, v in report.items()}, indent=1))
+    return 0, report
 
 
 if __name__ == "__main__":

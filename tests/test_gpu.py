@@ -8,9 +8,12 @@ own. Both backends run the model in bf16; auditkit takes every log-softmax in fp
 - ``VLLM_LOGLIK_TOL``: per multiple-choice continuation, |log p_vllm - log p_hf| in nats.
 - ``VLLM_ANSWER_AGREEMENT``: share of items whose best-scoring choice is the same on both backends.
 - ``VLLM_GREEDY_AGREEMENT``: share of prompts whose greedy continuation (16 tokens) is the same.
-- ``BF16_DRIFT_TOL``: largest |difference| of any metric of a causal suite between ``model.batch_size``
-  1, 7 and 32 in bf16 (statuses and gate results must be equal). In fp32 on CPU it is 1e-6
-  (``tests/test_invariance.py``); bf16 kernels reduce in another order when the padding changes.
+- ``BF16_ABS`` / ``BF16_REL``: how far any metric of a causal suite may move between ``model.batch_size``
+  1, 7 and 32 in bf16: ``|a - b| <= max(BF16_ABS, BF16_REL * |a|)`` (statuses and gate results must be
+  equal). bf16 kernels reduce in another order when the padding changes. On CPU in bf16, SmolLM2-135M moved
+  by 0.0167 in accuracy (2 of 120 answers) and 3.7e-4 relative in perplexity between batch sizes 1 and 32
+  (``benchmarks/bench_batch_drift.py benchmarks/drift-lm.yaml --device cpu --dtypes float32,bfloat16``); in
+  fp32 by at most 3.5e-6 (a perplexity of 35: 1e-7 relative).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ MODEL = os.environ.get("AUDITKIT_GPU_MODEL", "builtin:smollm2-135m")
 VLLM_LOGLIK_TOL = 0.25
 VLLM_ANSWER_AGREEMENT = 0.95
 VLLM_GREEDY_AGREEMENT = 0.9
-BF16_DRIFT_TOL = 0.02
+BF16_ABS, BF16_REL = 0.03, 0.01
 
 
 def _mc_pairs(registry, n: int = 120) -> tuple[list[tuple[str, str]], list[int]]:
@@ -91,7 +94,7 @@ def test_bf16_scores_move_with_batch_size_within_the_stated_tolerance(tmp_path):
         assert code in (0, 1), code
         results[bs] = json.loads((tmp_path / f"o{bs}" / "results.json").read_text())
     ref = results[32]
-    worst = 0.0
+    worst = 0.0  # the largest share of its allowance a metric used
     for bs in (7, 1):
         for ca, cb in zip(ref["checks"], results[bs]["checks"]):
             assert ca["status"] == cb["status"] != "error", (ca["id"], ca.get("error"), cb.get("error"))
@@ -99,6 +102,8 @@ def test_bf16_scores_move_with_batch_size_within_the_stated_tolerance(tmp_path):
             for name, m in ca["metrics"].items():
                 x, y = m.get("value"), cb["metrics"][name].get("value")
                 if isinstance(x, float) and isinstance(y, float) and np.isfinite(x) and np.isfinite(y):
-                    worst = max(worst, abs(x - y))
-    print(f"bf16 batch-size drift (1, 7, 32): largest metric difference {worst:.2e}")
-    assert worst <= BF16_DRIFT_TOL
+                    worst = max(worst, abs(x - y) / max(BF16_ABS, BF16_REL * abs(x)))
+                    if x != y:
+                        print(f"bs {bs} vs 32: {ca['id']}.{name}: {abs(x - y):.3g}")
+    print(f"bf16 batch-size drift (1, 7, 32): {worst:.2f} of the stated tolerance used")
+    assert worst <= 1.0
