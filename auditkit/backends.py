@@ -335,7 +335,8 @@ class VLLMHandle(GenerationRequests, PassMemo):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         extra = {"gpu_memory_utilization": float(gpu_memory_utilization)} if gpu_memory_utilization else {}
-        dtype = model.dtype if model.dtype != "auto" else "bfloat16"
+        from auditkit.models import dtype_name, load_dtype
+        dtype = dtype_name(load_dtype("cuda", model.dtype))  # vLLM runs on CUDA: auto is bf16 there
         llm = LLM(model=src.location, tokenizer=src.location, tensor_parallel_size=int(model.tensor_parallel_size),
                   dtype=dtype, seed=int(seed), trust_remote_code=bool(model.trust_remote_code), **extra)
         return cls(llm, tokenizer, source=spec, location=src.location, batch_size=model.batch_size,

@@ -400,10 +400,16 @@ def apply_lora(model, task: str, lora: dict, file: str | None = None):
 
 # ---------------------------------------------------------------------- training
 
-def fingerprint(base_fp: str, train_fp: str, val_fp: str, cfg: FinetuneConfig, task: str) -> str:
+def fingerprint(base_fp: str, train_fp: str, val_fp: str, cfg: FinetuneConfig, task: str,
+                dtype: str = "float32") -> str:
+    """What a finished fine-tune is reused by: the base weights, the data, the settings and the dtype the base
+    ran in (a bf16 checkpoint has one weights fingerprint loaded in fp32 or bf16, but trains otherwise)."""
     from auditkit import __version__
-    blob = json.dumps({"base": base_fp, "train": train_fp, "val": val_fp, "cfg": cfg.as_dict(), "task": task,
-                       "auditkit": __version__}, sort_keys=True)
+    blob = {"base": base_fp, "train": train_fp, "val": val_fp, "cfg": cfg.as_dict(), "task": task,
+            "auditkit": __version__}
+    if dtype != "float32":  # fp32 keeps the key it always had, so earlier fine-tunes stay reusable
+        blob["dtype"] = dtype
+    blob = json.dumps(blob, sort_keys=True)
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 
@@ -474,9 +480,9 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     from auditkit.models import float_dtype
-    # bf16 models train with fp32 master weights and bf16 autocast on CUDA; a model loaded in fp32
-    # (model.dtype: float32) trains in fp32
-    use_amp = device.startswith("cuda") and float_dtype(handle.model) == torch.bfloat16
+    # a bf16 model trains with fp32 master weights under bf16 autocast (CUDA, or CPU with model.dtype:
+    # bfloat16); a model loaded in fp32 trains in fp32
+    use_amp = float_dtype(handle.model) == torch.bfloat16
     model = _kbit_base(handle, suite_file) if cfg.method == "qlora" else copy.deepcopy(handle.model)
     if use_amp and cfg.method == "full":
         model.float()  # master weights in fp32; bf16 through autocast
@@ -531,7 +537,7 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
         ddp, opt = accelerator.prepare(model, opt)
 
     def amp():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else _null()
+        return torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if use_amp else _null()
 
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     record: dict[str, Any] = {"method": cfg.method, "config": cfg.as_dict(), "steps": [], "evals": [],
@@ -659,8 +665,9 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
     return TrainResult(model=model, record=record)
 
 
-def for_audit(model, device: str):
-    """Merge a LoRA adapter into its base and cast to the audit dtype (bf16 on CUDA).
+def for_audit(model, device: str, dtype=None):
+    """Merge a LoRA adapter into its base and cast to the audit dtype: ``dtype`` (the base model's, so the
+    fine-tune is audited as a reload of it would be), else bf16 on CUDA.
 
     A QLoRA model keeps its adapter unmerged over the 4-bit base (merging into NF4 weights would round
     the update away) and is never cast or moved: it stays where it was loaded."""
@@ -672,7 +679,9 @@ def for_audit(model, device: str):
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.eval()
-    if device.startswith("cuda"):
+    if dtype is not None:
+        model.to(dtype)
+    elif device.startswith("cuda"):
         model.to(torch.bfloat16)
     return model
 
@@ -799,7 +808,7 @@ def _kbit_base(handle, suite_file: str | None = None):
     import torch
 
     from auditkit import backends
-    from auditkit.models import auto_model_class, float_dtype
+    from auditkit.models import auto_model_class, dtype_name, float_dtype
     from auditkit.suite import ModelSpec
     if not backends._cuda_available():
         raise AuditInputError("finetune.method: qlora needs a CUDA GPU (bitsandbytes); this machine has none",
@@ -812,7 +821,7 @@ def _kbit_base(handle, suite_file: str | None = None):
         raise AuditInputError(f"qlora cannot find the folder {handle.source} was loaded from", file=suite_file,
                               place="finetune.method", fix="use method: lora")
     dtype = float_dtype(handle.model)  # the dtype load_model gave the audited model, so a reload is this model
-    spec = ModelSpec(base=handle.source, task=handle.task, quantization_bits=4, dtype=str(dtype).split(".")[-1],
+    spec = ModelSpec(base=handle.source, task=handle.task, quantization_bits=4, dtype=dtype_name(dtype),
                      device_map="auto" if len(set((getattr(handle.model, "hf_device_map", None) or {}).values())) > 1
                      else None)
     auto = auto_model_class(handle.task)

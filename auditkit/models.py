@@ -346,7 +346,7 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
     def describe(self) -> dict:
         out = {"id": self.source, "fingerprint": self.fingerprint, "task": self.task,
                "architecture": type(self.model).__name__, "parameters": parameter_count(self.model),
-               "dtype": str(float_dtype(self.model)).removeprefix("torch.")}
+               "dtype": dtype_name(float_dtype(self.model))}
         from auditkit.backends import loaded_precision
         precision = loaded_precision(self.model)
         if precision:  # what was audited is the quantized model: say so beside its identity
@@ -381,9 +381,9 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
                                  tok.eos_token_id, tok.pad_token_id, getattr(tok, "add_bos_token", None),
                                  getattr(tok, "add_eos_token", None)], default=str).encode())
             self._tok_fp = h.hexdigest()
-        try:
-            dtype = str(next(self.model.parameters()).dtype)
-        except (StopIteration, AttributeError, TypeError):
+        try:  # the floating dtype (a 4-bit model's first parameter may be packed uint8 weights)
+            dtype = str(float_dtype(self.model))
+        except (AttributeError, TypeError):
             dtype = "?"
         return {"tokenizer": self._tok_fp, "task": self.task, "max_length": self.max_length, "dtype": dtype,
                 "device": str(self.device).split(":")[0]}
@@ -921,6 +921,11 @@ def load_dtype(device: str, requested: str = "auto"):
     if requested and requested != "auto":
         return getattr(torch, requested)
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def dtype_name(dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: a dtype as ``model.dtype`` and results.json spell it."""
+    return str(dtype).removeprefix("torch.")
 
 
 def float_dtype(model):

@@ -22,7 +22,8 @@ from auditkit.api import CheckContext, CheckResult
 from auditkit.data import Dataset, load_dataset
 from auditkit.errors import AuditInputError, TrainingDiverged, dotted
 from auditkit.gates import evaluate
-from auditkit.models import ModelHandle, check_model_source, load_model, resolve_device
+from auditkit.models import (ModelHandle, check_model_source, dtype_name, float_dtype, load_model,
+                             resolve_device)
 from auditkit.distributed import world
 from auditkit.results import SCHEMA, write_json_atomic
 from auditkit.suite import CheckSpec, Suite
@@ -252,7 +253,7 @@ class Runner:
         if not base_spec.startswith("builtin:") and Path(base_spec).expanduser().exists():
             base_spec = str(Path(base_spec).expanduser().resolve())
         fp = ft.fingerprint(base.fingerprint, train_ds.fingerprint, val_ds.fingerprint if val_ds else "", cfg,
-                            base.task)
+                            base.task, dtype_name(float_dtype(base.model)))
         model_dir = self.opts.out_dir / "model"
         done = ft.load_finished(model_dir, fp)
         if done is not None:
@@ -277,7 +278,7 @@ class Runner:
             ft.save_finetuned(res.model, base.tokenizer, model_dir, fp=fp, record=res.record, base_spec=base_spec,
                               canaries=canaries)
         world().barrier()
-        model = ft.for_audit(res.model, self.device)
+        model = ft.for_audit(res.model, self.device, float_dtype(base.model))
         from auditkit import backends
         handle = ModelHandle(model=model, tokenizer=base.tokenizer, task=base.task, source="finetuned:" + base_spec,
                              device=backends.input_device(model) if backends.placed(model) else self.device, batch_size=base.batch_size, max_length=base.max_length)

@@ -89,3 +89,48 @@ def test_results_json_and_the_report_name_the_dtype(tmp_path, run_cli):
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["model"]["dtype"] == res["baseline"]["dtype"] == "float32"  # the baseline loads alike
     assert "<th>dtype</th>" in (tmp_path / "o" / "report.html").read_text()
+
+
+FT = """
+name: dtype-ft
+seed: 2
+model: {{base: "builtin:tiny-gpt2", task: causal-lm, max_length: 32, batch_size: 8{extra}}}
+finetune: {{data: train.jsonl, validation: train.jsonl, method: {method}, max_steps: 2, batch_size: 4, max_length: 32}}
+checks:
+  - {{uses: forgetting, max_examples: 8}}
+"""
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_bf16_fine_tune_trains_under_autocast_and_is_audited_and_reused_in_bf16(tmp_path, run_cli, method):
+    """model.dtype: bfloat16 on CPU: the fine-tune trains (fp32 master weights, bf16 autocast), the fresh
+    model is audited in bf16 like its reload, and a switch of dtype is never served the other's fine-tune."""
+    from tests.conftest import write_jsonl
+    write_jsonl(tmp_path / "train.jsonl", [{"text": f"The {w} was cold this morning."} for w in
+                                           ("river", "tea", "bread", "train", "lamp", "desk", "boat", "shop")])
+    out = tmp_path / "o"
+
+    def run(extra):
+        suite = write_suite(tmp_path, FT.format(extra=extra, method=method))
+        code, _, err = run_cli("run", suite, "--out", out, "--device", "cpu")
+        assert code in (0, 1), err
+        return json.loads((out / "results.json").read_text())
+
+    fresh = run(", dtype: bfloat16")
+    assert fresh["model"]["dtype"] == fresh["baseline"]["dtype"] == "bfloat16"
+    assert not fresh["training"]["reused"]
+    again = run(", dtype: bfloat16")
+    assert again["training"]["reused"] and again["model"]["dtype"] == "bfloat16"
+    from tests.conftest import assert_same_results
+    assert_same_results(fresh, again)  # the fresh model is audited as its reload is
+    other = run("")  # auto on CPU is fp32: another fine-tune, not the bf16 one
+    assert not other["training"]["reused"] and other["model"]["dtype"] == "float32"
+
+
+def test_for_audit_casts_to_the_dtype_it_is_given():
+    import torch
+
+    from auditkit.finetune import for_audit
+    m = torch.nn.Linear(3, 2)
+    assert next(for_audit(m, "cpu", torch.bfloat16).parameters()).dtype == torch.bfloat16
+    assert next(for_audit(torch.nn.Linear(3, 2), "cpu").parameters()).dtype == torch.float32
