@@ -191,10 +191,12 @@ class APIModelHandle(PassMemo):
 
     @staticmethod
     def _cache_write(path: Path, response: dict) -> None:
-        """Keep an answer (atomically: :func:`auditkit.results.write_text_atomic`); a cache that cannot
-        be written is no error."""
+        """Keep an answer (atomically: :func:`auditkit.results.write_text_atomic`, readable by its owner only:
+        answers hold what the reports redact, such as canary continuations); a cache that cannot be written
+        is no error."""
         try:
-            write_text_atomic(path, json.dumps({"format": _CACHE_FORMAT, "response": response}, ensure_ascii=False))
+            write_text_atomic(path, json.dumps({"format": _CACHE_FORMAT, "response": response}, ensure_ascii=False),
+                              private=True)
         except OSError:
             pass
 

@@ -71,12 +71,13 @@ def _umask() -> int:
     return _IMPORT_UMASK if mask is None else mask
 
 
-def write_text_atomic(path: str | Path, data: str | bytes) -> Path:
+def write_text_atomic(path: str | Path, data: str | bytes, *, private: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically: a temporary file in the same folder, renamed into place.
 
     ``os.replace`` swaps the directory entry, so a symlink at ``path`` is replaced by the new file and its
     target is never written through; readers see the old file or the new one, never half of one. The file
-    gets the usual permissions (0666 less the umask), not mkstemp's 0600. Text is UTF-8.
+    gets the usual permissions (0666 less the umask), or 0600 when ``private`` (a cache that may hold what
+    the reports redact). Text is UTF-8.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,7 @@ def write_text_atomic(path: str | Path, data: str | bytes) -> Path:
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()
-            os.fchmod(fh.fileno(), 0o666 & ~_umask())
+            os.fchmod(fh.fileno(), 0o600 if private else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.lexists(tmp):
