@@ -441,20 +441,26 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         dev = device if device is not None else self.device
         return inp.to(dev), mask.to(dev)
 
-    def map_batches(self, ids: list[list[int]], fn: Callable, *, batch_size: int | None = None) -> list:
+    def map_batches(self, ids: list[list[int]], fn: Callable, *, batch_size: int | None = None,
+                    costs: Sequence[float] | None = None) -> list:
         """The engine's one batch loop: ``fn(idx, input_ids, attention_mask)`` over :meth:`plan`'s batches.
 
         ``fn`` returns one value per row of its batch (in ``idx`` order), as numpy or plain Python: never
         a tensor that holds the batch's activations. The values come back in input order. Under data
         parallel (:mod:`auditkit.distributed`) the batches are dealt to the processes by their padded size
-        (:meth:`~auditkit.distributed.World.deal`) and the answers gathered, so every process gets the whole list. Every request of the handle runs here;
-        a plugin with a pass of its own should too, to be split, counted and bounded by the batch alike.
+        (:meth:`~auditkit.distributed.World.deal`) and the answers gathered, so every process gets the
+        whole list. ``costs`` (one per input) replaces the padded size as the work an input stands for where
+        its length does not tell it (a trie unit holds many rows). Every request of the handle runs here; a
+        plugin with a pass of its own should too, to be split, counted and bounded by the batch alike.
         """
         from auditkit.distributed import world
         w = world()
         local: dict[int, Any] = {}
         plan = self.plan(ids, batch_size)
-        mine = w.deal([len(idx) * max(len(ids[i]) for i in idx) for idx in plan])
+        if costs is None:  # a batch's work: its padded size
+            mine = w.deal([len(idx) * max(len(ids[i]) for i in idx) for idx in plan])
+        else:
+            mine = w.deal([sum(costs[i] for i in idx) for idx in plan])
         for idx, ours in zip(plan, mine):
             if not ours:
                 continue

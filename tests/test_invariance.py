@@ -124,3 +124,20 @@ def test_deal_gives_each_batch_to_one_process_and_balances_the_work():
     assert max(sum(c for c, ours in zip(costs, d) if ours) for d in two) < max(sum(costs[0::2]), sum(costs[1::2]))
     assert World(rank=1, size=2).deal(costs) == World(rank=1, size=2).deal(list(costs))  # no hidden state
     assert World(rank=0, size=4).deal([5.0]) == [True] and World(rank=3, size=4).deal([5.0]) == [False]
+
+
+def test_map_batches_deals_by_padded_size_or_by_the_costs_it_is_given(tiny_gpt2, monkeypatch):
+    """A trie unit is one short input standing for many rows: its pass gives costs, and the deal uses them."""
+    from auditkit import distributed
+    seen = []
+
+    class Recording(distributed.World):
+        def deal(self, costs):
+            seen.append(list(costs))
+            return super().deal(costs)
+    monkeypatch.setattr(distributed, "_WORLD", Recording())
+    ids = [[1, 2, 3], [4], [5, 6]]
+    one = lambda idx, inp, mask: [0] * len(idx)  # noqa: E731
+    tiny_gpt2.map_batches(ids, one, batch_size=1)
+    tiny_gpt2.map_batches(ids, one, batch_size=1, costs=[10, 1, 5])
+    assert seen == [[3, 2, 1], [10, 5, 1]]  # the plan's order: longest first

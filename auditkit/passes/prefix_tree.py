@@ -263,9 +263,9 @@ class PrefixTreeRequests:
                         at += rows_.size
                 return [score[a:b].copy() for a, b in zip(lo, hi)]
 
-        # one subtree per batch: the units are dealt to the processes, and a unit's numbers never
-        # depend on what else its batch holds
-        parts = self.map_batches(unit_ids, run_unit, batch_size=1) if units else []
+        # one subtree per batch: the units are dealt to the processes by how many rows they hold, and a
+        # unit's numbers never depend on what else its batch holds
+        parts = self.map_batches(unit_ids, run_unit, batch_size=1, costs=[b - a for a, b in units]) if units else []
         if any(part is None for part in parts):
             return None
         score = np.zeros(n, dtype=np.float64)
