@@ -504,9 +504,8 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
                     out = self.model.get_encoder()(input_ids=inp, attention_mask=mask, **extra)
                     logits = None
                 elif lm:
-                    logits, target, counts, out = self._next_token_logits(inp, mask, **extra)
                     # per-token log-probs of each next token; keep only these, not full vocab logits
-                    per_row = torch.split(self._target_logprobs(logits, target), counts)
+                    per_row, out = self._token_logprob_rows(inp, mask, **extra)
                 else:
                     out = self.model(input_ids=inp, attention_mask=mask, **extra)
                     logits = out.logits.float()
@@ -610,6 +609,12 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
         keep = pos[None, :] < (lengths - 1)[:, None]  # position t predicts token t + 1
         logits, out = self._lm_logits(inp, mask, keep, **extra)
         return logits, inp[:, 1:][keep[:, :-1]], (lengths - 1).clamp(min=0).tolist(), out
+
+    def _token_logprob_rows(self, inp, mask, **extra):
+        """``(per-row next-token log-probs (float32 tensors), outputs)`` of a right-padded causal-LM batch."""
+        import torch
+        logits, target, counts, out = self._next_token_logits(inp, mask, **extra)
+        return torch.split(self._target_logprobs(logits, target), counts), out
 
     @staticmethod
     def _target_logprobs(logits, target):

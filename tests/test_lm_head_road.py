@@ -154,12 +154,10 @@ def test_attention_pass_in_every_head_mode(tiny_gpt2, mode):
     _close(moments["token_logprobs"], want_lp)
 
 
-def test_an_output_without_maps_falls_back_to_the_whole_model(tiny_gpt2):
-    want = fresh(tiny_gpt2, 3).attention_head_stats(TEXTS)
+def test_an_output_without_maps_is_a_clear_error(tiny_gpt2):
+    """Both head roads return the maps when asked; a model that gives none is an error the check reports."""
     h = fresh(tiny_gpt2, 3)
     plain = h._lm_logits
     h._lm_logits = lambda inp, mask, keep, **extra: (plain(inp, mask, keep, **extra)[0], types.SimpleNamespace())
-    got = h.attention_head_stats(TEXTS)
-    for k in ("entropy", "normalised_entropy", "special_mass"):
-        np.testing.assert_allclose(got[k], want[k], atol=1e-9)
-    _close(h.token_logprobs(TEXTS), fresh(tiny_gpt2).token_logprobs(TEXTS))
+    with pytest.raises(RuntimeError, match="no attention maps"):
+        h.attention_head_stats(TEXTS)

@@ -168,16 +168,12 @@ class AttentionRequests:
         def run(idx, inp, mask):
             with torch.inference_mode():
                 if lm:  # the LM head only where a real next token is predicted, as token_logprobs applies it
-                    logits, target, counts, out = self._next_token_logits(inp, mask, output_attentions=True)
-                    if not getattr(out, "attentions", None):  # an output that carries no maps: the whole model
-                        out = self.model(input_ids=inp, attention_mask=mask, output_attentions=True,
-                                         **self._no_kv_cache())
-                    per_row = torch.split(self._target_logprobs(logits, target), counts)
+                    per_row, out = self._token_logprob_rows(inp, mask, output_attentions=True)
                 else:
                     out = self.model(input_ids=inp, attention_mask=mask, output_attentions=True,
                                      **self._no_kv_cache())
                     logits = out.logits.float()
-                atts = out.attentions
+                atts = getattr(out, "attentions", None)
                 if not atts:
                     raise RuntimeError("the model returned no attention maps (eager attention unsupported?)")
                 rows = []
