@@ -313,9 +313,10 @@ class VLLMHandle(GenerationRequests, PassMemo):
     def load(cls, model, registry, *, seed: int = 0, base: str | None = None, file: str | None = None,
              place: str = "model.base", gpu_memory_utilization: float | None = None) -> "VLLMHandle":
         """Start vLLM's offline engine on ``model.base`` (a local folder or hub id) with the suite's
-        ``tensor_parallel_size``, in bf16 like the hf backend on a GPU. vLLM reserves
+        ``tensor_parallel_size``, in ``model.dtype`` (bf16 by default, like the hf backend on a GPU). vLLM reserves
         ``gpu_memory_utilization`` of each GPU (its default 0.9): give two engines in one run (a model
-        and its baseline) a share each, e.g. 0.45."""
+        and its baseline) a share each, e.g. 0.45. ``model.vllm_args`` adds (or overrides that) any other
+        engine argument, e.g. ``enforce_eager`` or ``attention_backend``."""
         from auditkit.models import check_model_source
         spec = base or model.base
         src = check_model_source(spec, registry, allow_pickle=model.allow_pickle, file=file, place=place)
@@ -335,10 +336,18 @@ class VLLMHandle(GenerationRequests, PassMemo):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         extra = {"gpu_memory_utilization": float(gpu_memory_utilization)} if gpu_memory_utilization else {}
+        extra.update(getattr(model, "vllm_args", None) or {})  # the suite's own vLLM settings win
         from auditkit.models import dtype_name, load_dtype
         dtype = dtype_name(load_dtype("cuda", model.dtype))  # vLLM runs on CUDA: auto is bf16 there
-        llm = LLM(model=src.location, tokenizer=src.location, tensor_parallel_size=int(model.tensor_parallel_size),
-                  dtype=dtype, seed=int(seed), trust_remote_code=bool(model.trust_remote_code), **extra)
+        try:
+            llm = LLM(model=src.location, tokenizer=src.location, tensor_parallel_size=int(model.tensor_parallel_size),
+                      dtype=dtype, seed=int(seed), trust_remote_code=bool(model.trust_remote_code), **extra)
+        except TypeError as exc:  # an argument name vLLM does not take (its engine arguments are keywords)
+            if not getattr(model, "vllm_args", None):
+                raise
+            raise AuditInputError(f"vLLM refused model.vllm_args: {str(exc).strip().splitlines()[0]}", file=file,
+                                  place="model.vllm_args",
+                                  fix="use the names of vLLM's LLM() / EngineArgs for the installed version") from None
         return cls(llm, tokenizer, source=spec, location=src.location, batch_size=model.batch_size,
                    max_length=model.max_length, tensor_parallel_size=int(model.tensor_parallel_size), seed=seed,
                    dtype=dtype)

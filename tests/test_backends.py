@@ -115,6 +115,38 @@ def test_vllm_missing(tmp_path, run_cli, no_load, fake_cuda, monkeypatch):
     assert "backend: vllm needs vLLM, which is not installed" in line and "pip install 'auditkit[vllm]'" in line
 
 
+@pytest.mark.parametrize("extra, words", [
+    (", vllm_args: {enforce_eager: true}", ["vllm_args is a vLLM setting", "add backend: vllm"]),
+    (", backend: vllm, vllm_args: [enforce_eager]", ["model.vllm_args must be a mapping"]),
+    (", backend: vllm, vllm_args: {dtype: float16}", ["vllm_args.dtype is set by auditkit", "set model.dtype"]),
+    (", backend: vllm, vllm_args: {seed: 3}", ["vllm_args.seed is set by auditkit", "seed"]),
+])
+def test_vllm_args_mistakes_are_exit_2_before_anything_loads(tmp_path, run_cli, no_load, extra, words):
+    line = _exit2(run_cli, _suite(tmp_path, CAUSAL.format(extra=extra)), "--device", "cpu")
+    assert all(w in line for w in words), line
+
+
+def test_vllm_args_reach_the_engine_and_a_name_it_refuses_is_exit_2(registry, monkeypatch):
+    mod, calls = _fake_vllm(None, None)
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    spec = ModelSpec(base="builtin:tiny-gpt2", task="causal-lm", backend="vllm",
+                     vllm_args={"enforce_eager": True, "attention_backend": "TRITON_ATTN",
+                                "gpu_memory_utilization": 0.3})
+    backends.VLLMHandle.load(spec, registry, gpu_memory_utilization=0.45)
+    kw = calls["init"][-1]
+    assert kw["enforce_eager"] is True and kw["attention_backend"] == "TRITON_ATTN"
+    assert kw["gpu_memory_utilization"] == 0.3  # the suite's own setting wins over the two-engine share
+
+    class Strict(mod.LLM):
+        def __init__(self, *, no_such_argument=None, **kw):
+            raise TypeError("EngineArgs.__init__() got an unexpected keyword argument 'enforce_eagre'")
+    monkeypatch.setattr(mod, "LLM", Strict)
+    spec.vllm_args = {"enforce_eagre": True}
+    with pytest.raises(AuditInputError, match="vLLM refused model.vllm_args: .*enforce_eagre") as err:
+        backends.VLLMHandle.load(spec, registry)
+    assert err.value.place == "model.vllm_args"
+
+
 def test_vllm_for_a_classifier(tmp_path, run_cli, no_load):
     suite = _suite(tmp_path, CLASSIFIER.format(extra=", backend: vllm"))
     line = _exit2(run_cli, suite, "--device", "cpu")
