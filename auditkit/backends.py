@@ -336,14 +336,14 @@ class VLLMHandle(GenerationRequests, PassMemo):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         extra = {"gpu_memory_utilization": float(gpu_memory_utilization)} if gpu_memory_utilization else {}
-        extra.update(getattr(model, "vllm_args", None) or {})  # the suite's own vLLM settings win
+        extra.update(model.vllm_args)  # the suite's own vLLM settings win
         from auditkit.models import dtype_name, load_dtype
         dtype = dtype_name(load_dtype("cuda", model.dtype))  # vLLM runs on CUDA: auto is bf16 there
         try:
             llm = LLM(model=src.location, tokenizer=src.location, tensor_parallel_size=int(model.tensor_parallel_size),
                       dtype=dtype, seed=int(seed), trust_remote_code=bool(model.trust_remote_code), **extra)
         except TypeError as exc:  # an argument name vLLM does not take (its engine arguments are keywords)
-            if not getattr(model, "vllm_args", None):
+            if not model.vllm_args:
                 raise
             raise AuditInputError(f"vLLM refused model.vllm_args: {str(exc).strip().splitlines()[0]}", file=file,
                                   place="model.vllm_args",

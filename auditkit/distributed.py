@@ -2,8 +2,8 @@
 
 Every process runs the same audit, in the same order, on the same seed; only the model passes are
 split. The handle's batch driver (:meth:`auditkit.models.ModelHandle.map_batches`) deals its
-length-sorted batches to the processes by their size (:meth:`World.deal`) and gathers every answer back to every process,
-so each check sees the whole list, exactly as in one process (the batches themselves are the same,
+length-sorted batches to the processes by their size (:meth:`World.deal`) and gathers every answer back
+to every process, so each check sees the whole list, exactly as in one process (the batches themselves are the same,
 so the numbers are too). Process 0 alone writes the reports, the fine-tuned model and the disk cache.
 
 Launching is left to existing launchers: ``accelerate launch -m auditkit run SUITE`` (or ``torchrun``),

@@ -366,8 +366,8 @@ def default_target_modules(model) -> list[str]:
     if mtype in MAP:
         return list(MAP[mtype])
     names = _linear_names(model)
-    # DistilBERT's attention projections, the T5 family's (UMT5, LongT5); XLNet keeps its q/k/v as bare parameters, so LoRA takes its
-    # feed-forward layers (layer_1, layer_2)
+    # DistilBERT's attention projections, the T5 family's (UMT5, LongT5); XLNet keeps its q/k/v as bare
+    # parameters, so LoRA takes its feed-forward layers (layer_1, layer_2)
     for pair in (["q_proj", "v_proj"], ["query", "value"], ["c_attn"], ["q_lin", "v_lin"], ["q", "v"],
                  ["layer_1", "layer_2"]):
         if all(p in names for p in pair):

@@ -5,8 +5,9 @@ curves, the base model kept, LoRA merging, data parallel) is shared with the oth
 
 - Data: ``{"prompt", "completion"}`` rows give the encoder the prompt (the tokenizer's own special
   tokens, e.g. T5's closing ``</s>``) and the decoder the completion, closed by the end-of-sequence token
-  (so the model learns to stop; the tokenizer's own EOS is not doubled). ``{"text"}`` rows are split in the middle
-  (half of the text's tokens, at least one on each side): the first part goes to the encoder, the rest (then EOS) is the target, as T5's prefix-LM objective does.
+  (so the model learns to stop; the tokenizer's own EOS is not doubled). ``{"text"}`` rows are split in
+  the middle (half of the text's tokens, at least one on each side): the first part goes to the encoder,
+  the rest (then EOS) is the target, as T5's prefix-LM objective does.
 - Labels are padded with -100 (ignored by the loss); the decoder's input is the labels shifted right
   behind the decoder start token (the model's own ``prepare_decoder_input_ids_from_labels``, as
   ``labels=`` does inside the model).

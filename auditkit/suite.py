@@ -18,16 +18,16 @@ from auditkit.gates import Gate, GateSyntaxError, parse_gate
 SUITE_KEYS = ("name", "description", "seed", "device", "model", "finetune", "checks")
 MODEL_KEYS = ("base", "task", "num_labels", "baseline", "trust_remote_code", "allow_pickle",
               "allow_new_head", "max_length", "batch_size", "backend", "device_map", "quantization",
-              "tensor_parallel_size", "endpoint", "name", "api_key_env", "concurrency", "chat_template", "dtype", "vllm_args")
+              "tensor_parallel_size", "endpoint", "name", "api_key_env", "concurrency", "chat_template", "dtype",
+              "vllm_args")
 #: ``model.backend``: in-process transformers, or vLLM (causal LMs, ``auditkit[vllm]``)
 BACKENDS = ("hf", "vllm")
 #: model.dtype: auto is bf16 on CUDA and fp32 elsewhere
 DTYPES = ("auto", "float32", "bfloat16")
 #: vLLM's LLM() arguments auditkit derives from the suite (model.vllm_args may not set them), and where to
-VLLM_OWNED_ARGS_FIX = {"model": "set model.base", "tokenizer": "set model.base", "dtype": "set model.dtype",
-                       "seed": "set the suite's seed", "tensor_parallel_size": "set model.tensor_parallel_size",
-                       "trust_remote_code": "set model.trust_remote_code"}
-VLLM_OWNED_ARGS = frozenset(VLLM_OWNED_ARGS_FIX)
+VLLM_OWNED_ARGS = {"model": "set model.base", "tokenizer": "set model.base", "dtype": "set model.dtype",
+                   "seed": "set the suite's seed", "tensor_parallel_size": "set model.tensor_parallel_size",
+                   "trust_remote_code": "set model.trust_remote_code"}
 #: ``model.base`` naming a model behind an OpenAI-compatible HTTP API (``endpoint``, ``name``, ``api_key_env``)
 API_BASE = "openai-compatible"
 #: a suite file larger than this is refused before it is parsed
@@ -387,10 +387,10 @@ def _parse_scale_keys(model: ModelSpec, raw: dict, cx: _Ctx) -> None:
         if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
             raise cx.fail(("model", "vllm_args"), f"model.vllm_args must be a mapping of vLLM's LLM() arguments, "
                           f"got {args!r}", "e.g. vllm_args: {enforce_eager: true, max_model_len: 2048}")
-        owned = sorted(set(args) & VLLM_OWNED_ARGS)
+        owned = sorted(set(args) & VLLM_OWNED_ARGS.keys())
         if owned:
             raise cx.fail(("model", "vllm_args", owned[0]), f"vllm_args.{owned[0]} is set by auditkit from the "
-                          "suite", VLLM_OWNED_ARGS_FIX.get(owned[0], "remove it"))
+                          "suite", VLLM_OWNED_ARGS[owned[0]])
         model.vllm_args = dict(args)
     if "concurrency" in raw:
         model.concurrency = cx.positive(raw["concurrency"], ("model", "concurrency"), "model.concurrency")
