@@ -181,9 +181,9 @@ def parse_finetune(raw, cx, suite_seed: int, task: str) -> FinetuneConfig:
     can = raw.get("canaries")
     if can is not None:
         cpath = path + ("canaries",)
-        if task != "causal-lm":
-            raise cx.fail(cpath, "canaries are inserted into causal-LM training text only",
-                          "use model.task: causal-lm, or remove canaries:")
+        if task not in ("causal-lm", "seq2seq-lm"):
+            raise cx.fail(cpath, "canaries are inserted into the training text of language models only",
+                          "use model.task: causal-lm or seq2seq-lm, or remove canaries:")
         if not isinstance(can, dict):
             raise cx.fail(cpath, "canaries must be {count, repeats, template, references, digits}")
         cx.keys(can, CANARY_KEYS, cpath)
@@ -197,6 +197,10 @@ def parse_finetune(raw, cx, suite_seed: int, task: str) -> FinetuneConfig:
         if not ok:
             raise cx.fail(cpath + ("template",), f"the canary template {template!r} needs one {{digits}} slot and no "
                           "other {...} field", "write literal braces as {{ and }}")
+        if task == "seq2seq-lm" and not canary_head(template):
+            raise cx.fail(cpath + ("template",), f"a seq2seq canary is learned as its secret given the text before "
+                          f"it, and the template {template!r} has none", "put text before {digits}, e.g. "
+                          "'my PIN is {digits}'")
         count = _number(cx, can, "count", cpath, int, ge=1, what="canaries.count") if "count" in can else 3
         digits = (_number(cx, can, "digits", cpath, int, ge=1, le=MAX_CANARY_DIGITS, what="canaries.digits")
                   if "digits" in can else DEFAULT_CANARY_DIGITS)
@@ -226,6 +230,38 @@ def parse_finetune(raw, cx, suite_seed: int, task: str) -> FinetuneConfig:
 
 
 # ---------------------------------------------------------------------- canaries
+
+def template_parts(template: str) -> tuple[str, str]:
+    """The text before and after a canary template's ``{digits}`` slot (as ``str.format`` renders it)."""
+    marker = "\x00"
+    head, _, tail = template.format(digits=marker).partition(marker)
+    return head, tail
+
+
+def canary_head(template: str) -> str:
+    """The text a canary's secret follows (the template before ``{digits}``, trailing spaces dropped): a
+    seq2seq LM learns the rest of the canary given it, and extraction prompts with it."""
+    return template_parts(template)[0].rstrip()
+
+
+def canary_examples(canaries: dict | None, task: str, tokenizer, max_length: int) -> list[dict]:
+    """Training examples of the canaries, each ``repeats`` times, whatever the training data's columns.
+
+    A causal LM learns each canary's whole text, as a text row (Carlini et al. 2019, "The Secret Sharer");
+    a seq2seq LM learns the rest of the text as the decoder's target for :func:`canary_head` in the
+    encoder, the pair the memorization check scores and prompts with."""
+    if not canaries:
+        return []
+    cans = canaries["canaries"]
+    if task == "seq2seq-lm":
+        from auditkit import seq2seq
+        head = canary_head(canaries["template"])
+        once = seq2seq.pair_examples([(head, c["text"][len(head):]) for c in cans], tokenizer, max_length)
+    else:
+        ids = tokenizer([c["text"] for c in cans], truncation=True, max_length=max_length)["input_ids"]
+        once = [{"input_ids": list(x), "labels": list(x)} for x in ids]
+    return [ex for c, ex in zip(cans, once) for _ in range(c["repeats"])]
+
 
 def make_canaries(cfg: dict, seed: int) -> dict:
     """Random secrets from a template, each to be inserted ``repeats`` times, plus never-inserted
@@ -467,8 +503,9 @@ def _evaluate(model, examples, task: str, pad_id: int, device: str, batch_size: 
 
 def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None = None,
           progress: Callable[[dict], None] | None = None, warn: Callable[[str], None] | None = None,
-          suite_file: str | None = None, base_spec: str = "") -> TrainResult:
-    """Fine-tune ``handle.model`` in place of a copy; the handle's own model stays the base."""
+          suite_file: str | None = None, base_spec: str = "", canaries: dict | None = None) -> TrainResult:
+    """Fine-tune ``handle.model`` in place of a copy; the handle's own model stays the base. ``canaries``
+    (:func:`make_canaries`) are trained on beside ``train_ds`` (:func:`canary_examples`)."""
     import torch
     from transformers import get_scheduler
 
@@ -486,7 +523,8 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
     model = _kbit_base(handle, suite_file) if cfg.method == "qlora" else copy.deepcopy(handle.model)
     if use_amp and cfg.method == "full":
         model.float()  # master weights in fp32; bf16 through autocast
-    train_ex = _examples(train_ds, task, tok, cfg.max_length, handle.num_labels or None)
+    train_ex = (_examples(train_ds, task, tok, cfg.max_length, handle.num_labels or None)
+                + canary_examples(canaries, task, tok, cfg.max_length))
     val_ex = _examples(val_ds, task, tok, cfg.max_length, handle.num_labels or None) if val_ds is not None else []
     if not train_ex:
         raise train_ds.error("the training split is empty")

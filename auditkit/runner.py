@@ -244,11 +244,8 @@ class Runner:
         train_ds = self.load_data(cfg.data, cfg.columns, self.where("finetune", "data"))
         val_spec = cfg.validation_spec
         val_ds = self.load_data(val_spec, cfg.columns, self.where("finetune", "validation")) if val_spec else None
+        # trained on beside the data (ft.canary_examples); the fingerprint holds them by cfg and seed
         canaries = ft.make_canaries(cfg.canaries, cfg.seed) if cfg.canaries else None
-        if canaries:
-            extra = [{"text": c["text"]} for c in canaries["canaries"] for _ in range(c["repeats"])]
-            train_ds = Dataset(train_ds.spec + "+canaries", train_ds.rows + extra, train_ds.file, train_ds.row_offset,
-                               lines=train_ds.lines)
         base_spec = self.opts.model or self.suite.model.base
         if not base_spec.startswith("builtin:") and Path(base_spec).expanduser().exists():
             base_spec = str(Path(base_spec).expanduser().resolve())
@@ -269,7 +266,7 @@ class Runner:
         self.progress.train_start(0)
         try:
             res = ft.train(base, train_ds, val_ds, cfg, out_dir=model_dir, progress=self.progress.train_update,
-                           warn=self.progress.warn, suite_file=self.file, base_spec=base_spec)
+                           warn=self.progress.warn, suite_file=self.file, base_spec=base_spec, canaries=canaries)
         except AuditInputError as exc:
             raise self._located(exc) from None
         finally:

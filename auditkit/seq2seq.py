@@ -7,7 +7,9 @@ curves, the base model kept, LoRA merging, data parallel) is shared with the oth
   tokens, e.g. T5's closing ``</s>``) and the decoder the completion, closed by the end-of-sequence token
   (so the model learns to stop; the tokenizer's own EOS is not doubled). ``{"text"}`` rows are split in
   the middle (half of the text's tokens, at least one on each side): the first part goes to the encoder,
-  the rest (then EOS) is the target, as T5's prefix-LM objective does.
+  the rest (then EOS) is the target, as T5's prefix-LM objective does. Canaries
+  (``finetune.canaries``) are pairs whatever the data: the template's text before the secret in the
+  encoder, the rest of the canary as the target (:func:`auditkit.finetune.canary_examples`).
 - Labels are padded with -100 (ignored by the loss); the decoder's input is the labels shifted right
   behind the decoder start token (the model's own ``prepare_decoder_input_ids_from_labels``, as
   ``labels=`` does inside the model).
@@ -42,18 +44,12 @@ def examples(ds, tokenizer, max_length: int) -> list[dict]:
     ``{"prompt","completion"}``, ``{"prompt","reference"}`` (generation data: the first reference) or
     ``{"text"}`` rows (see the module docstring); both sides are cut at
     ``max_length`` tokens (the target keeps its EOS)."""
+    pairs = ds.prompt_pairs()
+    if pairs is not None:
+        return pair_examples(pairs, tokenizer, max_length)
     eos = _eos(tokenizer)
     rows = ds.rows
     out: list[dict] = []
-    pairs = ds.prompt_pairs()
-    if pairs is not None:
-        rows = [{"prompt": p, "completion": c} for p, c in pairs]
-        enc = tokenizer([r["prompt"] for r in rows], truncation=True, max_length=max_length)["input_ids"]
-        dec = tokenizer([r["completion"] for r in rows], add_special_tokens=False)["input_ids"]
-        for e, d in zip(enc, dec):
-            target = _close(d[:max_length - 1] if eos is not None else d[:max_length], eos)
-            out.append({"input_ids": list(e) or ([eos] if eos is not None else [0]), "labels": target})
-        return out
     ds.require("text", fmt="seq2seq LM text")
     for ids in tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"]:
         ids = list(ids)
@@ -67,6 +63,17 @@ def examples(ds, tokenizer, max_length: int) -> list[dict]:
         raise ds.error("no text row has two tokens or more to split into an input and a target",
                        fix="give longer texts, or {prompt, completion} rows")
     return out
+
+
+def pair_examples(pairs, tokenizer, max_length: int) -> list[dict]:
+    """Training examples of ``(prompt, completion)`` pairs: the prompt in the encoder, the completion
+    (without special tokens, closed by EOS) as the decoder's target, each cut at ``max_length`` tokens."""
+    eos = _eos(tokenizer)
+    enc = tokenizer([p for p, _ in pairs], truncation=True, max_length=max_length)["input_ids"]
+    dec = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
+    return [{"input_ids": list(e) or ([eos] if eos is not None else [0]),
+             "labels": _close(d[:max_length - 1] if eos is not None else d[:max_length], eos)}
+            for e, d in zip(enc, dec)]
 
 
 def collate(batch: list[dict], pad_id: int, device: Any):

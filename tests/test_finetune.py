@@ -427,6 +427,64 @@ def test_canaries_are_inserted_and_recorded_not_printed(tmp_path, capsys):
                          0) == can
 
 
+def test_canaries_train_beside_prompt_completion_data(tmp_path):
+    """Canaries are training examples of their own, not rows added to the data: prompt/completion data
+    with canaries used to stop at a 'missing column prompt' on a row the user's file does not have."""
+    write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"Q: where is the {w}?", "completion": " at home"}
+                                           for w in WORDS[:10]])
+    write_jsonl(tmp_path / "val.jsonl", [{"prompt": f"Q: where is the {w}?", "completion": " away"}
+                                         for w in WORDS[10:14]])
+    suite = write_suite(tmp_path, """
+        name: pc-canaries
+        model: {base: "builtin:tiny-gpt2", task: causal-lm, max_length: 32}
+        finetune:
+          data: train.jsonl
+          validation: val.jsonl
+          method: full
+          max_steps: 2
+          batch_size: 8
+          canaries: {count: 1, repeats: [1, 4], references: 20, digits: 4}
+        checks: [overfitting]
+        """)
+    code, res = run_suite(suite, tmp_path / "out")
+    assert code in (0, 1) and res is not None
+    assert res["training"]["n_train"] == 10 + 1 + 4
+
+
+def test_canary_examples_are_the_whole_text_or_a_head_to_secret_pair(tiny_gpt2, registry):
+    """A causal LM learns a canary's whole text, as a text row; a seq2seq LM learns the rest of the
+    canary as the decoder's target for the template's head in the encoder. Each `repeats` times."""
+    from auditkit.finetune import canary_examples, make_canaries
+    from auditkit.models import load_model
+    can = make_canaries({"count": 1, "repeats": [1, 3], "template": "my PIN is {digits}.", "references": 5,
+                         "digits": 4}, 0)
+    texts = [c["text"] for c in can["canaries"]]
+    ex = canary_examples(can, "causal-lm", tiny_gpt2.tokenizer, 32)
+    ids = [tiny_gpt2.tokenizer(t)["input_ids"] for t in texts]
+    assert [e["input_ids"] for e in ex] == [ids[0]] + [ids[1]] * 3
+    assert all(e["labels"] == e["input_ids"] for e in ex)
+    t5 = load_model("builtin:tiny-t5", "seq2seq-lm", registry, device="cpu")
+    tok = t5.tokenizer
+    ex = canary_examples(can, "seq2seq-lm", tok, 32)
+    assert len(ex) == 4
+    for e, t in zip(ex, [texts[0]] + [texts[1]] * 3):
+        assert e["input_ids"] == tok("my PIN is")["input_ids"]
+        assert e["labels"] == tok(t[len("my PIN is"):], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert tok.decode(e["labels"], skip_special_tokens=True).strip() == t[len("my PIN is "):]
+    assert canary_examples(None, "causal-lm", tiny_gpt2.tokenizer, 32) == []
+
+
+@pytest.mark.parametrize("task, base, canaries, words", [
+    ("seq2seq-lm", "builtin:tiny-t5", "{template: '{digits} is my PIN'}", ["has none", "text before {digits}"]),
+    ("sequence-classification", "builtin:tiny-bert", "{count: 1}", ["language models only"]),
+])
+def test_canaries_a_task_cannot_learn_are_refused_before_loading(run_cli, tmp_path, task, base, canaries, words):
+    rows = ([{"text": f"plain text number {i}", "label": i % 2} for i in range(6)]
+            if task == "sequence-classification" else [{"text": f"plain text number {i}"} for i in range(6)])
+    suite = bad_finetune(tmp_path, rows, "\n          canaries: " + canaries, task=task, base=base)
+    assert_exit2(run_cli, suite, tmp_path, *words)
+
+
 # ---------------------------------------------------------------------- training options (direct API)
 
 def _cfg(**kw):

@@ -258,3 +258,59 @@ def test_seq2seq_fine_tune_and_every_applicable_check(tmp_path, base, method):
     steps = res["training"]["steps"]
     assert len(steps) == 4 and steps[0]["loss"] != steps[-1]["loss"]
     assert res["training"]["method"] == method
+
+
+# ---------------------------------------------------------------------- canaries
+
+def test_canary_exposure_scores_the_secret_given_the_head(tiny_t5):
+    """A seq2seq canary's log-perplexity is -log2 p(rest | head) from a plain model call (the encoder reads
+    the template's head, the decoder the rest); its exposure is the rank bound and skew-normal estimate."""
+    from auditkit.finetune import make_canaries
+    from auditkit_plugins.memorization.blackbox import blackbox_exposures
+    can = make_canaries({"count": 2, "repeats": [1], "template": "my PIN is {digits}", "references": 30,
+                         "digits": 4}, 0)
+    exp = blackbox_exposures(tiny_t5, can, unseen=5)
+    tok = tiny_t5.tokenizer
+    for c, px in zip(can["canaries"], exp["log_perplexity"]):
+        ctx = tok("my PIN is")["input_ids"]
+        cont = tok(c["text"][len("my PIN is"):], add_special_tokens=False)["input_ids"]
+        assert px == pytest.approx(-_plain(tiny_t5, ctx, cont).sum() / np.log(2), abs=1e-4)
+    assert exp["method"] == "max(rank, skew-normal)" and exp["n_references"] == 25
+
+
+def test_fine_tune_with_canaries_measures_their_exposure(tmp_path):
+    """finetune.canaries on a T5: the canary seen 24 times stands out from the never-inserted references
+    (planted memorization), its exposure is reported beside the base's, and no secret is written under
+    --out without --show-secrets."""
+    from auditkit.cli import main
+    from auditkit.finetune import make_canaries
+    write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"Question {i}: what is {i} plus one?",
+                                            "completion": f" It is {i + 1}."} for i in range(8)])
+    suite = write_suite(tmp_path, """
+        name: s2s-canaries
+        seed: 0
+        model: {base: "builtin:tiny-t5", task: seq2seq-lm, max_length: 32, batch_size: 16}
+        finetune:
+          data: train.jsonl
+          method: full
+          epochs: 3
+          batch_size: 16
+          learning_rate: 0.003
+          canaries: {count: 1, repeats: [1, 24], references: 60, digits: 4}
+        checks:
+          - {uses: memorization, parts: [exposure, extraction], max_members: 8, prefix_tokens: 2, suffix_tokens: 2}
+        """)
+    out = tmp_path / "out"
+    code = main(["run", str(suite), "--out", str(out), "--device", "cpu"])
+    res = json.loads((out / "results.json").read_text())
+    mem = res["checks"][0]
+    assert code in (0, 1) and mem["status"] != "error", mem.get("error")
+    m = {k: v["value"] for k, v in mem["metrics"].items()}
+    assert m["exposure_r24"] > m["exposure_unseen_mean"] + 4 and m["exposure_r24"] > m["baseline.exposure_r24"] + 4
+    assert "canary_extraction_rate" in m and "baseline.canary_extraction_rate" in m
+    assert any("causal LMs only" in n for n in mem["notes"])
+    can = make_canaries(res["training"]["config"]["canaries"], 0)
+    for c in can["canaries"]:
+        for f in out.rglob("*"):
+            if f.is_file():
+                assert c["secret"].encode() not in f.read_bytes(), f

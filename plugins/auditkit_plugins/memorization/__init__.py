@@ -35,7 +35,11 @@ encoder; ``{"text"}`` rows by the decoder's log-probs of the text given the pref
 ``token_logprobs``). Min-K%++ needs next-token moments of a causal LM and is left out. Extraction gives
 the encoder the prompt (prompt/completion rows) or the first ``prefix_tokens`` tokens of a text, and asks
 greedy decoding to reproduce the first ``suffix_tokens`` tokens of the completion (or the next tokens of
-the text). Canaries (exposure) come from a causal-LM fine-tune only. Seq2seq gets the causal-LM gates.
+the text). Canaries are learned and scored as pairs: the template's text before the secret in the encoder,
+the rest of the canary as the target (``finetune.canary_examples``); their exposure is the larger of the
+rank among the references and the skew-normal fit (the token trie that enumerates the secret space scores
+causal LMs only), and canary extraction prompts the encoder with that text. Seq2seq gets the causal-LM
+gates.
 
 Black-box models (an API model, ``model.base: openai-compatible``; vLLM; or ``access: black-box``): the
 check runs on generations and log-probs alone (``blackbox`` module): membership by LOSS, zlib and
@@ -55,6 +59,7 @@ import numpy as np
 
 from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
 from auditkit.errors import AuditInputError
+from auditkit.finetune import canary_head
 from auditkit.hookspecs import hookimpl
 from auditkit.stats import mean_ci
 
@@ -201,7 +206,7 @@ class Memorization(Check):
     def run(self, ctx: CheckContext) -> CheckResult:
         p = self._validate(ctx)
         res = CheckResult()
-        lm = ctx.model.task == "causal-lm"
+        lm = ctx.model.task in ("causal-lm", "seq2seq-lm")
         self._bb = is_black_box(ctx.model, p["access"])
         canaries = self._canaries_file(ctx, p) if lm and p["canaries"] else \
             ctx.artifacts.get("canaries") if lm else None
@@ -218,8 +223,8 @@ class Memorization(Check):
                 exp = self._exposure(ctx, p, res, canaries, base)
                 ran.append("exposure")
             else:
-                res.notes.append("exposure: no canaries (add finetune.canaries to a causal-LM suite, or a "
-                                 "canaries: file with canary_template)")
+                res.notes.append("exposure: no canaries (add finetune.canaries to a language-model suite, or "
+                                 "a canaries: file with canary_template)")
         ctx.progress(0.3)
         if "extraction" in p["parts"]:
             if ctx.model.task == "sequence-classification":
@@ -284,6 +289,11 @@ class Memorization(Check):
 
     def _canaries_file(self, ctx: CheckContext, p: dict) -> dict:
         """The canary record of the entry's ``canaries:`` file (``{"text", "repeats"?}`` rows)."""
+        if ctx.model.task == "seq2seq-lm" and not canary_head(p["canary_template"]):
+            raise AuditInputError("memorization: a seq2seq model is asked for a canary's secret given the text "
+                                  f"before it, and canary_template {p['canary_template']!r} has none",
+                                  place=f"{ctx.check_id}.canary_template",
+                                  fix="put the text the secret follows before {digits}, e.g. 'my PIN is {digits}'")
         ds = ctx.load_data(p["canaries"], None)
         ds.require("text", fmt="canaries")
         return canaries_from_rows(ds.rows, p["canary_template"], p["references"], ctx.seed, place=ds.place)
@@ -327,7 +337,7 @@ class Memorization(Check):
     # ------------------------------------------------------------------ exposure
     def _exposure(self, ctx, p, res: CheckResult, canaries: dict, base) -> dict:
         cans = canaries["canaries"]
-        if self._bb:
+        if self._bb or ctx.model.task == "seq2seq-lm":  # the secret given the head, ranked among references
             exp = blackbox_exposures(ctx.model, canaries, p["unseen"])
             base_exp = blackbox_exposures(base, canaries, p["unseen"]) if base is not None else None
         else:
@@ -352,6 +362,8 @@ class Memorization(Check):
                    f"{exp['exact']['scoring']})")
         else:
             why = ("a black-box model's secret space cannot be enumerated" if self._bb else
+                   "the token trie that enumerates the space scores causal LMs only"
+                   if ctx.model.task == "seq2seq-lm" else
                    "enumerating the space ran out of memory" if "memory" in exp["method"] else
                    f"the space of {space:,} secrets is over exact_max ({p['exact_max']:,})" if space and
                    space > p["exact_max"] else "the secrets are not digits of a known format")

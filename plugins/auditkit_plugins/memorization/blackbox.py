@@ -41,8 +41,9 @@ from typing import Sequence
 import numpy as np
 
 from auditkit.errors import AuditInputError
+from auditkit.finetune import canary_head, template_parts
 
-from .exposure import canary_exposures, template_parts
+from .exposure import canary_exposures
 
 #: what an in-process model offers (a handle with no ``capabilities`` attribute)
 ALL = frozenset({"logits", "logprobs", "generate", "hidden_states", "attentions", "gradients", "weights"})
@@ -76,9 +77,11 @@ def split_words(texts: Sequence[str], prefix_words: int, suffix_words: int):
     return keep, pre, suf
 
 
-def reproduces(continuation: str, words: Sequence[str]) -> bool:
-    """Whether a continuation starts a new word and its first words are exactly ``words``."""
-    return bool(words) and continuation[:1].isspace() and continuation.split()[:len(words)] == list(words)
+def reproduces(continuation: str, words: Sequence[str], new_word: bool = True) -> bool:
+    """Whether a continuation starts a new word and its first words are exactly ``words``. A seq2seq LM's
+    output is a text of its own, not the prompt's continuation: ``new_word=False`` drops the first test."""
+    return (bool(words) and (continuation[:1].isspace() or not new_word)
+            and continuation.split()[:len(words)] == list(words))
 
 
 def text_extraction(handle, prompts: Sequence[str], suffixes: Sequence[Sequence[str]], *, samples: int = 0,
@@ -88,21 +91,23 @@ def text_extraction(handle, prompts: Sequence[str], suffixes: Sequence[Sequence[
     if not prompts:
         return {"greedy": np.zeros(0, bool), "sampled": None, "greedy_text": []}
     n_new = max_new_tokens(max(len(s) for s in suffixes))
+    new_word = getattr(handle, "task", "causal-lm") != "seq2seq-lm"
     unique = list(dict.fromkeys(prompts))
     greedy = dict(zip(unique, handle.generate(unique, max_new_tokens=n_new, temperature=0.0)))
     texts = [greedy[p][0].text for p in prompts]
-    hit = np.array([reproduces(t, s) for t, s in zip(texts, suffixes)], dtype=bool)
+    hit = np.array([reproduces(t, s, new_word) for t, s in zip(texts, suffixes)], dtype=bool)
     sampled = None
     if samples > 0:
         draws = dict(zip(unique, handle.generate(unique, max_new_tokens=n_new, temperature=float(temperature),
                                                  top_p=1.0, seed=int(seed), samples=int(samples))))
-        sampled = np.array([np.mean([reproduces(g.text, s) for g in draws[p]]) for p, s in zip(prompts, suffixes)])
+        sampled = np.array([np.mean([reproduces(g.text, s, new_word) for g in draws[p]])
+                            for p, s in zip(prompts, suffixes)])
     return {"greedy": hit, "sampled": sampled, "greedy_text": texts}
 
 
 def canary_prompts(texts: Sequence[str], template: str) -> tuple[list[str], list[list[str]]]:
     """Each canary's prompt (the template before the secret, trailing spaces dropped) and suffix words."""
-    head = template_parts(template)[0].rstrip()
+    head = canary_head(template)
     return [t[:len(head)] for t in texts], [t[len(head):].split() for t in texts]
 
 
@@ -111,7 +116,7 @@ def canary_prompts(texts: Sequence[str], template: str) -> tuple[list[str], list
 def exposure_scorer(handle, template: str):
     """``texts -> per-token log-probs`` of each canary text after the template's head, given the head
     (the whole text where the head is empty)."""
-    head = template_parts(template)[0].rstrip()
+    head = canary_head(template)
 
     def score(texts: Sequence[str]) -> list[np.ndarray]:
         texts = list(texts)

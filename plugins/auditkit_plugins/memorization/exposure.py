@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from auditkit.finetune import template_parts
+
 LN2 = math.log(2.0)
 #: enumerate the secret space (exact exposure) up to this many secrets by default
 EXACT_MAX = 1_000_000
@@ -79,13 +81,6 @@ def exposure_fit(canary_px, params: tuple[float, float, float], space_size: floa
 
 
 # ---------------------------------------------------------------------- the secret space
-
-def template_parts(template: str) -> tuple[str, str]:
-    """The text before and after the template's ``{digits}`` slot (as ``str.format`` renders it)."""
-    marker = "\x00"
-    head, _, tail = template.format(digits=marker).partition(marker)
-    return head, tail
-
 
 def secret_format(canaries: dict) -> tuple[int, str] | None:
     """(digits, separator) of the record's secrets, or None when they are not ``d<sep>d<sep>...`` digits."""

@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from auditkit.finetune import canary_head
+
 
 def generate(handle, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, samples: int = 0,
              temperature: float = 1.0, seed: int = 0) -> list[list[list[int]]]:
@@ -57,8 +59,13 @@ def split_sequences(ids: Sequence[Sequence[int]], prefix_tokens: int, suffix_tok
 
 
 def canary_split(handle, texts: Sequence[str], template: str) -> tuple[list[list[int]], list[list[int]]]:
-    """Prefix ids (the template before the secret) and suffix ids (the rest) of each canary text."""
-    head = template.split("{digits}")[0].rstrip()
+    """Prefix ids (the template before the secret) and suffix ids (the rest) of each canary text. A seq2seq
+    LM reads the head in its encoder and is asked for the rest as its target, the pair it trained on
+    (:func:`auditkit.finetune.canary_examples`)."""
+    head = canary_head(template)
+    if handle.task == "seq2seq-lm":
+        enc = handle.encode_pairs([(head, t[len(head):]) for t in texts])
+        return [list(e) for e, _ in enc], [list(c) for _, c in enc]
     full = handle.token_ids(list(texts))
     head_ids = handle.token_ids([head])[0] if head else []
     pre, suf = [], []
