@@ -25,7 +25,7 @@ from auditkit.results import write_text_atomic
 
 FT_KEYS = ("data", "validation", "columns", "method", "epochs", "learning_rate", "schedule", "warmup_ratio",
            "batch_size", "grad_accum", "max_length", "weight_decay", "seed", "eval_every", "early_stopping",
-           "lora", "canaries", "max_steps", "train_eval_size")
+           "lora", "canaries", "max_steps", "train_eval_size", "dropout")
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
 #: full fine-tuning, LoRA (peft), or QLoRA: LoRA on a 4-bit NF4 base (Dettmers et al. 2023), which needs
 #: ``model.quantization: {bits: 4}``, a CUDA GPU and bitsandbytes (checked by :func:`auditkit.backends.preflight`)
@@ -65,6 +65,8 @@ class FinetuneConfig:
     canaries: dict | None = None
     max_steps: int | None = None
     train_eval_size: int = 256
+    #: every dropout probability of the model (and of a LoRA adapter) while it trains; None keeps the model's
+    dropout: float | None = None
 
     @property
     def validation_spec(self) -> str | None:
@@ -81,6 +83,8 @@ class FinetuneConfig:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["learning_rate"] = self.lr
+        if d["dropout"] is None:  # unset keeps the fingerprint fine-tunes had before the option existed
+            del d["dropout"]
         return d
 
 
@@ -125,6 +129,8 @@ def parse_finetune(raw, cx, suite_seed: int, task: str) -> FinetuneConfig:
         cfg.weight_decay = float(_number(cx, raw, "weight_decay", path, NUM, ge=0))
     if raw.get("max_steps") is not None:
         cfg.max_steps = _number(cx, raw, "max_steps", path, int, ge=1)
+    if raw.get("dropout") is not None:
+        cfg.dropout = float(_number(cx, raw, "dropout", path, NUM, ge=0, lt=1))
     cfg.method = raw.get("method", "lora")
     if cfg.method not in METHODS:
         raise cx.fail(path + ("method",), f"method must be full, lora or qlora, got {cfg.method!r}",
@@ -546,6 +552,8 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
         for p in model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
+    if cfg.dropout is not None:
+        set_dropout(model, cfg.dropout)
     from auditkit.backends import placed
     if not placed(model):  # a k-bit or device-mapped model stays where it was loaded
         model.to(device)
@@ -582,6 +590,10 @@ def train(handle, train_ds, val_ds, cfg: FinetuneConfig, *, out_dir: Path | None
                               "n_train": len(train_ex), "n_validation": len(val_ex), "total_steps": total_steps,
                               "trainable_parameters": int(sum(p.numel() for p in params)),
                               "best_step": None, "stopped_early": False, "warnings": []}
+    msg = dropout_warning(model, w)
+    if msg:
+        record["warnings"].append(msg)
+        warn(msg)
     micro = cfg.batch_size
     accum = cfg.grad_accum
     step, tokens, t0 = 0, 0, time.perf_counter()
@@ -809,6 +821,43 @@ def _step_ddp(ddp, chunk, micro: int, task: str, pad_id: int, device: str, amp, 
             total_loss += float(loss_sum.detach()) / denom
             ntok += int(mask.sum())
     return total_loss, ntok
+
+
+def set_dropout(model, p: float) -> None:
+    """Every dropout of ``model`` to probability ``p`` while it trains: ``nn.Dropout`` modules (a LoRA
+    adapter's among them) and the float ``*dropout*`` attributes attention layers pass to their kernels
+    (``scaled_dot_product_attention(dropout_p=...)``). The saved config is left as it was."""
+    import torch
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = float(p)
+        for name, value in vars(mod).items():
+            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool):
+                setattr(mod, name, float(p))
+
+
+def active_dropout(model) -> float:
+    """The largest dropout probability ``model`` applies in training (0.0 where none is active)."""
+    import torch
+    top = 0.0
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            top = max(top, float(mod.p))
+        for name, value in vars(mod).items():
+            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool):
+                top = max(top, value)
+    return top
+
+
+def dropout_warning(model, w) -> str | None:
+    """What to say when data-parallel training runs with dropout: each process draws the masks of its own
+    rows, so the steps differ from one process's (None when there is one process or no dropout)."""
+    drop = active_dropout(model)
+    if not (w.parallel and drop > 0):
+        return None
+    return (f"dropout is active (p up to {drop:g}): each of the {w.size} processes draws its own dropout masks, "
+            "so this fine-tune differs from a one-process run with the same seed; set finetune.dropout: 0 for one "
+            "that does not depend on --processes")
 
 
 def _left(model, task: str) -> bool:

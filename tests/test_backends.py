@@ -476,18 +476,17 @@ def test_vllm_handle_load_and_describe(registry, monkeypatch, tmp_path):
 def test_ddp_finetune_matches_one_process(tmp_path, registry):
     """``--processes 2`` on CPU (gloo, DDP through accelerate): each process runs its share of every batch,
     so the fine-tuned weights match one process within 1e-5 and the training record (losses, evals) within
-    1e-6. Dropout is off in this copy of tiny-bert: with it on, the two runs draw different masks."""
+    1e-6. tiny-bert has dropout 0.1: ``finetune.dropout: 0`` turns it off (with it on, each process draws its
+    own masks, and the run says so: see the dropout warning test)."""
     from safetensors.torch import load_file
 
     from auditkit.cli import main
     from auditkit.models import cache_dir
     from tests.test_finetune import sentiment_rows
     src = Path(registry.model_sources["tiny-bert"].fn(cache_dir()))
-    model_dir = tmp_path / "tiny-bert-nodrop"
+    model_dir = tmp_path / "tiny-bert"
     shutil.copytree(src, model_dir)
-    cfg = json.loads((model_dir / "config.json").read_text())
-    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (model_dir / "config.json").write_text(json.dumps(cfg))
+    assert json.loads((model_dir / "config.json").read_text())["hidden_dropout_prob"] > 0
     write_jsonl(tmp_path / "train.jsonl", sentiment_rows(20, 1))
     write_jsonl(tmp_path / "val.jsonl", sentiment_rows(12, 2))
     # 20 rows in batches of 7: 7, 7, 6 -> shares of 4+3, 4+3, 3+3 rows
@@ -503,6 +502,7 @@ def test_ddp_finetune_matches_one_process(tmp_path, registry):
           learning_rate: 1e-3
           batch_size: 7
           max_length: 32
+          dropout: 0
         checks:
           - {{uses: accuracy, data: val.jsonl, bootstrap: 100, gates: []}}
         """)

@@ -304,6 +304,8 @@ def test_empty_text_column_in_causal_lm_training_data(run_cli, tmp_path):
     ("weight_decay: -1", ["weight_decay must be >= 0"]),
     ("schedule: cosin", ["did you mean 'cosine'"]),
     ("train_eval_size: 0", ["train_eval_size must be positive (>= 1)"]),
+    ("dropout: 1", ["dropout must be >= 0 and < 1"]),
+    ("dropout: high", ["dropout must be"]),
 ])
 def test_finetune_values_are_checked_before_loading(run_cli, tmp_path, extra, words):
     suite = bad_finetune(tmp_path, sentiment_rows(8, 1), "\n          " + extra)
@@ -483,6 +485,46 @@ def test_canaries_a_task_cannot_learn_are_refused_before_loading(run_cli, tmp_pa
             if task == "sequence-classification" else [{"text": f"plain text number {i}"} for i in range(6)])
     suite = bad_finetune(tmp_path, rows, "\n          canaries: " + canaries, task=task, base=base)
     assert_exit2(run_cli, suite, tmp_path, *words)
+
+
+# ---------------------------------------------------------------------- dropout
+
+def test_finetune_dropout_sets_every_dropout_of_the_model_and_its_adapter(tiny_bert, tiny_gpt2):
+    """``finetune.dropout`` reaches nn.Dropout modules, the float ``*dropout*`` attributes attention layers
+    hand to their kernels, and a LoRA adapter's dropout; the model's saved config keeps its own values."""
+    import copy
+
+    from auditkit.finetune import active_dropout, apply_lora, set_dropout
+    bert = copy.deepcopy(tiny_bert.model)
+    assert active_dropout(bert) == pytest.approx(0.1)
+    set_dropout(bert, 0.0)
+    assert active_dropout(bert) == 0.0 and bert.config.hidden_dropout_prob == pytest.approx(0.1)
+    assert all(m.p == 0.0 for m in bert.modules() if isinstance(m, torch.nn.Dropout))
+    lora = apply_lora(copy.deepcopy(tiny_gpt2.model), "causal-lm", {"r": 2, "alpha": 4, "dropout": 0.3,
+                                                                     "target_modules": None}, None)
+    assert active_dropout(lora) == pytest.approx(0.3)
+    set_dropout(lora, 0.0)
+    assert active_dropout(lora) == 0.0
+
+
+def test_data_parallel_fine_tune_with_dropout_says_it_depends_on_the_processes(tiny_bert):
+    from types import SimpleNamespace
+
+    from auditkit.finetune import dropout_warning, set_dropout
+    two, one = SimpleNamespace(parallel=True, size=2), SimpleNamespace(parallel=False, size=1)
+    msg = dropout_warning(tiny_bert.model, two)
+    assert msg and "2 processes" in msg and "finetune.dropout: 0" in msg
+    assert dropout_warning(tiny_bert.model, one) is None
+    import copy
+    quiet = copy.deepcopy(tiny_bert.model)
+    set_dropout(quiet, 0.0)
+    assert dropout_warning(quiet, two) is None
+
+
+def test_finetune_dropout_is_in_the_fingerprint_only_when_set():
+    from auditkit.finetune import FinetuneConfig
+    assert "dropout" not in FinetuneConfig(data="x").as_dict()
+    assert FinetuneConfig(data="x", dropout=0.0).as_dict()["dropout"] == 0.0
 
 
 # ---------------------------------------------------------------------- training options (direct API)
