@@ -14,11 +14,12 @@ import re
 import time
 import traceback
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
 from auditkit import __version__
-from auditkit.api import CheckContext, CheckResult
+from auditkit.api import CheckContext, CheckResult, find_metric
 from auditkit.data import Dataset, load_dataset
 from auditkit.errors import AuditInputError, TrainingDiverged, dotted
 from auditkit.gates import evaluate
@@ -112,6 +113,20 @@ def _measured(spec: CheckSpec, gates: list, metrics: dict, baseline_metrics: dic
         else:
             kept.append(g)
     return kept, notes
+
+
+def _declared(spec: CheckSpec, metrics: dict) -> None:
+    """A check returns only metrics it declares (``baseline.NAME`` for a declared NAME, patterns included):
+    a misspelt name would otherwise leave the default gate on the declared one unmeasured, and dropped, and
+    the check PASS. Raises (the check is ERROR) naming the first undeclared metric."""
+    for name in metrics:
+        own = name[len("baseline."):] if name.startswith("baseline.") else name
+        if find_metric(spec.cls.metrics, own) is None:
+            near = get_close_matches(own, [k for k in spec.cls.metrics if "{" not in k], n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise TypeError(f"check {spec.uses!r} returned metric {name!r}, which it does not declare{hint}; a "
+                            "plugin declares each metric it returns in its `metrics` (a pattern such as "
+                            "'score.{group}' for names that come from the data)")
 
 
 def _gpu_peak(device: str) -> dict:
@@ -317,6 +332,7 @@ class Runner:
             result = spec.cls().run(ctx)
             if not isinstance(result, CheckResult):
                 raise TypeError(f"check {spec.uses!r} returned {type(result).__name__}, not CheckResult")
+            _declared(spec, result.metrics)
             base_metrics = None
             if any(g.needs_baseline for g in gate_specs) and baseline is not None and not spec.cls.uses_baseline:
                 bctx = self._context(spec, baseline, None, training, artifacts, True)

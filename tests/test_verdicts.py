@@ -53,9 +53,20 @@ class Versus(Check):
         return res
 
 
+class Misspelt(Constant):
+    """Returns its declared metric under a misspelt name (a plugin's bug)."""
+
+    name = "misspelt"
+
+    def run(self, ctx):
+        res = CheckResult()
+        res.add("scroe", 0.1)
+        return res
+
+
 @pytest.fixture
 def checks(registry, monkeypatch):
-    for cls in (Constant, Versus):
+    for cls in (Constant, Versus, Misspelt):
         monkeypatch.setitem(registry.checks, cls.name, cls)
         monkeypatch.setitem(registry.check_plugin, cls.name, "tests")
 
@@ -99,6 +110,16 @@ def test_info_never_counts_as_pass_next_to_a_passing_check(run_cli, tmp_path, ch
     assert [c["status"] for c in res["checks"]] == ["info", "pass"]
     assert res["status"] == "pass" and code == 0
     assert "1 info" in out and "1 pass" in out
+
+
+def test_a_metric_the_check_does_not_declare_is_an_error_not_a_dropped_gate(run_cli, tmp_path, checks):
+    """A misspelt metric name would leave the default gate's metric unmeasured, the gate dropped with a note,
+    and the check PASS: the check is ERROR instead, naming the metric, and the other checks still run."""
+    code, out, err, res = run(run_cli, tmp_path, "  - {uses: misspelt}\n  - {uses: const, value: 0.99}\n")
+    bad, good = res["checks"]
+    assert code == 3 and bad["status"] == "error" and good["status"] == "pass"
+    assert "'scroe'" in bad["error"]["message"] and "did you mean 'score'?" in bad["error"]["message"]
+    assert all(g["status"] == "error" for g in bad["gates"]) and bad["gates"]
 
 
 def test_a_suite_gate_list_replaces_the_defaults(run_cli, tmp_path, checks):
