@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from auditkit.errors import AuditInputError, dotted
-from auditkit.models import PassMemo
+from auditkit.models import PassMemo, UnservedRequest
 from auditkit.passes.generation import GenerationRequests
 
 #: every request an in-process transformers model serves
@@ -391,8 +391,7 @@ class VLLMHandle(GenerationRequests, PassMemo):
 
     def _require(self, task: str, op: str) -> None:
         if task != self.task:
-            raise AuditInputError(f"{op} needs a {task} model but {self.source} is served by vLLM as causal-lm",
-                                  place="model.backend", fix="use backend: hf")
+            raise UnservedRequest(f"{op} needs a {task} model but {self.source} is served by vLLM as causal-lm")
 
     # ------------------------------------------------------------------ caching (memo: PassMemo)
     def _disk_path(self, op: str, items_key: str, kw_json: str) -> Path:

@@ -859,9 +859,14 @@ class ModelHandle(DistributionRequests, MaskedLMRequests, AttentionRequests, Gra
 
     def _require(self, task: str, op: str) -> None:
         if self.task != task:
-            raise AuditInputError(f"{op} needs a {task} model but {self.source} is loaded as {self.task}",
-                                  place="model.task", fix=f"set model.task: {task} or use a check for {self.task}")
+            raise UnservedRequest(f"{op} needs a {task} model but {self.source} is loaded as {self.task}")
 
+
+
+class UnservedRequest(TypeError):
+    """A request the loaded model cannot serve (its task, or its backend). The runner checks each check's
+    ``tasks`` and ``needs`` before anything loads, so reaching this is the asking check's bug (a plugin that
+    did not declare them): that check is ERROR, with this message, and the others run."""
 
 # ---------------------------------------------------------------------- lm-eval's tokenization
 

@@ -47,7 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from auditkit.errors import AuditInputError, dotted
-from auditkit.models import PassMemo, cache_dir, disk_cache_enabled, pass_cache_path
+from auditkit.models import PassMemo, UnservedRequest, cache_dir, disk_cache_enabled, pass_cache_path
 
 from auditkit.passes.generation import Generation, generation_options, prompt_list
 from auditkit.results import write_text_atomic
@@ -168,8 +168,7 @@ class APIModelHandle(PassMemo):
 
     def _require(self, task: str, op: str) -> None:
         if task != self.task:
-            raise AuditInputError(f"{op} needs a {task} model but {self.source} is an API causal LM",
-                                  place="model.task", fix=f"use a check for {self.task}")
+            raise UnservedRequest(f"{op} needs a {task} model but {self.source} is an API causal LM")
 
     # ------------------------------------------------------------------ caching (memo: PassMemo)
     def _disk_path(self, op: str, items_key: str, kw_json: str) -> Path:

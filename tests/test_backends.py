@@ -467,7 +467,8 @@ def test_vllm_handle_load_and_describe(registry, monkeypatch, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(location, copy)
     assert backends.safetensors_fingerprint(copy) == h.fingerprint  # the content, not the path
-    with pytest.raises(AuditInputError, match="needs a sequence-classification model"):
+    from auditkit.models import UnservedRequest
+    with pytest.raises(UnservedRequest, match="needs a sequence-classification model"):
         h._require("sequence-classification", "class_logits")
 
 

@@ -17,6 +17,7 @@ import pytest
 from auditkit import __version__
 from auditkit import distributed
 from auditkit.errors import AuditInputError, dotted
+from auditkit.models import UnservedRequest
 
 # ---------------------------------------------------------------------- the three handles
 
@@ -190,9 +191,9 @@ def test_one_task_check_for_generation_and_log_likelihood(tiny_bert, tiny_gpt2):
     for op, call in [("generate", lambda: tiny_bert.generate(["x"])),
                      ("generate", lambda: tiny_bert.generate_ids([[1, 2]])),
                      ("token_logprobs", lambda: tiny_bert.token_logprobs(["x"]))]:
-        with pytest.raises(AuditInputError, match=f"{op} needs a causal-lm model \\(or a seq2seq-lm model\\)") as err:
+        with pytest.raises(UnservedRequest, match=f"{op} needs a causal-lm model \\(or a seq2seq-lm model\\)") as err:
             call()
-        assert err.value.place == "model.task" and "set model.task: causal-lm or seq2seq-lm" in err.value.fix
+        assert "loaded as sequence-classification" in str(err.value)
     _vllm(tiny_gpt2)._require_lm("generate")  # vLLM serves causal LMs: no error
 
 

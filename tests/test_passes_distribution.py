@@ -127,7 +127,8 @@ def test_needs_two_causal_lms_with_one_tokenization(tiny_gpt2, tiny_bert):
     h = handle_of(tiny_gpt2.model, tiny_gpt2)
     with pytest.raises(AuditInputError, match="two causal LMs"):
         h.next_token_kl(tiny_bert, TEXTS[:2])
-    with pytest.raises(AuditInputError, match="needs a causal-lm model"):
+    from auditkit.models import UnservedRequest
+    with pytest.raises(UnservedRequest, match="needs a causal-lm model"):
         tiny_bert.next_token_kl(h, TEXTS[:2])
     short = handle_of(tiny_gpt2.model, tiny_gpt2, max_length=4)  # truncates: other token ids
     with pytest.raises(AuditInputError, match="tokenize the same texts differently") as err:

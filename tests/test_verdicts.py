@@ -64,9 +64,19 @@ class Misspelt(Constant):
         return res
 
 
+class AsksLogProbs(Constant):
+    """Asks a classifier for token log-probs without saying in ``tasks`` that it needs an LM."""
+
+    name = "asks-logprobs"
+
+    def run(self, ctx):
+        ctx.model.token_logprobs(["some text"])
+        return super().run(ctx)
+
+
 @pytest.fixture
 def checks(registry, monkeypatch):
-    for cls in (Constant, Versus, Misspelt):
+    for cls in (Constant, Versus, Misspelt, AsksLogProbs):
         monkeypatch.setitem(registry.checks, cls.name, cls)
         monkeypatch.setitem(registry.check_plugin, cls.name, "tests")
 
@@ -120,6 +130,16 @@ def test_a_metric_the_check_does_not_declare_is_an_error_not_a_dropped_gate(run_
     assert code == 3 and bad["status"] == "error" and good["status"] == "pass"
     assert "'scroe'" in bad["error"]["message"] and "did you mean 'score'?" in bad["error"]["message"]
     assert all(g["status"] == "error" for g in bad["gates"]) and bad["gates"]
+
+
+def test_a_request_the_model_cannot_serve_is_the_checks_error_not_a_lost_run(run_cli, tmp_path, checks):
+    """A plugin that asks a classifier for token log-probs (its `tasks` did not say it needs an LM): that
+    check is ERROR with the handle's message, the other checks still run and the reports are written."""
+    code, out, err, res = run(run_cli, tmp_path, "  - {uses: const, value: 0.99}\n  - {uses: asks-logprobs}\n")
+    assert code == 3 and res is not None
+    good, bad = res["checks"]
+    assert good["status"] == "pass" and bad["status"] == "error"
+    assert "token_logprobs needs a causal-lm model" in bad["error"]["message"]
 
 
 def test_a_suite_gate_list_replaces_the_defaults(run_cli, tmp_path, checks):

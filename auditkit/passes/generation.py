@@ -153,9 +153,9 @@ class GenerationRequests:
         """A causal or seq2seq LM (generation and the log-likelihood requests serve both); the one check
         of every handle (``ModelHandle``, ``VLLMHandle``)."""
         if self.task not in _GENERATIVE:
-            raise AuditInputError(f"{op} needs a causal-lm model (or a seq2seq-lm model) but {self.source} is "
-                                  f"loaded as {self.task}", place="model.task",
-                                  fix=f"set model.task: causal-lm or seq2seq-lm, or use a check for {self.task}")
+            from auditkit.models import UnservedRequest
+            raise UnservedRequest(f"{op} needs a causal-lm model (or a seq2seq-lm model) but {self.source} is "
+                                  f"loaded as {self.task}")
 
     # ------------------------------------------------------------------ the pass
     def _generate(self, ids: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
