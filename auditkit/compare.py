@@ -11,6 +11,12 @@
   conditions on the delta that FAIL the comparison when they hold: ``--fail-on "accuracy < -0.01"`` exits
   1 when accuracy dropped by more than 0.01. ``METRIC`` may be prefixed with a check id
   (``accuracy.macro_f1``) and suffixed with ``.ci_low``/``.ci_high`` (the delta's CI bounds);
+- a check whose status got worse (pass -> warn -> fail -> error; ``info`` ranks with ``pass``), or that A has
+  and B lacks, is a regression too: it is counted with the metric regressions, named in the headline with
+  B's status, and makes the comparison ``warn`` (the exit code stays 0: only ``--fail-on`` exits 1);
+- a ``--fail-on`` on a metric that B lacks because B's check errored or is absent FAILS; on a metric that
+  only one run has for another reason it is an ERROR gate (which fails the comparison too); on a metric
+  that neither run has it is bad input (exit 2, with the closest names);
 - comparison.html (the report's style), comparison.md and comparison.json, by default next to B.
 
 Runs of different suites or schema versions are not comparable: AuditInputError (exit 2).
@@ -32,6 +38,8 @@ from auditkit.stats import mcnemar, paired_bootstrap
 ALPHA = 0.05
 GROUPS = ("regression", "changed", "improvement", "unchanged", "missing")
 COMPARISON_SCHEMA = "auditkit.comparison/1"
+#: how bad a check's status is; a check absent from a run ranks with ``error``, an unknown status too
+STATUS_RANK = {"pass": 0, "info": 0, "warn": 1, "fail": 2, "error": 3}
 
 
 # ---------------------------------------------------------------------- paired tests
@@ -95,6 +103,24 @@ def _direction(delta: float | None, hib) -> str:
     return "improvement" if (delta > 0) == bool(hib) else "regression"
 
 
+def _status_direction(in_a: bool, sa, in_b: bool, sb) -> str:
+    """How a check's status ``sa`` in run A became ``sb`` in run B; a check that B lacks ranks with
+    ``error``, a check new in B is ``new``."""
+    if not in_a:
+        return "new"
+    ra, rb = STATUS_RANK.get(sa, 3), STATUS_RANK.get(sb, 3) if in_b else 3
+    return "regression" if rb > ra else "improvement" if rb < ra else "unchanged"
+
+
+def _why_uncompared(cid: str, side: str, present: bool, status) -> str:
+    """Why run ``side`` ("A" or "B") has no value for a metric of check ``cid`` that the other run has."""
+    if not present:
+        return f"check {cid!r} is not in {side}"
+    if status == "error":
+        return f"check {cid!r} errored in {side}"
+    return f"check {cid!r} has no such metric in {side}"
+
+
 def _check_comparable(a: dict, b: dict, path_a: str, path_b: str) -> None:
     if a.get("schema") != b.get("schema"):
         raise AuditInputError(f"the runs have different schema versions ({a.get('schema')} vs {b.get('schema')})",
@@ -110,14 +136,27 @@ def compare_results(a: dict, b: dict, *, path_a: str = "A", path_b: str = "B", s
     _check_comparable(a, b, path_a, path_b)
     checks_a = {c["id"]: c for c in a.get("checks", [])}
     checks_b = {c["id"]: c for c in b.get("checks", [])}
-    rows, notes, only_a, only_b, tests_out = [], [], [], [], []
+    rows, notes, only_a, only_b, tests_out, uncompared = [], [], [], [], [], []
+
+    def lacking(cid, names, side, status):
+        # lost_in_b: B lacks it because B's check errored or is absent, which fails any --fail-on on it
+        present = cid in (checks_b if side == "B" else checks_a)
+        lost = side == "B" and (not present or status == "error")
+        uncompared.extend({"check": cid, "metric": m, "missing_in": side, "lost_in_b": lost,
+                           "reason": _why_uncompared(cid, side, present, status)} for m in names)
+
     for cid, cb in checks_b.items():
         ca = checks_a.get(cid)
         if ca is None:
             only_b += [f"{cid}.{m}" for m in cb.get("metrics", {})] or [cid]
+            lacking(cid, cb.get("metrics", {}), "A", None)
             continue
         if ca.get("uses") != cb.get("uses"):
             notes.append(f"check {cid!r} uses {ca.get('uses')!r} in A but {cb.get('uses')!r} in B: not compared")
+            uncompared += [{"check": cid, "metric": m, "missing_in": None,
+                            "lost_in_b": False,
+                            "reason": f"check {cid!r} uses {ca.get('uses')!r} in A but {cb.get('uses')!r} in B"}
+                           for m in dict.fromkeys(list(ca.get("metrics", {})) + list(cb.get("metrics", {})))]
             continue
         tests, skipped = {}, []
         if ca.get("data") == cb.get("data"):
@@ -129,6 +168,8 @@ def compare_results(a: dict, b: dict, *, path_a: str = "A", path_b: str = "B", s
         ma_all, mb_all = ca.get("metrics", {}), cb.get("metrics", {})
         only_a += [f"{cid}.{m}" for m in ma_all if m not in mb_all]
         only_b += [f"{cid}.{m}" for m in mb_all if m not in ma_all]
+        lacking(cid, [m for m in ma_all if m not in mb_all], "B", cb.get("status"))
+        lacking(cid, [m for m in mb_all if m not in ma_all], "A", ca.get("status"))
         for name, mb in mb_all.items():
             ma = ma_all.get(name)
             if ma is None:
@@ -148,23 +189,34 @@ def compare_results(a: dict, b: dict, *, path_a: str = "A", path_b: str = "B", s
             })
     only_a += [f"{cid}.{m}" for cid, ca in checks_a.items() if cid not in checks_b for m in ca.get("metrics", {})]
     only_a += [cid for cid, ca in checks_a.items() if cid not in checks_b and not ca.get("metrics")]
+    for cid, ca in checks_a.items():
+        if cid not in checks_b:
+            lacking(cid, ca.get("metrics", {}), "B", None)
 
     def order(r):
         rel = abs(r["rel_delta"]) if r["rel_delta"] is not None else abs(r["delta"] or 0.0)
         return (GROUPS.index(r["direction"]), not r["significant"], -rel, r["check"], r["metric"])
 
     rows.sort(key=order)
-    statuses = [{"check": cid, "a": (checks_a.get(cid) or {}).get("status"),
-                 "b": (checks_b.get(cid) or {}).get("status")}
-                for cid in list(checks_a) + [c for c in checks_b if c not in checks_a]]
+    statuses = []
+    for cid in list(checks_a) + [c for c in checks_b if c not in checks_a]:
+        sa, sb = (checks_a.get(cid) or {}).get("status"), (checks_b.get(cid) or {}).get("status")
+        statuses.append({"check": cid, "a": sa, "b": sb,
+                         "direction": _status_direction(cid in checks_a, sa, cid in checks_b, sb)})
     summary = {g: sum(1 for r in rows if r["direction"] == g) for g in GROUPS}
     summary["significant_regressions"] = sum(1 for r in rows if r["direction"] == "regression" and r["significant"])
+    # a check whose status changed counts with the metrics: a crash in B is a regression, never "unchanged"
+    summary["check_regressions"] = sum(1 for x in statuses if x["direction"] == "regression")
+    summary["check_improvements"] = sum(1 for x in statuses if x["direction"] == "improvement")
+    summary["regression"] += summary["check_regressions"]
+    summary["improvement"] += summary["check_improvements"]
     return {
         "schema": COMPARISON_SCHEMA,
         "suite": (b.get("suite") or {}).get("name"),
         "a": _run_info(a, path_a), "b": _run_info(b, path_b),
         "summary": summary, "rows": rows, "tests": tests_out, "check_status": statuses,
-        "only_in_a": only_a, "only_in_b": only_b, "notes": notes, "gates": [], "status": "pass",
+        "only_in_a": only_a, "only_in_b": only_b, "uncompared": uncompared, "notes": notes, "gates": [],
+        "status": "warn" if summary["check_regressions"] else "pass",
     }
 
 
@@ -177,19 +229,43 @@ def _run_info(r: dict, path: str) -> dict:
 
 # ---------------------------------------------------------------------- comparison gates
 
-def _delta_metrics(rows: list[dict]) -> tuple[dict, dict]:
-    """Delta dicts addressable as CHECK.METRIC, plus bare METRIC -> the checks that have it."""
+def _delta_metrics(rows: list[dict], uncompared: list[dict] = ()) -> tuple[dict, dict]:
+    """Every metric either run has, addressable as CHECK.METRIC, plus bare METRIC -> [(check, full name)].
+    A shared metric maps to its delta dict, one that a run lacks to its ``uncompared`` entry."""
     by_full, owners = {}, {}
     for r in rows:
-        d = {"value": r["delta"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
-        by_full[f"{r['check']}.{r['metric']}"] = d
-        owners.setdefault(r["metric"], []).append((r["check"], d))
+        full = f"{r['check']}.{r['metric']}"
+        by_full[full] = {"value": r["delta"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
+        owners.setdefault(r["metric"], []).append((r["check"], full))
+    for u in uncompared:
+        full = f"{u['check']}.{u['metric']}"
+        if full not in by_full:
+            by_full[full] = {"uncompared": u}
+            owners.setdefault(u["metric"], []).append((u["check"], full))
     return by_full, owners
 
 
+def _unknown_metric(expr: str, name: str, by_full: dict, owners: dict) -> AuditInputError:
+    """A gate on a metric neither run has (a typo): exit 2 with the closest names. No report is written
+    then, so the message lists the names itself."""
+    names = list(dict.fromkeys(list(owners) + list(by_full)))
+    near = get_close_matches(name, names, n=3, cutoff=0.6)
+    if near:
+        fix = "did you mean " + " or ".join(repr(n) for n in near) + "?"
+    elif names:
+        shown = sorted(by_full)[:8]
+        fix = "the metrics are: " + ", ".join(shown) + (f", … ({len(by_full)} in all)" if len(by_full) > 8 else "")
+    else:
+        fix = "the runs have no metrics"
+    return AuditInputError(f"{expr!r}: neither run has a metric {name!r}", place="--fail-on", fix=fix)
+
+
 def apply_gates(comparison: dict, exprs: list[str]) -> list[dict]:
-    """Decide each ``--fail-on`` condition on the deltas; a condition that holds FAILS the comparison."""
-    by_full, owners = _delta_metrics(comparison["rows"])
+    """Decide each ``--fail-on`` condition on the deltas; a condition that holds FAILS the comparison.
+
+    A metric that B lacks because B's check errored or is absent FAILS the gate (a crash never passes a
+    release gate); one that only one run has for another reason gives an ERROR gate (it fails too)."""
+    by_full, owners = _delta_metrics(comparison["rows"], comparison.get("uncompared", []))
     records = []
     for expr in exprs:
         try:
@@ -197,25 +273,33 @@ def apply_gates(comparison: dict, exprs: list[str]) -> list[dict]:
         except GateSyntaxError as exc:
             raise AuditInputError(f"bad comparison gate: {exc}", place="--fail-on",
                                   fix="write METRIC OP VALUE on the delta B - A, e.g. 'accuracy < -0.01'") from None
-        metrics = {}
+        metrics, lacking = {}, []
         for ref in gate.refs():
             if ref.baseline:
                 raise AuditInputError(f"{expr!r}: baseline.* has no meaning in a comparison", place="--fail-on",
                                       fix="compare the delta with a number, e.g. 'accuracy < -0.01'")
             if ref.metric in by_full:
-                metrics[ref.metric] = by_full[ref.metric]
+                found = by_full[ref.metric]
             elif ref.metric in owners:
-                found = owners[ref.metric]
-                if len(found) > 1:
-                    ids = ", ".join(c for c, _ in found)
-                    raise AuditInputError(f"{expr!r}: metric {ref.metric!r} is in several checks ({ids})",
+                checks = list(dict.fromkeys(c for c, _ in owners[ref.metric]))
+                if len(checks) > 1:
+                    raise AuditInputError(f"{expr!r}: metric {ref.metric!r} is in several checks ({', '.join(checks)})",
                                           place="--fail-on", fix=f"prefix it with the check id, e.g. "
-                                                                 f"'{found[0][0]}.{ref.metric}'")
-                metrics[ref.metric] = found[0][1]
+                                                                 f"'{checks[0]}.{ref.metric}'")
+                found = by_full[owners[ref.metric][0][1]]
             else:
-                near = get_close_matches(ref.metric, list(owners) + list(by_full), n=1)
-                raise AuditInputError(f"{expr!r}: no metric {ref.metric!r} is shared by both runs", place="--fail-on",
-                                      fix=f"did you mean {near[0]!r}?" if near else "see comparison.md for the metrics")
+                raise _unknown_metric(expr, ref.metric, by_full, owners)
+            if "uncompared" in found:
+                lacking.append(found["uncompared"])
+            else:
+                metrics[ref.metric] = found
+        if lacking:
+            u = lacking[0]
+            crashed = any(x.get("lost_in_b") for x in lacking)
+            records.append({"expr": gate.expr, "severity": "fail", "status": "fail" if crashed else "error",
+                            "observed": None, "threshold": None,
+                            "reason": f"{u['check']}.{u['metric']} has no delta: {u['reason']}"})
+            continue
         rec = evaluate(gate, metrics, None)
         for ref in gate.refs():
             if ref.field != "value" and metrics[ref.metric].get(ref.field) is None:
@@ -247,9 +331,13 @@ def render_markdown(c: dict) -> str:
     lines = [f"# auditkit compare: {md_cell(c['suite'])} — {c['status'].upper()}", "",
              f"A: {md_code(c['a']['path'])} (model {md_code(c['a']['model'])}, {_run_status(c['a']['status'])})  ",
              f"B: {md_code(c['b']['path'])} (model {md_code(c['b']['model'])}, {_run_status(c['b']['status'])})", "",
-             f"{s['regression']} regressions ({s['significant_regressions']} significant), {s['improvement']} "
-             f"improvements, {s['changed']} changed, {s['unchanged']} unchanged. Deltas are B - A; significance: "
-             f"paired test p < {ALPHA}.", ""]
+             f"{_counts(s)}, {s['changed']} changed, {s['unchanged']} unchanged. Deltas are B - A; "
+             f"significance: paired test p < {ALPHA}.", ""]
+    worse = [x for x in c["check_status"] if x.get("direction") == "regression"]
+    if worse:
+        lines += ["**Checks that got worse in B:** " + ", ".join(
+            f"{md_code(x['check'])} {md_cell(_check_status(x['a']))} → **{md_cell(_check_status(x['b']))}**"
+            for x in worse), ""]
     if c["gates"]:
         lines += ["| comparison gate (fails when true) | delta | status |", "|---|---|---|"]
         for g in c["gates"]:
@@ -266,15 +354,28 @@ def render_markdown(c: dict) -> str:
                      f"{md_cell(ci)} | {md_cell(r['test'] or '–')} | {md_cell(fmt(r['p_value']))} | {sig} |")
     changed = [x for x in c["check_status"] if x["a"] != x["b"]]
     if changed:
-        lines += ["", "| check | status A | status B |", "|---|---|---|"]
-        lines += [f"| {md_cell(x['check'])} | {md_cell(_run_status(x['a']))} | {md_cell(_run_status(x['b']))} |"
-                  for x in changed]
+        lines += ["", "| check | status A | status B | change |", "|---|---|---|---|"]
+        lines += [f"| {md_cell(x['check'])} | {md_cell(_run_status(x['a']))} | {md_cell(_run_status(x['b']))} | "
+                  f"{md_cell(x.get('direction') or '')} |" for x in changed]
     for label, key in (("Only in A", "only_in_a"), ("Only in B", "only_in_b")):
         if c[key]:
             lines += ["", f"**{label}:** " + ", ".join(md_code(m) for m in c[key])]
     if c["notes"]:
         lines += [""] + [f"- {md_cell(n)}" for n in c["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _counts(s: dict) -> str:
+    """``N regressions (K checks got worse, S significant), M improvements``."""
+    parts = [f"{s.get('check_regressions', 0)} check{'s' if s.get('check_regressions', 0) != 1 else ''} "
+             "got worse"] if s.get("check_regressions") else []
+    parts.append(f"{s['significant_regressions']} significant")
+    return f"{s['regression']} regressions ({', '.join(parts)}), {s['improvement']} improvements"
+
+
+def _check_status(status) -> str:
+    """A check's status in one run, ``absent`` where the run lacks the check."""
+    return "absent" if status is None else str(status)
 
 
 def _run_status(status) -> str:
@@ -305,18 +406,20 @@ def run_compare(args) -> int:
     comparison = compare_results(a, b, path_a=str(args.a), path_b=str(args.b))
     comparison["gates"] = apply_gates(comparison, list(getattr(args, "fail_on", None) or []))
     failed = [g for g in comparison["gates"] if g["status"] != "pass"]
-    comparison["status"] = "fail" if failed else "pass"
+    if failed:
+        comparison["status"] = "fail"  # else it stays "warn" where a check got worse, "pass" otherwise
     out = Path(args.out) if getattr(args, "out", None) else Path(args.b).parent
     written = write_outputs(comparison, out)
     s = comparison["summary"]
-    print(f"{s['regression']} regressions ({s['significant_regressions']} significant), "
-          f"{s['improvement']} improvements, {s['unchanged']} unchanged")
+    print(f"{_counts(s)}, {s['unchanged']} unchanged")
+    for x in [x for x in comparison["check_status"] if x["direction"] == "regression"][:10]:
+        print(f"  regression check {x['check']}: {_check_status(x['a'])} -> {_check_status(x['b'])}")
     for r in [r for r in comparison["rows"] if r["direction"] == "regression"][:10]:
         sig = "" if r["significant"] is None else (" significant" if r["significant"] else " not significant")
         print(f"  regression {r['check']}.{r['metric']}: {fmt(r['a'], 6)} -> {fmt(r['b'], 6)} "
               f"({signed(r['delta'])}{', p=' + fmt(r['p_value']) + sig if r['p_value'] is not None else ''})")
     for g in comparison["gates"]:
         print(f"{g['status'].upper()} --fail-on {g['expr']!r} (delta {fmt(g['observed'])})"
-              + (f": {g['reason']}" if g["status"] == "error" and g.get("reason") else ""))
+              + (f": {g['reason']}" if g["status"] != "pass" and g.get("reason") else ""))
     print(f"comparison written to {out}/ ({', '.join(p.name for p in written)})")
     return 1 if failed else 0

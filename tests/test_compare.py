@@ -79,7 +79,9 @@ def test_deltas_paired_tests_and_regressions_first(pair):
     assert order == sorted(order, key=["regression", "changed", "improvement", "unchanged"].index)
     assert c["rows"][0]["metric"] == "accuracy"  # the significant regression leads
     assert "forgetting.cka_min" in c["only_in_b"] and "gone.accuracy" in c["only_in_a"]
-    assert c["summary"]["regression"] == 2 and c["summary"]["significant_regressions"] == 1
+    # two metrics regressed and the check 'gone' is missing in B, which is a regression too
+    assert c["summary"]["regression"] == 3 and c["summary"]["significant_regressions"] == 1
+    assert c["summary"]["check_regressions"] == 1 and c["status"] == "warn"
     # the non-binary record is compared by paired bootstrap
     loss = next(t for t in c["tests"] if t["record"] == "loss")
     assert loss["test"] == "paired bootstrap" and loss["delta"] == pytest.approx(0.2)
@@ -203,3 +205,100 @@ def test_end_to_end_two_runs_of_a_suite(tmp_path, run_cli):
     assert code == 0
     c = json.loads((tmp_path / "self" / "comparison.json").read_text())
     assert all(r["direction"] == "unchanged" for r in c["rows"])
+
+
+# ---------------------------------------------------------------------- a check that got worse
+
+@pytest.fixture
+def crashed():
+    """``probe`` passed in A and crashed in B; ``drift`` went pass -> warn, ``gone`` is missing in B,
+    ``healed`` went error -> pass, ``same`` did not change."""
+    a = results([
+        {"id": "probe", "uses": "probe", "metrics": {"mean_logprob": metric(-0.4), "top1": metric(0.6)}},
+        {"id": "drift", "uses": "accuracy", "metrics": {"accuracy": metric(0.8)}},
+        {"id": "gone", "uses": "forgetting", "metrics": {"retention": metric(0.9)}},
+        {"id": "healed", "uses": "calibration", "status": "error", "metrics": {}},
+        {"id": "same", "uses": "overfitting", "metrics": {"gap": metric(0.1, False)}},
+    ])
+    b = results([
+        {"id": "probe", "uses": "probe", "status": "error", "metrics": {}, "error": "Traceback ..."},
+        {"id": "drift", "uses": "accuracy", "status": "warn", "metrics": {"accuracy": metric(0.8)}},
+        {"id": "healed", "uses": "calibration", "metrics": {"ece": metric(0.05, False)}},
+        {"id": "same", "uses": "overfitting", "metrics": {"gap": metric(0.1, False)}},
+    ], status="error")
+    return a, b
+
+
+def test_a_check_that_got_worse_is_a_regression(crashed):
+    from auditkit.compare import compare_results, render_markdown
+    c = compare_results(*crashed)
+    status = {x["check"]: x for x in c["check_status"]}
+    assert status["probe"]["direction"] == "regression" and status["probe"]["b"] == "error"
+    assert status["drift"]["direction"] == "regression"
+    assert status["gone"]["direction"] == "regression" and status["gone"]["b"] is None
+    assert status["healed"]["direction"] == "improvement"
+    assert status["same"]["direction"] == "unchanged"
+    s = c["summary"]
+    assert s["check_regressions"] == 3 and s["regression"] == 3  # no metric regressed, three checks did
+    assert s["improvement"] == 1 and s["unchanged"] == 2
+    # no gate failed, so the exit code stays 0, but the comparison is no pass
+    assert c["status"] == "warn"
+    md = render_markdown(c)
+    title = md.splitlines()[0]
+    assert "PASS" not in title and "WARN" in title
+    assert "3 regressions" in md and "0 regressions" not in md
+    # the headline names the checks that got worse with B's status, not A's
+    worse = next(line for line in md.splitlines() if "Checks that got worse" in line)
+    assert "`probe` pass → **error**" in worse and "`drift` pass → **warn**" in worse
+    assert "`gone` pass → **absent**" in worse and "healed" not in worse
+
+
+def test_compare_cli_reports_a_crash_in_b(tmp_path, crashed, run_cli):
+    pa, pb = write_pair(tmp_path, *crashed)
+    code, out, err = run_cli("compare", pa, pb)
+    assert code == 0, err  # documented: compare exits 1 only when a --fail-on gate fails
+    assert out.startswith("3 regressions") and "regression check probe: pass -> error" in out
+    c = json.loads((tmp_path / "b" / "comparison.json").read_text())
+    assert c["status"] == "warn" and c["summary"]["regression"] == 3
+    html = (tmp_path / "b" / "comparison.html").read_text()
+    assert 'id="overall-status">warn<' in html
+
+
+@pytest.mark.parametrize("gate, why", [
+    ("mean_logprob < -0.5", "errored in B"),        # the check crashed in B
+    ("probe.top1.ci_low < 0", "errored in B"),      # a CI bound of a metric of the crashed check
+    ("retention < -0.01", "not in B"),              # the check is missing in B
+])
+def test_fail_on_a_metric_b_lacks_fails_and_writes_the_reports(tmp_path, crashed, run_cli, gate, why):
+    pa, pb = write_pair(tmp_path, *crashed)
+    code, out, err = run_cli("compare", pa, pb, "--fail-on", gate)
+    assert code == 1, out + err
+    assert f"FAIL --fail-on {gate!r}" in out and why in out
+    c = json.loads((tmp_path / "b" / "comparison.json").read_text())
+    assert c["status"] == "fail"
+    assert c["gates"][0]["status"] == "fail" and why in c["gates"][0]["reason"]
+    md = (tmp_path / "b" / "comparison.md").read_text()
+    assert "FAIL" in md and why in md
+    assert (tmp_path / "b" / "comparison.html").exists()
+
+
+def test_fail_on_a_metric_only_b_has_is_an_error_gate(tmp_path, crashed, run_cli):
+    # 'healed' crashed in A: B's ece has no delta, so the gate cannot be decided, which fails the comparison
+    pa, pb = write_pair(tmp_path, *crashed)
+    code, out, _ = run_cli("compare", pa, pb, "--fail-on", "ece > 0.01")
+    assert code == 1 and "ERROR --fail-on 'ece > 0.01'" in out and "errored in A" in out
+    assert (tmp_path / "b" / "comparison.md").exists()
+
+
+@pytest.mark.parametrize("gate, words", [
+    ("nope > 0", "the metrics are"),
+    ("mean_logprb < -0.5", "did you mean 'mean_logprob'"),
+    ("probe.mean_logprb < -0.5", "did you mean 'probe.mean_logprob'"),
+])
+def test_fail_on_a_metric_neither_run_has_is_exit_2(tmp_path, crashed, run_cli, gate, words):
+    pa, pb = write_pair(tmp_path, *crashed)
+    code, out, err = run_cli("compare", pa, pb, "--fail-on", gate)
+    assert code == 2 and words in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    # no report was written, so the message does not send the user to one
+    assert not (tmp_path / "b" / "comparison.md").exists() and "comparison.md" not in err
