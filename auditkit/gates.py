@@ -140,7 +140,9 @@ def lookup(metrics: dict, ref: Ref) -> float | None:
     if v is None:
         return None
     v = float(v)
-    return None if math.isnan(v) else v
+    # NaN and +-inf decide nothing: results.json cannot hold an infinity, and a gate must not pass on a
+    # value the stored results show as missing
+    return v if math.isfinite(v) else None
 
 
 def evaluate(gate: Gate, metrics: dict, baseline: dict | None) -> dict:
@@ -155,7 +157,9 @@ def evaluate(gate: Gate, metrics: dict, baseline: dict | None) -> dict:
             return None
         v = lookup(source, ref)
         if v is None:
-            record["reason"] = f"{ref.text()} is missing or NaN"
+            raw = (source.get(ref.metric) or {}).get(ref.field)
+            record["reason"] = (f"{ref.text()} is {float(raw)}, not a finite number" if raw is not None
+                                and not math.isnan(float(raw)) else f"{ref.text()} is missing or NaN")
         return v
 
     left = resolve(gate.left)

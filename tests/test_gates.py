@@ -143,6 +143,26 @@ def test_nan_or_missing_metric_is_error_never_pass(metrics, expr):
     assert "missing or NaN" in rec["reason"]
 
 
+@pytest.mark.parametrize("value", [math.inf, -math.inf])
+@pytest.mark.parametrize("expr", ["accuracy > -100", "accuracy < 100"])
+def test_an_infinite_metric_is_error_never_pass(value, expr):
+    """results.json stores an infinity as null: a gate that passed on it would be a PASS on a value the
+    stored results show as missing."""
+    rec = evaluate(parse_gate(expr), {"accuracy": m(value)}, None)
+    assert rec["status"] == "error" and "not a finite number" in rec["reason"] and rec["observed"] is None
+
+
+def test_an_infinite_metric_is_null_in_results_json_beside_an_error_gate():
+    import json
+
+    from auditkit.api import Metric
+    from auditkit.results import dumps
+    metric = Metric(-math.inf).as_dict()
+    rec = evaluate(parse_gate("x > -100"), {"x": metric}, None)
+    stored = json.loads(dumps({"metrics": {"x": metric}, "gates": [rec]}))
+    assert stored["metrics"]["x"]["value"] is None and stored["gates"][0]["status"] == "error"
+
+
 def test_missing_ci_bound_is_error():
     assert evaluate(parse_gate("accuracy.ci_low >= 0"), {"accuracy": m(0.9)}, None)["status"] == "error"
 
