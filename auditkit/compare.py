@@ -32,7 +32,7 @@ import numpy as np
 from auditkit.errors import AuditInputError
 from auditkit.gates import GateSyntaxError, evaluate, parse_gate
 from auditkit.report.common import INFO_TEXT, fmt, md_cell, md_code
-from auditkit.results import load_results, write_json_atomic, write_text_atomic
+from auditkit.results import load_results, output_folder, write_json_atomic, write_text_atomic
 from auditkit.stats import mcnemar, paired_bootstrap
 
 ALPHA = 0.05
@@ -391,7 +391,7 @@ def render_html(c: dict) -> str:
 
 
 def write_outputs(c: dict, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     md, html = out / "comparison.md", out / "comparison.html"
     write_text_atomic(md, render_markdown(c))
     write_text_atomic(html, render_html(c))

@@ -71,6 +71,18 @@ def _umask() -> int:
     return _IMPORT_UMASK if mask is None else mask
 
 
+def output_folder(out: str | Path, place: str = "--out") -> Path:
+    """The folder reports are written to, created if missing. A folder that is a symbolic link is refused
+    (AuditInputError): the reports would land, and the stale ones be removed, wherever it points."""
+    from auditkit.errors import AuditInputError
+    out = Path(out)
+    if out.is_symlink():
+        raise AuditInputError(f"the output folder {out} is a symbolic link (to {os.readlink(out)}); auditkit does "
+                              "not write through links", place=place, fix="give --out the real folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def write_text_atomic(path: str | Path, data: str | bytes, *, private: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically: a temporary file in the same folder, renamed into place.
 

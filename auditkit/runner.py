@@ -26,7 +26,7 @@ from auditkit.gates import evaluate
 from auditkit.models import (ModelHandle, check_model_source, dtype_name, float_dtype, load_model,
                              resolve_device)
 from auditkit.distributed import world
-from auditkit.results import SCHEMA, write_json_atomic
+from auditkit.results import SCHEMA, output_folder, write_json_atomic
 from auditkit.suite import CheckSpec, Suite
 
 #: worst last; ``info`` (no gate decided) ranks below pass so it never hides a verdict, and a run of
@@ -499,7 +499,7 @@ class Runner:
         import tempfile
         out = self.opts.out_dir
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            output_folder(out)
             fd, probe = tempfile.mkstemp(prefix=".auditkit-probe-", dir=out)
             os.close(fd)
             os.unlink(probe)
@@ -558,7 +558,6 @@ class Runner:
         if not world().main:  # process 0 alone writes the reports
             return RunOutcome(results=results, exit_code=code)
         out = self.opts.out_dir
-        out.mkdir(parents=True, exist_ok=True)
         written = render_reports(results, out, self.registry, self.opts.formats,
                                  {"show_secrets": self.opts.show_secrets}, progress=self.progress)
         return RunOutcome(results=results, exit_code=code, written=written)
@@ -568,7 +567,7 @@ def render_reports(results: dict, out: Path, registry, formats, options: dict, p
                    write_json: bool = True) -> list[Path]:
     """Run each requested reporter plugin; results.json is written first, atomically."""
     from auditkit.report.common import for_report
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out)
     # a results.json re-written elsewhere keeps secrets only with --show-secrets, like every report
     written = [write_json_atomic(out / "results.json", for_report(results, options))] if write_json else []
     for name in formats:

@@ -310,6 +310,24 @@ def test_an_unwritable_out_is_exit_2_before_any_model_loads(run_cli, tmp_path, m
     assert not loaded and "--out" in line
 
 
+def test_an_out_that_is_a_symlink_is_exit_2_and_its_target_untouched(run_cli, tmp_path, monkeypatch):
+    """The reports would land, and the stale ones be removed, wherever the link points."""
+    import auditkit.runner as runner
+    loaded = []
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: loaded.append(a) or (_ for _ in ()).throw(AssertionError))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "results.json").write_text("keep me")
+    (tmp_path / "out-link").symlink_to(victim)
+    write_jsonl(tmp_path / "data.jsonl", ROWS)
+    suite = write_suite(tmp_path, "name: v\nmodel: {base: builtin:tiny-bert}\n"
+                                  "checks: [{uses: accuracy, data: data.jsonl}]\n")
+    line = assert_bad_input(run_cli("run", suite, "--out", tmp_path / "out-link"), "--out", "symbolic link")
+    assert not loaded and "real folder" in line
+    assert (victim / "results.json").read_text() == "keep me" and sorted(p.name for p in victim.iterdir()) == [
+        "results.json"]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_out_is_exit_2(run_cli, tmp_path):  # pragma: no cover - CI runs as root
     out = tmp_path / "ro"
