@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
@@ -84,6 +85,11 @@ def _plugin_name(plugin) -> str:
     return getattr(plugin, "__name__", type(plugin).__name__)
 
 
+def _norm(name: str) -> str:
+    """A package name as pip compares them (PEP 503): lower case, runs of ``-_.`` as ``-``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def build_registry() -> Registry:
     """Load every enabled plugin and collect what it registers (done once per process)."""
     pm = pluggy.PluginManager("auditkit")
@@ -113,9 +119,19 @@ def build_registry() -> Registry:
         pm.register(module, name=modname)
         origin[modname] = {"name": modname, "version": _own_version(), "source": "built-in"}
 
-    for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        if ep.name in block or (allow is not None and ep.name not in allow):
+    matched: set[str] = set()
+    blocked = block | {_norm(b) for b in block}
+    entry_points = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    for ep in entry_points:
+        # a plugin is named by its entry point or by the package that installs it (pip's name)
+        names = {ep.name} | ({_norm(ep.dist.name)} if ep.dist is not None and ep.dist.name else set())
+        if names & blocked:
             continue
+        if allow is not None:
+            hits = {a for a in allow if a in names or _norm(a) in names}
+            if not hits:
+                continue
+            matched |= hits
         if pm.has_plugin(ep.value) or ep.value in DEFAULT_PLUGINS:
             continue
         try:
@@ -128,6 +144,10 @@ def build_registry() -> Registry:
         origin[ep.name] = {"name": ep.name, "version": dist.version if dist else "?",
                            "source": f"entry point {ep.value}"}
 
+    for name in sorted((allow or set()) - matched):
+        known = ", ".join(ep.name for ep in entry_points) or "none"
+        reg.failures.append((name, "AUDITKIT_PLUGINS names it, but no installed plugin has that entry-point or "
+                                   f"package name (third-party entry points: {known})"))
     infos = {name: dict(origin[name], checks=[], reporters=[], model_sources=[], dataset_sources=[],
                        scorers=[])
              for name, _ in pm.list_name_plugin() if name in origin}

@@ -143,6 +143,24 @@ def test_allowlist_and_blocklist_for_entry_points(entry_points, monkeypatch):
     assert "akt_const" not in build_registry().checks
 
 
+def test_allowlist_takes_the_package_name_and_says_when_a_name_matches_nothing(entry_points, monkeypatch):
+    """AUDITKIT_PLUGINS takes a plugin's entry-point name or the name pip installed it under (compared as pip
+    does); a name that matches no installed plugin is reported, not silently ignored."""
+    from types import SimpleNamespace
+    eps = [md.EntryPoint("good", "akt_good_plugin", "auditkit")._for(SimpleNamespace(name="Auditkit_Good",
+                                                                                    version="1.2"))]
+    monkeypatch.setattr(plugins.md, "entry_points", lambda **kw: eps if kw.get("group") == "auditkit" else [])
+    monkeypatch.setenv("AUDITKIT_PLUGINS", "auditkit-good")
+    reg = build_registry()
+    assert "akt_const" in reg.checks and not reg.failures
+    monkeypatch.setenv("AUDITKIT_PLUGINS", "auditkit-god,good")
+    reg = build_registry()
+    assert "akt_const" in reg.checks
+    assert [n for n, _ in reg.failures] == ["auditkit-god"]
+    assert "no installed plugin has that entry-point or package name" in reg.failures[0][1]
+    assert "good" in reg.failures[0][1]
+
+
 def test_cli_reports_broken_plugins_by_name(entry_points, fresh_registry, run_cli, tmp_path):
     code, out, err = run_cli("plugins")
     assert code == 0
