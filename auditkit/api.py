@@ -276,8 +276,12 @@ class Check:
         """Check parameters against the model's task kind, before any model loads: raise AuditInputError."""
 
     @classmethod
-    def validate_data(cls, data: "Dataset", params: dict) -> None:
-        """Check the entry's dataset before any model loads (columns, value types): raise AuditInputError."""
+    def validate_data(cls, data: "Dataset", params: dict, base_dir: str | None = None,
+                      task: str | None = None) -> None:
+        """Check the entry's dataset before any model loads (columns, value types): raise AuditInputError.
+
+        ``base_dir`` is the suite's folder (a relative path in a parameter resolves from it) and ``task`` the
+        model's task kind; an override may leave out either keyword, and is then called without it."""
 
     @classmethod
     def needs_for(cls, params: dict, task: str) -> frozenset[str]:

@@ -115,6 +115,15 @@ def _measured(spec: CheckSpec, gates: list, metrics: dict, baseline_metrics: dic
     return kept, notes
 
 
+def _validate_data(cls, ds, params: dict, **known) -> None:
+    """``cls.validate_data(ds, params, ...)`` with those of ``known`` (``base_dir``, ``task``) that its
+    signature takes: a plugin written for the two-argument form keeps working."""
+    import inspect
+    sig = inspect.signature(cls.validate_data).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values())
+    cls.validate_data(ds, params, **{k: v for k, v in known.items() if takes_all or k in sig})
+
+
 def _declared(spec: CheckSpec, metrics: dict) -> None:
     """A check returns only metrics it declares (``baseline.NAME`` for a declared NAME, patterns included):
     a misspelt name would otherwise leave the default gate on the declared one unmeasured, and dropped, and
@@ -378,7 +387,8 @@ class Runner:
                 place = self.where("checks", suite.checks.index(spec), "data")
                 ds = self.load_data(spec.data, spec.columns, place)
                 try:
-                    spec.cls.validate_data(ds, spec.params)
+                    _validate_data(spec.cls, ds, spec.params, base_dir=str(suite.base_dir),
+                                   task=suite.model.task)
                 except AuditInputError as exc:
                     exc.file = exc.file or ds.file or self.file
                     exc.place = exc.place or place

@@ -493,3 +493,116 @@ def test_undefined_rate_is_left_out_of_the_point_as_of_its_ci():
     y2, p2, codes = np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]), np.array([0, 0, 1, 1])
     two = gated_stats(group_rates(y2, p2, (y2 == p2).astype(float), codes, 2, np.arange(4)[None, :]))
     assert np.isnan(two["eo_difference"][0]) and two["dp_difference"][0] == 0.0
+
+
+# ---------------------------------------------------------------------- refused before any model loads
+
+def _no_model(monkeypatch):
+    import auditkit.runner
+    monkeypatch.setattr(auditkit.runner.Runner, "_load", lambda *a, **k: pytest.fail("a model was loaded"))
+
+
+def _refused(run_cli, suite, out, *words):
+    """Exit 2 with one error line holding ``words``, and nothing written (no check ran)."""
+    code, stdout, err = run_cli("run", suite, "--out", out, "--device", "cpu")
+    lines = [ln for ln in err.splitlines() if ln.startswith("auditkit: error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err + stdout, (code, err)
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert not (out / "results.json").exists()
+    return lines[0]
+
+
+NO_GROUP_TEXTS = [{"text": f"The parcel number {i} arrived late.", "label": i % 2} for i in range(12)]
+
+
+def _suite(tmp_path, checks: str, model="base: builtin:tiny-bert, task: sequence-classification, num_labels: 2"):
+    return write_suite(tmp_path, "name: early\nmodel: {" + model + ", max_length: 16}\nchecks:\n"
+                       "  - uses: accuracy\n    data: d.jsonl\n    bootstrap: 100\n" + checks)
+
+
+def test_counterfactual_with_nothing_to_swap_is_refused_before_loading(tmp_path, run_cli, monkeypatch):
+    """Found only after the model loaded and the checks before it ran (their results lost)."""
+    _no_model(monkeypatch)
+    write_jsonl(tmp_path / "d.jsonl", NO_GROUP_TEXTS)
+    write_jsonl(tmp_path / "texts.jsonl", NO_GROUP_TEXTS)
+    suite = _suite(tmp_path, "  - uses: bias.counterfactual\n    data: texts.jsonl\n")
+    _refused(run_cli, suite, tmp_path / "out", "texts.jsonl:column 'text': no text names a group term of the "
+             "lexicon, so there is nothing to swap", "extend the lexicon")
+
+
+def test_groups_too_small_is_refused_before_loading(tmp_path, run_cli, monkeypatch):
+    _no_model(monkeypatch)
+    write_jsonl(tmp_path / "d.jsonl", NO_GROUP_TEXTS)
+    write_jsonl(tmp_path / "g.jsonl", [dict(r, group="ab"[i % 2]) for i, r in enumerate(NO_GROUP_TEXTS)])
+    suite = _suite(tmp_path, "  - uses: bias.groups\n    data: g.jsonl\n")
+    _refused(run_cli, suite, tmp_path / "out", "g.jsonl:column 'group': bias.groups needs at least two groups "
+             "with 30+ rows; found a (n=6), b (n=6)", "lower min_group_size")
+    # inferred from the lexicon: no text names a group
+    suite = _suite(tmp_path, "  - uses: bias.groups\n    data: d.jsonl\n")
+    _refused(run_cli, suite, tmp_path / "out", "d.jsonl:column 'group': bias.groups needs at least two groups "
+             "with 30+ rows; found none")
+
+
+def test_a_relative_user_lexicon_is_read_from_the_suite_folder_before_loading(tmp_path, run_cli, monkeypatch):
+    """The pre-load checks resolve ``lexicon:`` from the suite's folder (not the working directory)."""
+    _no_model(monkeypatch)
+    lex = {"pets": {"groups": {"cat": {"nouns": ["cat"]}, "dog": {"nouns": ["dog"]}}, "swaps": [["cat", "dog"]]}}
+    (tmp_path / "lex.json").write_text(json.dumps(lex))
+    write_jsonl(tmp_path / "d.jsonl", NO_GROUP_TEXTS)
+    # "my father" is a group term of the built-in lexicon, not of lex.json
+    write_jsonl(tmp_path / "t.jsonl", [{"text": f"My father fed the {k}.", "label": 1} for k in ("fish", "cat")])
+    suite = _suite(tmp_path, "  - uses: bias.groups\n    data: t.jsonl\n    lexicon: lex.json\n"
+                   "    min_group_size: 2\n")
+    _refused(run_cli, suite, tmp_path / "out", "t.jsonl:column 'group'", "found cat (n=1)")
+    write_jsonl(tmp_path / "t.jsonl", [{"text": f"My father fed the {k}.", "label": 1} for k in ("fish", "bird")])
+    suite = _suite(tmp_path, "  - uses: bias.counterfactual\n    data: t.jsonl\n    lexicon: lex.json\n")
+    _refused(run_cli, suite, tmp_path / "out", "t.jsonl:column 'text': no text names a group term")
+
+
+def test_lm_texts_ending_in_their_group_term_are_refused_before_loading(tmp_path, run_cli, monkeypatch):
+    _no_model(monkeypatch)
+    write_jsonl(tmp_path / "d.jsonl", [{"text": "The parcel arrived late."}])
+    write_jsonl(tmp_path / "t.jsonl", [{"text": "The parcel was for my wife"}, {"text": "It was sent by him"}])
+    suite = _suite(tmp_path, "  - uses: bias.counterfactual\n    data: t.jsonl\n",
+                   model="base: builtin:tiny-gpt2, task: causal-lm")
+    _refused(run_cli, suite, tmp_path / "out", "t.jsonl:column 'text': every group term ends its text, so there "
+             "is no continuation to score")
+
+
+@pytest.mark.parametrize("check,rows,words", [
+    ("bias.pairs", [{"sent_more": "a", "stereo_antistereo": "stereo"}], "missing column 'sent_less' for CrowS-Pairs"),
+    ("bias.groups", [{"text": "My father came.", "label": "yes"}], "label must be an integer class index"),
+    ("bias.counterfactual", [{"label": 1}], "missing column 'text'"),
+])
+def test_other_data_only_refusals_come_before_loading(tmp_path, run_cli, monkeypatch, check, rows, words):
+    _no_model(monkeypatch)
+    write_jsonl(tmp_path / "d.jsonl", NO_GROUP_TEXTS)
+    write_jsonl(tmp_path / "t.jsonl", rows)
+    _refused(run_cli, _suite(tmp_path, f"  - uses: {check}\n    data: t.jsonl\n"), tmp_path / "out", "t.jsonl:", words)
+
+
+def test_pre_load_checks_read_the_rows_the_run_reads_and_say_what_it_says(registry, tiny_bert):
+    """``max_examples`` keeps the first rows: the pre-load check counts those, and its refusal is the run's."""
+    from auditkit.data import Dataset
+    from auditkit.errors import AuditInputError
+    from auditkit_plugins.bias import BiasCounterfactual, BiasGroups
+    rows = NO_GROUP_TEXTS[:6] + [{"text": "My father liked it.", "label": 1}]
+    ds = Dataset("test", rows, "test.jsonl")
+    cf = {k: p.default for k, p in BiasCounterfactual.params.items()}
+    BiasCounterfactual.validate_data(ds, cf)  # the whole file has a swap
+    BiasCounterfactual.validate_data(ds, dict(cf, max_examples=7))
+    with pytest.raises(AuditInputError) as early:
+        BiasCounterfactual.validate_data(ds, dict(cf, max_examples=6))
+    with pytest.raises(AuditInputError) as late:
+        _run(registry, "bias.counterfactual", tiny_bert, rows, max_examples=6)
+    assert early.value.line() == late.value.line()
+    grouped = [dict(r, group="ab"[i % 2]) for i, r in enumerate(NO_GROUP_TEXTS)]
+    ds = Dataset("test", grouped, "test.jsonl")
+    g = dict({k: p.default for k, p in BiasGroups.params.items()}, min_group_size=3)
+    BiasGroups.validate_data(ds, g)
+    with pytest.raises(AuditInputError) as early:
+        BiasGroups.validate_data(ds, dict(g, max_examples=5))  # a (n=3), b (n=2)
+    with pytest.raises(AuditInputError) as late:
+        _run(registry, "bias.groups", tiny_bert, grouped, min_group_size=3, max_examples=5)
+    assert early.value.line() == late.value.line() and "found a (n=3), b (n=2)" in early.value.line()

@@ -394,3 +394,22 @@ def test_generation_mode_on_a_classifier_is_refused_before_loading(tmp_path, run
                                                extra="    mode: generation"))
     code, _, err = run_cli("run", suite, "--out", tmp_path / "out")
     assert code == 2 and "mode: generation" in _one_line(err)
+
+
+@pytest.mark.parametrize("base,task,extra", [
+    ("builtin:tiny-gpt2", "causal-lm", "    mode: generation"),
+    ("builtin:tiny-t5", "seq2seq-lm", ""),  # mode: auto is generation for a seq2seq LM
+])
+def test_prompts_naming_no_group_are_refused_before_loading(tmp_path, run_cli, monkeypatch, base, task, extra):
+    """Generation reads the prompt column: prompts naming no group term leave nothing to swap, known from the
+    data and lexicon alone (the text column, which does name one, is not what the run reads)."""
+    import auditkit.runner
+    monkeypatch.setattr(auditkit.runner.Runner, "_load", lambda *a, **k: pytest.fail("a model was loaded"))
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"Describe parcel {i}:", "text": "My wife came."})
+                                              + "\n" for i in range(4)))
+    suite = write_suite(tmp_path, SUITE.replace('"builtin:reviews#test"', "p.jsonl").format(base=base, task=task,
+                                                                                            extra=extra))
+    code, _, err = run_cli("run", suite, "--out", tmp_path / "out")
+    line = _one_line(err)
+    assert code == 2 and "p.jsonl:column 'prompt': no text names a group term of the lexicon" in line, err
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -49,6 +49,7 @@ import numpy as np
 from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param, did_you_mean, metric_parts
 from auditkit.errors import AuditInputError
 
+from .preload import swapper_for
 from .swaps import CONTEXT_TERMS, make_swapper
 from .uncertainty import Z_SUM, cluster_mean_ci, mde
 
@@ -84,6 +85,32 @@ def resolve_mode(params: dict, task: str) -> str:
     if mode == "auto":
         return "loglikelihood" if task == "causal-lm" else "generation"
     return mode
+
+
+def read_columns(ds, mode: str) -> bool:
+    """Whether a run in ``mode`` reads ``prompt`` (True) or ``text``; requires the columns it reads
+    (an AuditInputError naming the file, row and column where one is missing)."""
+    if mode == "generation":
+        prompt_mode = ds.has("prompt")
+        ds.require("prompt" if prompt_mode else "text")
+    else:
+        prompt_mode = mode == "loglikelihood" and ds.has("prompt", "completion")
+        if prompt_mode:
+            ds.require("prompt", "completion", fmt="prompt-completion")
+        else:
+            ds.require("text")
+    return prompt_mode
+
+
+def nothing_to_swap(ds, prompt_mode: bool) -> AuditInputError:
+    return ds.error("no text names a group term of the lexicon, so there is nothing to swap",
+                    col="prompt" if prompt_mode else "text",
+                    fix="use texts that mention groups (e.g. builtin:reviews#test) or extend the lexicon")
+
+
+def nothing_to_score(ds) -> AuditInputError:
+    return ds.error("every group term ends its text, so there is no continuation to score",
+                    col="text", fix="use texts that go on after the group term, or prompt/completion rows")
 
 
 class BiasCounterfactual(Check):
@@ -191,6 +218,46 @@ class BiasCounterfactual(Check):
                                   fix="remove mode: (a classifier is scored by its class probabilities)")
 
     @classmethod
+    def validate_data(cls, data, params: dict, base_dir: str | None = None, task: str | None = None) -> None:
+        """Before any model loads, what the run would refuse from the data and lexicon alone: the
+        columns the mode reads, no text naming a group term (nothing to swap) and, for the
+        log-likelihood of ``{"text"}`` rows, every group term ending its text (nothing to score); on the
+        rows the run reads (the first ``max_examples``), with the same messages as :meth:`run`.
+
+        ``base_dir`` (the suite's folder) and ``task`` come from the runner; where the column read depends
+        on a task not given, or a relative lexicon on a folder not given, that part is left to the run."""
+        if task:
+            modes = {resolve_mode(params, task)}
+        elif (params.get("mode") or "auto") == "auto":
+            modes = {"classifier", "loglikelihood", "generation"}
+        else:
+            modes = {params["mode"]}
+        if len(modes) == 1:
+            mode = next(iter(modes))
+            prompt_mode = read_columns(data, mode)
+        else:
+            reads = {data.has("prompt") if m == "generation"
+                     else m == "loglikelihood" and data.has("prompt", "completion") for m in modes}
+            if len(reads) > 1:
+                return  # prompt or text: that depends on the task
+            mode, prompt_mode = None, reads.pop()
+            data.require("prompt" if prompt_mode else "text")
+        swapper = swapper_for(params, base_dir)
+        if swapper is None:
+            return
+        rows = data.rows[: params["max_examples"]] if params.get("max_examples") else data.rows
+        col = "prompt" if prompt_mode else "text"
+        continuation = mode == "loglikelihood" and not prompt_mode  # the text must go on after the term
+        swapped = False
+        for row in rows:
+            text = row[col]
+            for cf in swapper.counterfactuals(text):
+                swapped = True
+                if not continuation or text[cf.end:].strip():
+                    return
+        raise nothing_to_score(data) if swapped else nothing_to_swap(data, prompt_mode)
+
+    @classmethod
     def needs_for(cls, params: dict, task: str) -> frozenset[str]:
         """Class logits (classifiers), log-probs (loglikelihood mode) or generation (generation mode)."""
         return frozenset({{"classifier": "logits", "loglikelihood": "logprobs",
@@ -205,24 +272,14 @@ class BiasCounterfactual(Check):
         self.validate_task(prm, task, prefix)
         mode = resolve_mode(prm, task)
         lm = mode == "loglikelihood"
-        if mode == "generation":
-            prompt_mode = ds.has("prompt")
-            ds.require("prompt" if prompt_mode else "text")
-        else:
-            prompt_mode = lm and ds.has("prompt", "completion")
-            if prompt_mode:
-                ds.require("prompt", "completion", fmt="prompt-completion")
-            else:
-                ds.require("text")
+        prompt_mode = read_columns(ds, mode)
         items = []  # (row index, original text, Counterfactual)
         for i, row in enumerate(rows):
             text = row["prompt"] if prompt_mode else row["text"]
             for cf in swapper.counterfactuals(text):
                 items.append((i, text, cf))
-        if not items:
-            raise ds.error("no text names a group term of the lexicon, so there is nothing to swap",
-                           col="prompt" if prompt_mode else "text",
-                           fix="use texts that mention groups (e.g. builtin:reviews#test) or extend the lexicon")
+        if not items:  # validate_data refuses this before any model loads; kept for direct callers
+            raise nothing_to_swap(ds, prompt_mode)
         ctx.progress(0.1)
         if mode == "generation":
             scored = self._generation(ctx, items)
@@ -267,9 +324,8 @@ class BiasCounterfactual(Check):
                     continue  # the group term ends the text: no continuation to score
             pairs.append(((ctx_o, cont), (ctx_c, cont)))
             keep.append((i, text, cf))
-        if not pairs:
-            raise ctx.data.error("every group term ends its text, so there is no continuation to score",
-                                 col="text", fix="use texts that go on after the group term, or prompt/completion rows")
+        if not pairs:  # validate_data refuses this before any model loads; kept for direct callers
+            raise nothing_to_score(ctx.data)
         unique = list(dict.fromkeys(p for pr in pairs for p in pr))
         where = {p: k for k, p in enumerate(unique)}
         lps = ctx.model.continuation_logprobs(unique)  # originals and counterfactuals in one batched pass

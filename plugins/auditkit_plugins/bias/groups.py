@@ -52,6 +52,7 @@ from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
 from auditkit.errors import AuditInputError
 from auditkit.stats import mean_ci
 
+from .preload import swapper_for
 from .swaps import check_names, make_swapper
 from auditkit.api import metric_parts
 
@@ -174,6 +175,43 @@ def observed_rates(y, p, correct, codes, k: int) -> dict[str, np.ndarray]:
     return {f: v[0] for f, v in group_rates(y, p, correct, codes, k, identity).items()}
 
 
+def find_groups(ds, rows: list[dict], prm: dict, swapper=None) -> tuple[list, str, str | None]:
+    """Each row's group (None: none) from the ``group_column``, else inferred with ``swapper`` from the
+    lexicon's terms (rows naming exactly one group of ``attribute``; ``auto``: the attribute most rows
+    name); also where they came from and, for inferred groups, a note. Data and lexicon only."""
+    col = prm["group_column"]
+    if ds.has(col):
+        ds.require(col)
+        out = [r[col] if r[col] is not None and str(r[col]).strip() else None for r in rows]
+        return out, f"column {col!r}", None
+    found = [swapper.groups_in(r["text"]) for r in rows]
+    attr = prm["attribute"]
+    if attr == "auto":
+        counts = {a: sum(1 for f in found if len(f.get(a, ())) == 1) for a in swapper.attributes}
+        attr = max(counts, key=lambda a: (counts[a], -swapper.attributes.index(a)))
+    out = [next(iter(f[attr])) if len(f.get(attr, ())) == 1 else None for f in found]
+    skipped = sum(1 for x in out if x is None)
+    note = (f"no {col!r} column: groups inferred from the {attr} lexicon terms"
+            + (f"; {skipped} rows naming no single {attr} group left out" if skipped else ""))
+    return out, f"the {attr} lexicon", note
+
+
+def gate_groups(ds, groups: list, prm: dict) -> tuple[list[str], dict[str, int], list[str]]:
+    """Group names (sorted, as fairlearn's ``MetricFrame.by_group`` orders them), their sizes and those
+    large enough to gate (``min_group_size``); an AuditInputError unless at least two are."""
+    sizes: dict[str, int] = {}
+    for x in groups:
+        if x is not None:
+            sizes[str(x)] = sizes.get(str(x), 0) + 1
+    names = sorted(sizes)
+    gated = [n for n in names if sizes[n] >= prm["min_group_size"]]
+    if len(gated) < 2:
+        raise ds.error(f"bias.groups needs at least two groups with {prm['min_group_size']}+ rows; "
+                       f"found {', '.join(f'{n} (n={sizes[n]})' for n in names) or 'none'}",
+                       col=prm["group_column"], fix="lower min_group_size or add rows for more groups")
+    return names, sizes, gated
+
+
 class BiasGroups(Check):
     name = "bias.groups"
     #: class predictions of a classifier
@@ -234,6 +272,25 @@ class BiasGroups(Check):
             if attr != "auto":
                 check_names([attr], swapper.attributes, f"{prefix}attribute")
 
+    @classmethod
+    def validate_data(cls, data, params: dict, base_dir: str | None = None) -> None:
+        """Before any model loads, what the run would refuse from the data and lexicon alone: no
+        ``text``, labels that are not integer class indices (their range needs the model), and fewer
+        than two groups of ``min_group_size``+ rows among the rows the run reads (the first
+        ``max_examples``), with the same messages as :meth:`run`. ``base_dir``: the suite's folder, from the
+        runner; groups inferred through a relative lexicon on a folder not given are left to the run."""
+        prm = {**{k: p.default for k, p in cls.params.items()}, **params}
+        data.require("text", fmt="classification")
+        data.require_labels()
+        rows = data.rows[: prm["max_examples"]] if prm["max_examples"] else data.rows
+        swapper = None
+        if not data.has(prm["group_column"]):
+            swapper = swapper_for({"lexicon": prm["lexicon"], "extend_lexicon": prm["extend_lexicon"]}, base_dir)
+            if swapper is None:
+                return
+        groups, _, _ = find_groups(data, rows, prm, swapper)
+        gate_groups(data, groups, prm)
+
     def run(self, ctx: CheckContext) -> CheckResult:
         from fairlearn.metrics import MetricFrame, count, selection_rate
         from sklearn.metrics import accuracy_score
@@ -252,6 +309,7 @@ class BiasGroups(Check):
         texts = [r["text"] for r in rows]
         notes: list[str] = []
         groups, source = self._groups(ctx, rows, notes, prefix)
+        gate_groups(ds, groups, prm)  # refused before loading by validate_data; kept for direct callers
         logits = ctx.model.class_logits(texts)  # the cached pass shared with `accuracy`
         ctx.progress(0.6)
         keep = np.array([g is not None for g in groups])
@@ -272,10 +330,6 @@ class BiasGroups(Check):
         if small:
             notes.append(f"not gated (fewer than {prm['min_group_size']} rows): "
                          + ", ".join(f"{n} (n={sizes[n]})" for n in small))
-        if len(gated) < 2:
-            raise ds.error(f"bias.groups needs at least two groups with {prm['min_group_size']}+ rows; "
-                           f"found {', '.join(f'{n} (n={sizes[n]})' for n in names) or 'none'}",
-                           col=prm["group_column"], fix="lower min_group_size or add rows for more groups")
         sel = np.isin(g, gated)
         yg, pg, cg, gg = y[sel], p[sel], correct[sel], g[sel]
         res = CheckResult(notes=notes)
@@ -354,23 +408,14 @@ class BiasGroups(Check):
 
     def _groups(self, ctx: CheckContext, rows: list[dict], notes: list[str], prefix: str) -> tuple[list, str]:
         prm, ds = ctx.params, ctx.data
-        col = prm["group_column"]
-        if ds.has(col):
-            ds.require(col)
-            out = [r[col] if r[col] is not None and str(r[col]).strip() else None for r in rows]
-            return out, f"column {col!r}"
-        swapper = make_swapper({"lexicon": prm["lexicon"], "extend_lexicon": prm["extend_lexicon"]}, ctx.base_dir,
-                               prefix)
-        found = [swapper.groups_in(r["text"]) for r in rows]
-        attr = prm["attribute"]
-        if attr == "auto":
-            counts = {a: sum(1 for f in found if len(f.get(a, ())) == 1) for a in swapper.attributes}
-            attr = max(counts, key=lambda a: (counts[a], -swapper.attributes.index(a)))
-        out = [next(iter(f[attr])) if len(f.get(attr, ())) == 1 else None for f in found]
-        skipped = sum(1 for x in out if x is None)
-        notes.append(f"no {col!r} column: groups inferred from the {attr} lexicon terms"
-                     + (f"; {skipped} rows naming no single {attr} group left out" if skipped else ""))
-        return out, f"the {attr} lexicon"
+        swapper = None
+        if not ds.has(prm["group_column"]):
+            swapper = make_swapper({"lexicon": prm["lexicon"], "extend_lexicon": prm["extend_lexicon"]},
+                                   ctx.base_dir, prefix)
+        out, source, note = find_groups(ds, rows, prm, swapper)
+        if note:
+            notes.append(note)
+        return out, source
 
 
 def _bars_svg(bars: list) -> str:

@@ -67,9 +67,14 @@ class BiasPairs(Check):
                                                    "in the data's bias_type column)", None),
     }
 
+    @classmethod
+    def validate_data(cls, data, params: dict | None = None) -> None:
+        """Before any model loads: every row has the two sentences (the same refusal as :meth:`run`)."""
+        data.require("sent_more", "sent_less", fmt="CrowS-Pairs")
+
     def run(self, ctx: CheckContext) -> CheckResult:
         ds = ctx.data
-        ds.require("sent_more", "sent_less", fmt="CrowS-Pairs")
+        self.validate_data(ds, ctx.params)
         rows = ds.rows[: ctx.params["max_examples"]] if ctx.params["max_examples"] else ds.rows
         more = [r["sent_more"] for r in rows]
         less = [r["sent_less"] for r in rows]
