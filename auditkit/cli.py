@@ -3,16 +3,22 @@
 Exit codes: 0 every gate passed; 1 a gate failed; 2 bad input (one line: file, place, fix; no
 traceback); 3 a check crashed (reports are still written). Progress goes to stderr with rich bars
 on a terminal, plain lines when stderr is not a TTY or NO_COLOR is set.
+
+Text from a suite, a dataset, a model or a plugin is shown literally on the console: never read as
+rich markup (it goes to rich as :class:`rich.text.Text`), and its control characters (ESC, OSC, clear
+screen) and bidi controls are written out as ``\\x1b``/``\\u202e`` (:func:`auditkit.report.common.visible`).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 from auditkit.errors import AuditInputError
+from auditkit.report.common import visible
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_CRASH = 0, 1, 2, 3
 STATUS_STYLE = {"info": "cyan", "pass": "green", "warn": "yellow", "fail": "red", "error": "magenta"}
@@ -25,6 +31,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _fancy() -> bool:
     return sys.stderr.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def _text(x, keep: str = "", style: str = ""):
+    """``x`` as a rich Text: shown literally (no markup, no emoji codes), control characters visible."""
+    from rich.text import Text
+    return Text(visible(x, keep=keep), style=style)
 
 
 def _console(stderr: bool = True):
@@ -43,8 +55,8 @@ def make_progress():
             self.t0 = {}
             self.last_train = 0.0
 
-        def _say(self, msg: str) -> None:
-            print(f"auditkit: {msg}", file=sys.stderr, flush=True)
+        def _say(self, msg: str) -> None:  # one line each, shown literally
+            print(f"auditkit: {visible(msg)}", file=sys.stderr, flush=True)
 
         def stage(self, message):
             self._say(message)
@@ -74,19 +86,21 @@ def make_progress():
     class Fancy(Progress):
         def __init__(self):
             self.console = _console()
-            self.bars = RichProgress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                                     TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
+            # the description is a check id from the suite: literal text, never markup
+            self.bars = RichProgress(TextColumn("{task.description}", markup=False), BarColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                     console=self.console, transient=False)
             self.tasks = {}
             self.bars.start()
 
         def stage(self, message):
-            self.console.print(f"[dim]auditkit:[/] {message}", markup=True, highlight=False)
+            self.console.print(_text("auditkit:", style="dim") + " " + _text(message), highlight=False)
 
         def warn(self, message):
-            self.console.print(f"[yellow]warning:[/] {message}")
+            self.console.print(_text("warning:", style="yellow") + " " + _text(message), highlight=False)
 
         def check_start(self, check_id):
-            self.tasks[check_id] = self.bars.add_task(check_id, total=1.0, info="")
+            self.tasks[check_id] = self.bars.add_task(visible(check_id), total=1.0, info="")
 
         def check_update(self, check_id, fraction):
             if check_id in self.tasks:
@@ -125,7 +139,7 @@ def cmd_run(args) -> int:
     w = distributed.world()
     if w.main:
         _report_plugin_failures(reg)
-    out = Path(args.out) if args.out else Path("reports") / suite.name
+    out = Path(args.out) if args.out else Path("reports") / _folder_name(suite.name)
     opts = RunOptions(out_dir=out, model=args.model, baseline=args.baseline, device=args.device, only=args.only,
                       resume=args.resume, strict=args.strict, show_secrets=args.show_secrets,
                       processes=args.processes)
@@ -149,8 +163,8 @@ def cmd_run(args) -> int:
         return outcome.exit_code
     print_result_table(outcome.results)
     if outcome.results.get("error"):  # the run itself stopped (e.g. the fine-tune diverged)
-        print(f"auditkit: run error: {outcome.results['error']}", file=sys.stderr)
-    print(f"reports written to {out}/ (report.html, results.json, junit.xml, summary.md)", file=sys.stderr)
+        print(f"auditkit: run error: {visible(outcome.results['error'])}", file=sys.stderr)
+    print(f"reports written to {visible(out)}/ (report.html, results.json, junit.xml, summary.md)", file=sys.stderr)
     return outcome.exit_code
 
 
@@ -174,20 +188,22 @@ def print_result_table(results: dict) -> None:
     from rich.table import Table
     from auditkit.report.common import fmt, gate_line
     console = _console(stderr=False)
-    table = Table(title=f"auditkit: {results['suite']['name']}", show_lines=False)
+    # every cell a Text: a check id, a gate, a name or a message is never read as markup
+    table = Table(title=_text(f"auditkit: {results['suite']['name']}"), show_lines=False)
     for col in ("check", "status", "gates", "metrics"):
         table.add_column(col, overflow="fold")
     style = STATUS_STYLE
     for c in results.get("checks", []):
-        gates = "\n".join(f"{g['status'].upper()} {gate_line(g)}{' (default)' if g.get('default') else ''}"
+        gates = "\n".join(visible(f"{g['status'].upper()} {gate_line(g)}{' (default)' if g.get('default') else ''}")
                           for g in c.get("gates", [])) or "no gates: nothing decided"
         mets = ", ".join(f"{k}={fmt(m.get('value'))}" for k, m in list(c.get("metrics", {}).items())[:3])
         if c.get("error"):
             mets = f"{c['error']['type']}: {c['error']['message'][:120]}"
-        table.add_row(c["id"], f"[{style[c['status']]}]{c['status'].upper()}[/]", gates, mets or "-")
+        table.add_row(_text(c["id"]), _text(str(c["status"]).upper(), style=style.get(c["status"], "white")),
+                      _text(gates, keep="\n"), _text(mets or "-"))
     console.print(table)
     for w in results.get("warnings") or []:
-        console.print(f"[yellow]warning:[/] {w}", markup=True, highlight=False)
+        console.print(_text("warning:", style="yellow") + " " + _text(w), highlight=False)
     s = results["status"]
     counts = {}
     for c in results.get("checks", []):
@@ -208,10 +224,11 @@ def cmd_plugins(args) -> int:
         for kind in ("checks", "reporters", "model_sources", "dataset_sources", "scorers"):
             if p[kind]:
                 provides.append(f"{kind.replace('_', ' ')}: {', '.join(p[kind])}")
-        table.add_row(p["name"], p["version"], p["source"], "\n".join(provides) or "-")
+        table.add_row(_text(p["name"]), _text(p["version"]), _text(p["source"]),
+                      _text("\n".join(visible(x) for x in provides) or "-", keep="\n"))
     _console(stderr=False).print(table)
     for name, err in reg.failures:
-        print(f"plugin {name} failed to load and was skipped: {err}", file=sys.stderr)
+        print(f"plugin {visible(name)} failed to load and was skipped: {visible(err)}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -231,29 +248,30 @@ def cmd_checks(args) -> int:
         names = sorted(reg.checks)
     for name in names:
         cls = reg.checks[name]
-        console.print(f"[bold]{name}[/] ({reg.check_plugin[name]}) — {cls.description}")
-        console.print(f"  tasks: {', '.join(cls.tasks)}; data: "
-                      f"{'required' if cls.needs_data and not cls.default_data else cls.default_data or 'none'}")
+        console.print(_text(name, style="bold") + _text(f" ({reg.check_plugin[name]}) — {cls.description}"))
+        console.print(_text(f"  tasks: {', '.join(cls.tasks)}; data: "
+                            f"{'required' if cls.needs_data and not cls.default_data else cls.default_data or 'none'}"))
         if args.name:
             pt = Table(title="parameters")
             for col in ("name", "type", "default", "help"):
                 pt.add_column(col, overflow="fold")
             for pname, p in cls.params.items():
-                pt.add_row(pname, p.type, "(required)" if p.required else repr(p.default), p.help)
+                pt.add_row(_text(pname), _text(p.type), _text("(required)" if p.required else repr(p.default)),
+                           _text(p.help))
             console.print(pt)
             mt = Table(title="metrics")
             for col in ("metric", "better", "meaning"):
                 mt.add_column(col, overflow="fold")
             for mname, m in cls.metrics.items():
                 better = "higher" if m.higher_is_better else "lower" if m.higher_is_better is False else "-"
-                mt.add_row(mname, better, m.help)
+                mt.add_row(_text(mname), better, _text(m.help))
             console.print(mt)
             _print_default_gates(console, cls)
         else:
-            console.print(f"  params: {', '.join(f'{k}={v.default!r}' for k, v in cls.params.items()) or '-'}")
-            console.print(f"  metrics: {', '.join(cls.metrics)}")
+            console.print(_text(f"  params: {', '.join(f'{k}={v.default!r}' for k, v in cls.params.items()) or '-'}"))
+            console.print(_text(f"  metrics: {', '.join(cls.metrics)}"))
             defaults = sorted({f"{e} ({sev})" for t in cls.tasks for e, sev in cls.default_gates_for(t)})
-            console.print(f"  default gates: {'; '.join(defaults) or 'none (status info without gates:)'}")
+            console.print(_text(f"  default gates: {'; '.join(defaults) or 'none (status info without gates:)'}"))
     return EXIT_OK
 
 
@@ -269,7 +287,7 @@ def _print_default_gates(console, cls) -> None:
         if task not in TASKS:
             continue
         for expr, severity in cls.default_gates_for(task):
-            gt.add_row(task, expr, severity)
+            gt.add_row(_text(task), _text(expr), _text(severity))
             rows += 1
     if rows:
         console.print(gt)
@@ -294,14 +312,14 @@ def cmd_report(args) -> int:
     written = render_reports(results, out, reg, formats, {"show_secrets": args.show_secrets},
                              write_json="json" in formats)
     for p in written:
-        print(p)
+        print(visible(p))
     return EXIT_OK
 
 
 def cmd_new_plugin(args) -> int:
     from auditkit.scaffold import new_plugin
     path = new_plugin(args.name, Path(args.dir) if args.dir else None)
-    print(f"created plugin package in {path}; install it with: pip install -e {path}")
+    print(visible(f"created plugin package in {path}; install it with: pip install -e {path}"))
     return EXIT_OK
 
 
@@ -310,9 +328,16 @@ def cmd_compare(args) -> int:
     return run_compare(args)
 
 
+def _folder_name(name: str) -> str:
+    """A suite's name as the default output folder's name: letters, digits, ``.``, ``_`` and ``-`` only, so
+    a name holding ``/``, ``..`` or control characters cannot place the reports elsewhere."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "suite"
+
+
 def _report_plugin_failures(reg) -> None:
     for name, err in reg.failures:
-        print(f"auditkit: warning: plugin {name} failed to load and was skipped: {err}", file=sys.stderr)
+        print(f"auditkit: warning: plugin {visible(name)} failed to load and was skipped: {visible(err)}",
+              file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,7 +425,7 @@ def _main(argv: list[str] | None = None) -> int:
             args.argv = list(argv) if argv is not None else None
         return int(args.fn(args))
     except AuditInputError as exc:
-        print(f"auditkit: error: {exc.line()}", file=sys.stderr)
+        print(f"auditkit: error: {visible(exc.line())}", file=sys.stderr)  # one line, shown literally
         return EXIT_INPUT
     except RecursionError:  # a file nested deeper than any parser's stack (caught with its place where read)
         print("auditkit: error: an input file is nested too deeply to read; flatten it", file=sys.stderr)
@@ -412,7 +437,8 @@ def _main(argv: list[str] | None = None) -> int:
         if os.environ.get("AUDITKIT_DEBUG"):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"auditkit: internal error: {type(exc).__name__}: {first} (set AUDITKIT_DEBUG=1 for the traceback)",
+        print(f"auditkit: internal error: {type(exc).__name__}: {visible(first)} "
+              "(set AUDITKIT_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return EXIT_CRASH
 

@@ -411,15 +411,16 @@ def run_compare(args) -> int:
     out = Path(args.out) if getattr(args, "out", None) else Path(args.b).parent
     written = write_outputs(comparison, out)
     s = comparison["summary"]
-    print(f"{_counts(s)}, {s['unchanged']} unchanged")
+    from auditkit.report.common import visible  # ids and metric names come from suites and plugins
+    print(visible(f"{_counts(s)}, {s['unchanged']} unchanged"))
     for x in [x for x in comparison["check_status"] if x["direction"] == "regression"][:10]:
-        print(f"  regression check {x['check']}: {_check_status(x['a'])} -> {_check_status(x['b'])}")
+        print(visible(f"  regression check {x['check']}: {_check_status(x['a'])} -> {_check_status(x['b'])}"))
     for r in [r for r in comparison["rows"] if r["direction"] == "regression"][:10]:
         sig = "" if r["significant"] is None else (" significant" if r["significant"] else " not significant")
-        print(f"  regression {r['check']}.{r['metric']}: {fmt(r['a'], 6)} -> {fmt(r['b'], 6)} "
-              f"({signed(r['delta'])}{', p=' + fmt(r['p_value']) + sig if r['p_value'] is not None else ''})")
+        print(visible(f"  regression {r['check']}.{r['metric']}: {fmt(r['a'], 6)} -> {fmt(r['b'], 6)} "
+                      f"({signed(r['delta'])}{', p=' + fmt(r['p_value']) + sig if r['p_value'] is not None else ''})"))
     for g in comparison["gates"]:
-        print(f"{g['status'].upper()} --fail-on {g['expr']!r} (delta {fmt(g['observed'])})"
-              + (f": {g['reason']}" if g["status"] != "pass" and g.get("reason") else ""))
-    print(f"comparison written to {out}/ ({', '.join(p.name for p in written)})")
+        print(visible(f"{g['status'].upper()} --fail-on {g['expr']!r} (delta {fmt(g['observed'])})"
+                      + (f": {g['reason']}" if g["status"] != "pass" and g.get("reason") else "")))
+    print(visible(f"comparison written to {out}/ ({', '.join(p.name for p in written)})"))
     return 1 if failed else 0

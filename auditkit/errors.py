@@ -1,6 +1,7 @@
 """Errors the user can fix (exit 2) kept apart from crashes (exit 3).
 
-An :class:`AuditInputError` always renders as one line: ``FILE:PLACE: what is wrong; fix``.
+An :class:`AuditInputError` always renders as one line: ``FILE:PLACE: what is wrong; fix``, with any
+control or bidi character from the input shown as ``\\x1b``/``\\u202e`` rather than sent to the terminal.
 """
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ class AuditInputError(Exception):
         text = f"{where}{self.message}"
         if self.fix:
             text += f"; {self.fix}"
-        return " ".join(text.split())  # always exactly one line
+        from auditkit.report.common import visible
+        # always exactly one line, shown literally: an ESC or a bidi override from a file is written out
+        return visible(" ".join(text.split()))
 
 
 class TrainingDiverged(RuntimeError):

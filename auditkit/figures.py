@@ -3,6 +3,8 @@
 Labels are plain text: math text is off (``text.parse_math``), so a group name such as ``$5 _x_ $``
 is drawn as written instead of being parsed as TeX (which fails, or silently eats the ``$`` and ``_``).
 Only the tick labels matplotlib's own numeric formatters write (``10^k`` on a log axis) keep math text.
+Control characters and bidi controls in a label are drawn as visible escapes (``\\x1b``), so the SVG
+stays well-formed XML and reads as written.
 """
 from __future__ import annotations
 
@@ -48,12 +50,42 @@ def _numbers_as_math(fig) -> None:
                 axis.offsetText.set_parse_math(True)
 
 
+def _visible_labels(fig) -> None:
+    """Every text of the figure shown literally: control characters (a group name with an ESC), the
+    bidi controls and lone surrogates written out as ``\\x1b``/``\\u202e``
+    (:func:`auditkit.report.common.visible`; line breaks kept), whichever plugin set the label.
+
+    Tick labels are remade from their formatter at each draw, so each formatter's ``format_ticks`` is
+    wrapped too; titles, axis labels, legend entries and annotations are rewritten in place."""
+    from matplotlib.text import Text
+
+    from auditkit.report.common import visible
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for formatter in {id(f): f for f in (axis.get_major_formatter(), axis.get_minor_formatter())}.values():
+                if getattr(formatter, "_auditkit_visible", False):
+                    continue
+                inner = formatter.format_ticks
+                formatter.format_ticks = lambda values, inner=inner: [visible(t, keep="\n") for t in inner(values)]
+                formatter._auditkit_visible = True
+    for text in fig.findobj(Text):
+        raw = text.get_text()
+        shown = visible(raw, keep="\n")
+        if shown != raw:
+            text.set_text(shown)
+
+
 def to_svg(fig) -> str:
     import matplotlib.pyplot as plt
+
+    from auditkit.report.common import visible
     buf = io.StringIO()
+    _visible_labels(fig)
     _numbers_as_math(fig)
     fig.tight_layout()
     _numbers_as_math(fig)  # the layout may have added ticks
+    _visible_labels(fig)  # and texts
     fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
-    return buf.getvalue()
+    # nothing XML forbids reaches the file, whatever a text drawn outside the axes held
+    return visible(buf.getvalue(), keep="\t\n\r")

@@ -275,7 +275,7 @@ def test_duplicate_check_ids(run_cli, tmp_path, data):
     ("epochs: 0", "epochs must be positive"),
     ("learning_rate: fast", "learning_rate must be"),
     ("schedule: cyclic", "schedule must be"),
-    ("canaries: {count: 1}", "causal-LM"),
+    ("canaries: {count: 1}", "language models only"),
 ])
 def test_bad_finetune_section(run_cli, tmp_path, data, snippet, words):
     suite, out, res = run_suite(run_cli, tmp_path, f"""

@@ -67,6 +67,26 @@ def secrets_note(results: dict, options: dict | None) -> str | None:
     return None
 
 
+#: what must never reach a terminal, a page or a file raw: the C0 controls, DEL, the C1 controls, the
+#: Unicode bidi embeddings/overrides/isolates (U+202A-U+202E, U+2066-U+2069: "Trojan Source" reordering),
+#: the line/paragraph separators, lone surrogates (unencodable) and U+FFFE/U+FFFF (not XML)
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff\ufffe\uffff]")
+
+
+def _shown(ch: str) -> str:
+    o = ord(ch)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
+
+
+def visible(text, keep: str = "") -> str:
+    """``text`` safe to show anywhere, literally: every character of :data:`_UNSAFE` but those in ``keep``
+    (e.g. ``"\\t\\n\\r"`` for a multi-line block) written out as a visible ``\\x1b`` / ``\\u202e``, so
+    text from a suite, a model or a dataset can neither drive a terminal (escape sequences, OSC titles,
+    clear screen), reorder what follows it (bidi overrides), nor break an XML/SVG/HTML file. Idempotent.
+    The one helper for this: the console, report.html, junit.xml, summary.md and the figures all use it."""
+    return _UNSAFE.sub(lambda m: m.group() if m.group() in keep else _shown(m.group()), str(text))
+
+
 # CommonMark line endings (\r\n, \r, \n) and the other C0 controls, DEL and the C1 controls
 _MD_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
@@ -82,6 +102,7 @@ def md_cell(x, limit: int | None = None) -> str:
     text = _MD_BREAKS.sub(" ", str(x)).strip()
     if limit is not None and len(text) > limit:
         text = text[:limit - 1] + "…"
+    text = visible(text)  # bidi controls and lone surrogates shown, never applied
     return (text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
             .replace("<", "&lt;").replace(">", "&gt;"))
 
@@ -90,7 +111,7 @@ def md_code(x) -> str:
     """An inline code span for text from anywhere (outside tables): a backtick fence longer than any
     backtick run inside it (CommonMark 6.1), padded when the text starts or ends with a backtick, on
     one line."""
-    text = _MD_BREAKS.sub(" ", str(x)).strip() or " "
+    text = visible(_MD_BREAKS.sub(" ", str(x)).strip()) or " "
     runs = [len(m) for m in re.findall(r"`+", text)]
     fence = "`" * (max(runs, default=0) + 1)
     pad = " " if text[0] == "`" or text[-1] == "`" else ""

@@ -4,7 +4,8 @@ Warnings lead the page; status ``info`` (no gate decided) has its own card and b
 counted as a pass; gates from a check's declared defaults say "(default)"; secrets are redacted
 unless ``options["show_secrets"]`` (:func:`auditkit.results.redact_secrets`).
 
-Jinja2 with autoescape on: everything a model or dataset produced is escaped. Inline CSS, figures
+Jinja2 with autoescape on: everything a model or dataset produced is escaped, and its control and
+bidi characters are shown as ``\\x1b``/``\\u202e`` rather than written raw. Inline CSS, figures
 as ``data:`` SVG images (which cannot run script), a Content-Security-Policy that forbids every
 network request, and no JavaScript.
 """
@@ -14,18 +15,32 @@ import base64
 from pathlib import Path
 
 import jinja2
+import markupsafe
 
 from auditkit.hookspecs import hookimpl
 from auditkit.report.common import (CHECK_STATUSES, INFO_TEXT, ci_text, counts, fmt, for_report,
-                                    gate_line, secrets_note)
+                                    gate_line, secrets_note, visible)
 from auditkit.results import write_text_atomic
+
+
+def _shown(value):
+    """Every ``{{ ... }}`` before it is escaped: control characters (C0 but tab/LF/CR, C1), the bidi
+    controls and lone surrogates written out visibly (:func:`~auditkit.report.common.visible`), so no
+    raw control character lands in the page and no name reorders the text after it."""
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return visible(value, keep="\t\n\r")
+    return value
+
 
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("auditkit.report", "templates"),
                           autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                          undefined=jinja2.StrictUndefined)
+                          undefined=jinja2.StrictUndefined, finalize=_shown)
 
 
 def _svg_uri(svg: str) -> str:
+    """A ``data:`` URI for an SVG figure; characters XML forbids (a raw ESC from a group name in a label)
+    are shown as ``\\x1b`` first, so the image stays well-formed even from an older results.json."""
+    svg = visible(svg, keep="\t\n\r")
     return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
 
 

@@ -3,27 +3,24 @@
 A crashed check is one error case; a check that ended with no gate (status ``info``) is one skipped
 case, never a pass. Gates that came from the check's declared defaults carry a ``default`` property
 and say "(default)" in their messages. Every text and attribute is cleaned of what XML 1.0 forbids
-(C0 controls but tab/LF/CR, lone surrogates, U+FFFE/U+FFFF), shown instead as ``\\xNN``/``\\uNNNN``, so
-the file stays well-formed whatever a suite, a model or a dataset contains.
+(C0 controls but tab/LF/CR, lone surrogates, U+FFFE/U+FFFF), and the C1 and bidi controls, shown instead as
+``\\xNN``/``\\uNNNN``, so the file stays well-formed and reads as written whatever a suite, a model or a
+dataset contains.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from auditkit.hookspecs import hookimpl
-from auditkit.report.common import INFO_TEXT, default_mark, for_report, gate_line
+from auditkit.report.common import INFO_TEXT, default_mark, for_report, gate_line, visible
 from auditkit.results import write_text_atomic
-
-#: characters outside XML 1.0's Char production (https://www.w3.org/TR/xml/#charsets)
-_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def xml_safe(text) -> str:
-    """``text`` with every character XML 1.0 forbids written out as ``\\xNN`` or ``\\uNNNN``."""
-    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                        else f"\\u{ord(m.group()):04x}", str(text))
+    """``text`` with every character XML 1.0 forbids (and the C1 and bidi controls) written out as
+    ``\\xNN`` or ``\\uNNNN``: :func:`auditkit.report.common.visible`, keeping tab, LF and CR."""
+    return visible(text, keep="\t\n\r")
 
 
 def _clean_tree(root: ET.Element) -> None:
