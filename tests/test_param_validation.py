@@ -76,9 +76,13 @@ def test_good_retention_entries_pass_validation(tmp_path):
     check = registry().checks["forgetting"]
     check.validate_params({"retention": ["default", {"text": "builtin:general-text"}, {"pairs": "pairs.jsonl"},
                                          {"mc": "builtin:mc-general#test"},
-                                         {"lm_eval": "task.yaml", "limit": 4, "num_fewshot": 0},
+                                         {"lm_eval": "task.yaml", "limit": 4, "num_fewshot": 0, "allow_code": True},
                                          {"lm_eval": "arc_easy"}]}, str(tmp_path))
     check.validate_params({"retention": None}, str(tmp_path))
+    # a retention task that would import the suite's Python needs the entry's opt-in, as the lm_eval check does
+    from auditkit.errors import AuditInputError
+    with pytest.raises(AuditInputError, match="would run Python"):
+        check.validate_params({"retention": [{"lm_eval": "task.yaml"}]}, str(tmp_path))
 
 
 # ---------------------------------------------------------------------- explainability
@@ -121,9 +125,13 @@ def test_bad_lm_eval_task_is_caught_before_any_model(run_cli, tmp_path, task, wo
 
 
 def test_task_yaml_with_lm_eval_tags_validates(tmp_path):
-    """lm-eval task files use ``!function``; reading the task name must not choke on it."""
+    """lm-eval task files use ``!function``; reading the task name must not choke on it. Such a file makes
+    lm-eval import the suite's Python, so it validates only with allow_code (tests/test_lm_eval_code.py)."""
+    from auditkit.errors import AuditInputError
     from auditkit_plugins.lm_eval_task import LmEvalTask, read_task_file
     (tmp_path / "t.yaml").write_text("task: mine\nprocess_docs: !function utils.process_docs\n")
-    LmEvalTask.validate_params({"task": "t.yaml"}, str(tmp_path))
+    LmEvalTask.validate_params({"task": "t.yaml", "allow_code": True}, str(tmp_path))
+    with pytest.raises(AuditInputError, match="would run Python"):
+        LmEvalTask.validate_params({"task": "t.yaml"}, str(tmp_path))
     assert read_task_file("t.yaml", str(tmp_path), "task")["task"] == "mine"
     LmEvalTask.validate_params({"task": "arc_easy"}, str(tmp_path))  # a plain name is looked up at run time

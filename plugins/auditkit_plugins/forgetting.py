@@ -83,7 +83,7 @@ DEFAULT_GATES = {
     ],
 }
 KINDS = ("text", "prompts", "mc", "pairs", "lm_eval")
-LM_EVAL_KEYS = ("lm_eval", "limit", "num_fewshot", "batch_size")
+LM_EVAL_KEYS = ("lm_eval", "limit", "num_fewshot", "batch_size", "allow_code")
 
 
 # ---------------------------------------------------------------------- measures
@@ -389,6 +389,7 @@ class Forgetting(Check):
         for key in ("num_fewshot", "batch_size"):
             if key in entry:
                 params[key] = int(entry[key])
+        params["allow_code"] = bool(entry.get("allow_code", False))  # part of the memo key below
         task = params["task"]
         path = task_file(task, ctx.base_dir)
         # a task file's content is part of the cache key: editing the task re-runs it
@@ -514,13 +515,13 @@ def parse_retention(entries, base_dir: str | None, where: str) -> list[tuple[str
                 raise AuditInputError(f"unknown key {unknown[0]!r} in an lm_eval retention entry", place=where,
                                       fix=f"{did_you_mean(unknown[0], LM_EVAL_KEYS[1:])} (allowed: "
                                           f"{', '.join(LM_EVAL_KEYS)})")
-            check_task(entry["lm_eval"], base_dir, where)
             for key in LM_EVAL_KEYS[1:]:
                 if key in entry:
                     try:
                         LmEvalTask.params[key].coerce(entry[key], f"the lm_eval entry's {key}")
                     except ValueError as exc:
                         raise AuditInputError(str(exc), place=where) from None
+            check_task(entry["lm_eval"], base_dir, where, allow_code=bool(entry.get("allow_code", False)))
             out.append(("lm_eval", entry))
             continue
         kinds = [k for k in entry if k in KINDS]

@@ -7,6 +7,16 @@ or ``builtin:NAME`` for a built-in multiple-choice dataset wrapped as an lm-eval
 A task YAML that is missing or unreadable and an unknown ``builtin:NAME`` are exit 2 when the suite loads
 (``check_task``); a plain task name and ``metric`` are known only once lm-eval loads the task.
 
+No suite Python without an opt-in: lm-eval imports the module a ``!function MODULE.NAME`` tag names (the file
+``MODULE.py`` next to the YAML, else an importable module). A task YAML is run with its folder as lm-eval's
+``include_path``, and lm-eval indexes every ``*.yaml`` under that folder, any of which it may load in full (a
+group's subtasks, a task name found there first), so a ``!function`` tag in the task YAML, in any YAML under
+its folder, or in a YAML one of those includes (``include:``) is exit 2 when the suite loads unless the entry
+sets ``allow_code: true``. lm-eval's own task YAMLs (a task by name, or a file inside the lm_eval package) are
+lm-eval's code and need no opt-in. lm-eval renders a task's Jinja templates in a plain jinja2 Environment, from
+which a template can reach Python; without ``allow_code`` they render in jinja2's sandbox, and a template that
+tries is exit 2 when the check runs.
+
 Metric names come from the task (``acc``, ``exact_match_strict-match`` for a filtered metric, ...), so they
 are declared as a pattern and any of them can be gated; their direction is the one lm-eval's task declares
 (``higher_is_better``). lm-eval's bookkeeping (``sample_len``, ``alias``, ``name``) is not a metric and is
@@ -21,6 +31,7 @@ is the suite author's to write.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import tempfile
@@ -104,10 +115,126 @@ def read_task_file(task: str, base_dir: str | None, place: str) -> dict:
     return doc
 
 
-def check_task(task, base_dir: str | None, place: str) -> None:
+#: the tag by which an lm-eval task YAML makes lm-eval import Python (``!function utils.process_docs``)
+CODE_TAG = "!function"
+#: folders lm-eval's task index skips (``lm_eval.tasks._index._IGNORE_DIRS``)
+IGNORED_DIRS = {"__pycache__", ".ipynb_checkpoints"}
+
+
+def _lm_eval_dir() -> Path | None:
+    """The installed lm_eval package's folder (found without importing it)."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec("lm_eval")
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]).resolve() if locations else None
+
+
+def _includes(doc) -> list[str]:
+    """Every ``include:`` value in a task YAML's mapping (top level, or a group's inline task entries)."""
+    out, stack, seen = [], [doc], set()
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):
+            inc = item.get("include")
+            if isinstance(inc, str):
+                out.append(inc)
+            elif isinstance(inc, list):
+                out += [i for i in inc if isinstance(i, str)]
+            stack += list(item.values())
+        elif isinstance(item, list):
+            stack += item
+    return out
+
+
+def _code_tags(path: Path, seen: set, lm_eval_dir: Path | None) -> list[tuple[Path, int, str]]:
+    """``(file, line, MODULE.NAME)`` of each ``!function`` tag in the YAML at ``path`` and the YAMLs it
+    includes, resolved as lm-eval resolves them; lm-eval's own files and unreadable ones (lm-eval skips or
+    refuses those) are passed over."""
+    import yaml
+    path = path.expanduser().resolve()
+    if path in seen or not path.is_file() or (lm_eval_dir is not None and path.is_relative_to(lm_eval_dir)):
+        return []
+    seen.add(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc = yaml.load(text, Loader=_task_loader())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    hits, stack, visited = [], [root] if root is not None else [], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if node.tag == CODE_TAG:
+            hits.append((path, node.start_mark.line + 1, str(node.value)))
+        if isinstance(node, yaml.SequenceNode):
+            stack += node.value
+        elif isinstance(node, yaml.MappingNode):
+            stack += [n for pair in node.value for n in pair]
+    hits.sort(key=lambda h: h[1])
+    for inc in _includes(doc):
+        hits += _code_tags(path.parent / inc if not Path(inc).is_absolute() else Path(inc), seen, lm_eval_dir)
+    return hits
+
+
+def code_tags(task: str, base_dir: str | None) -> list[tuple[Path, int, str]]:
+    """The ``!function`` tags lm-eval may act on when it runs the task YAML ``task``: in that file, in every
+    ``*.yaml`` under its folder (lm-eval's ``include_path``, indexed whole), and in the YAMLs those include;
+    the task file's own first."""
+    given = task_file(task, base_dir)
+    seen: set = set()
+    lm_eval_dir = _lm_eval_dir()
+    hits = _code_tags(given, seen, lm_eval_dir)
+    folder = given.parent.resolve()  # the include_path the check gives lm-eval
+    siblings = sorted((p for p in folder.glob("**/*.yaml") if not IGNORED_DIRS.intersection(p.parts)),
+                      key=lambda p: p.as_posix())
+    for other in siblings:
+        hits += _code_tags(other, seen, lm_eval_dir)
+    return hits
+
+
+def _shown(path: Path, base_dir: str | None) -> str:
+    """``path`` as the suite would write it: relative to the suite's folder when inside it."""
+    if base_dir:
+        try:
+            return path.relative_to(Path(base_dir).resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def refuse_code(task: str, base_dir: str | None, place: str) -> None:
+    """AuditInputError (placed at ``place``) when lm-eval would import the suite's Python to run the task YAML
+    ``task`` (see :func:`code_tags`); the entry opts in with ``allow_code: true``."""
+    hits = code_tags(task, base_dir)
+    if not hits:
+        return
+    file, line, spec = hits[0]
+    module = spec.rpartition(".")[0]
+    target = _shown(file.parent / f"{module.replace('.', '/')}.py", base_dir) if module else spec
+    where = _shown(file, base_dir)
+    via = "" if file == task_file(task, base_dir).resolve() else \
+        " (lm-eval reads every YAML under the task file's folder and what they include)"
+    more = f" and {len(hits) - 1} more" if len(hits) > 1 else ""
+    raise AuditInputError(
+        f"lm-eval task file {task} would run Python: {where} line {line} has {CODE_TAG} {spec}{more}{via}, "
+        f"which lm-eval imports (no suite code runs without an opt-in)", place=place,
+        fix=f"set allow_code: true on this entry to let lm-eval import {target}, or remove the {CODE_TAG} tag")
+
+
+def check_task(task, base_dir: str | None, place: str, allow_code: bool = False) -> None:
     """What can be known of ``task`` before a model loads: a non-empty string, a ``builtin:NAME`` that a dataset
-    source registers (did-you-mean), a task YAML that exists and parses. A plain lm-eval task name is looked up
-    when the check runs (indexing lm-eval's task registry takes ~20 s), and so is the task's ``metric``."""
+    source registers (did-you-mean), a task YAML that exists and parses and, unless ``allow_code``, makes lm-eval
+    import no suite Python (:func:`refuse_code`). A plain lm-eval task name is looked up when the check runs
+    (indexing lm-eval's task registry takes ~20 s), and so is the task's ``metric``."""
     from auditkit.data import check_data_spec
     from auditkit.plugins import registry
     if not isinstance(task, str) or not task.strip():
@@ -117,6 +244,30 @@ def check_task(task, base_dir: str | None, place: str) -> None:
         check_data_spec(task, registry(), place=place, what="an lm-eval task's")
     elif task.endswith((".yaml", ".yml")):
         read_task_file(task, base_dir, place)
+        if not allow_code:
+            refuse_code(task, base_dir, place)
+
+
+@contextlib.contextmanager
+def sandboxed_templates(task: str, place: str):
+    """Render lm-eval's Jinja templates (``doc_to_text``, ...) in a sandbox while lm-eval runs ``task``: lm-eval's
+    own jinja2 Environment is not one, and a template can reach Python through it
+    (``{{ cycler.__init__.__globals__.os }}``). A template that tries is exit 2 (opt in with ``allow_code``)."""
+    import lm_eval.utils
+    from jinja2.exceptions import SecurityError
+    from jinja2.sandbox import SandboxedEnvironment
+    plain = lm_eval.utils.env
+    sandbox = SandboxedEnvironment(loader=plain.loader, undefined=plain.undefined,
+                                   keep_trailing_newline=plain.keep_trailing_newline)
+    sandbox.filters.update(plain.filters)
+    lm_eval.utils.env = sandbox
+    try:
+        yield
+    except SecurityError as exc:
+        raise AuditInputError(f"a template of lm-eval task {task} reaches into Python ({exc})", place=place,
+                              fix="set allow_code: true on this entry to let it, or fix the template") from None
+    finally:
+        lm_eval.utils.env = plain
 
 
 class LmEvalTask(Check):
@@ -130,6 +281,8 @@ class LmEvalTask(Check):
         "limit": Param("int", 0, "evaluate at most this many documents (0 = all)", ge=0),
         "batch_size": Param("int", 16, "batch size of the model's passes for this check", ge=1),
         "metric": Param("str", "", "the task's main metric, reported as score (default: the first it reports)"),
+        "allow_code": Param("bool", False, "let lm-eval import the Python a local task YAML names with !function "
+                                           "(MODULE.py beside it); off: such a task is refused when the suite loads"),
     }
     metrics = {
         **{m: MetricSpec(f"lm-eval {m}", m not in LOWER_IS_BETTER) for m in COMMON_METRICS},
@@ -145,7 +298,7 @@ class LmEvalTask(Check):
     @classmethod
     def validate_params(cls, params: dict, base_dir: str | None = None, prefix: str = "") -> None:
         """The ``task`` before any model loads (see :func:`check_task`); placed at ``PREFIX + "task"``."""
-        check_task(params.get("task"), base_dir, f"{prefix}task")
+        check_task(params.get("task"), base_dir, f"{prefix}task", allow_code=bool(params.get("allow_code")))
 
     def run(self, ctx: CheckContext) -> CheckResult:
         import lm_eval
@@ -179,13 +332,16 @@ class LmEvalTask(Check):
             lm = EngineLM(ctx.model)
             saved = ctx.model.batch_size
             ctx.model.batch_size = ctx.params["batch_size"]  # speed and memory only: passes are batch invariant
+            guard = contextlib.nullcontext() if ctx.params.get("allow_code") else \
+                sandboxed_templates(ctx.params["task"], f"{ctx.check_id or self.name}.task")
             try:
-                out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=tm,
-                                              num_fewshot=ctx.params["num_fewshot"] or None,
-                                              limit=ctx.params["limit"] or None, bootstrap_iters=1000,
-                                              random_seed=ctx.seed, numpy_random_seed=ctx.seed,
-                                              torch_random_seed=ctx.seed, fewshot_random_seed=ctx.seed,
-                                              log_samples=True, verbosity="ERROR")
+                with guard:
+                    out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=tm,
+                                                  num_fewshot=ctx.params["num_fewshot"] or None,
+                                                  limit=ctx.params["limit"] or None, bootstrap_iters=1000,
+                                                  random_seed=ctx.seed, numpy_random_seed=ctx.seed,
+                                                  torch_random_seed=ctx.seed, fewshot_random_seed=ctx.seed,
+                                                  log_samples=True, verbosity="ERROR")
             finally:
                 ctx.model.batch_size = saved
         res = CheckResult()
