@@ -317,8 +317,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_new_plugin(args) -> int:
-    from auditkit.scaffold import new_plugin
-    path = new_plugin(args.name, Path(args.dir) if args.dir else None)
+    from auditkit.plugins import registry
+    from auditkit.scaffold import check_name, new_plugin
+    path = new_plugin(args.name, Path(args.dir) if args.dir else None, taken=set(registry().checks))
+    if check_name(args.name) != args.name:
+        print(visible(f"the check is named {check_name(args.name)!r} (from {args.name!r}: lower case, letters, digits "
+                      "and _)"))
     print(visible(f"created plugin package in {path}; install it with: pip install -e {path}"))
     return EXIT_OK
 

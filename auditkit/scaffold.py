@@ -132,12 +132,21 @@ An [auditkit](https://pypi.org/project/auditkit/) plugin providing the check `{c
 '''
 
 
-def new_plugin(name: str, directory: Path | None = None) -> Path:
-    """Write the plugin package for ``name`` into ``directory`` (default ./auditkit-NAME)."""
-    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+def check_name(name: str) -> str:
+    """The check name a plugin called ``name`` gets: lower case, runs of other characters as ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def new_plugin(name: str, directory: Path | None = None, taken=()) -> Path:
+    """Write the plugin package for ``name`` into ``directory`` (default ./auditkit-NAME). ``taken``: the
+    check names already registered, which the new check may not reuse (it would never load)."""
+    slug = check_name(name)
     if not slug or not slug[0].isalpha():
         raise AuditInputError(f"plugin name {name!r} must start with a letter", place="NAME",
                               fix="use letters, digits, - or _")
+    if slug in taken:
+        raise AuditInputError(f"a check named {slug!r} is already provided (built-in or installed): a plugin with "
+                              "the same check name would fail to load", place="NAME", fix="choose another name")
     module = f"auditkit_{slug}" if not slug.startswith("auditkit") else slug
     dist = module.replace("_", "-")
     check = slug

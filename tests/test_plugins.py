@@ -183,6 +183,11 @@ def test_new_plugin_refuses_a_non_empty_folder_and_a_bad_name(run_cli, tmp_path)
     assert code == 2 and "not empty" in err
     code, out, err = run_cli("new-plugin", "123", "--dir", tmp_path / "new")
     assert code == 2 and "must start with a letter" in err
+    # a check name that is already provided: the installed plugin would never load
+    code, out, err = run_cli("new-plugin", "Accuracy", "--dir", tmp_path / "acc")
+    assert code == 2 and "a check named 'accuracy' is already provided" in err and not (tmp_path / "acc").exists()
+    code, out, err = run_cli("new-plugin", "bad name!", "--dir", tmp_path / "ok")
+    assert code == 0 and "the check is named 'bad_name'" in out
 
 
 def _env() -> dict:
