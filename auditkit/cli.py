@@ -309,11 +309,12 @@ def cmd_report(args) -> int:
                                   fix=f"known: {', '.join(sorted(reg.reporters))}")
     if out.resolve() != Path(args.results).resolve().parent and "json" not in formats:
         formats.insert(0, "json")  # a report in another folder keeps its results.json beside it
+    failed: list[str] = []
     written = render_reports(results, out, reg, formats, {"show_secrets": args.show_secrets},
-                             write_json="json" in formats)
+                             write_json="json" in formats, failures=failed)
     for p in written:
         print(visible(p))
-    return EXIT_OK
+    return EXIT_CRASH if failed else EXIT_OK  # a report asked for and not written is no success
 
 
 def cmd_new_plugin(args) -> int:

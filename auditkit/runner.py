@@ -12,6 +12,7 @@ import platform
 import random
 import re
 import time
+import sys
 import traceback
 from dataclasses import dataclass, field
 from difflib import get_close_matches
@@ -574,12 +575,16 @@ class Runner:
 
 
 def render_reports(results: dict, out: Path, registry, formats, options: dict, progress: Progress | None = None,
-                   write_json: bool = True) -> list[Path]:
-    """Run each requested reporter plugin; results.json is written first, atomically."""
-    from auditkit.report.common import for_report
+                   write_json: bool = True, failures: list | None = None) -> list[Path]:
+    """Run each requested reporter plugin; results.json is written first, atomically. Every reporter, a
+    plugin's too, is given the results with their secrets redacted unless ``options["show_secrets"]``. A
+    reporter that raises is skipped with a warning (``progress``, else stderr) and its name added to
+    ``failures``."""
+    from auditkit.report.common import for_report, visible
     output_folder(out)
     # a results.json re-written elsewhere keeps secrets only with --show-secrets, like every report
-    written = [write_json_atomic(out / "results.json", for_report(results, options))] if write_json else []
+    shown = for_report(results, options)
+    written = [write_json_atomic(out / "results.json", shown)] if write_json else []
     for name in formats:
         if name == "json":
             continue
@@ -588,8 +593,13 @@ def render_reports(results: dict, out: Path, registry, formats, options: dict, p
             raise AuditInputError(f"unknown report format {name!r}", place="--format",
                                   fix=f"known: {', '.join(sorted(registry.reporters))}")
         try:
-            written.append(rep.fn(results, out, options))
+            written.append(rep.fn(shown, out, options))
         except Exception as exc:  # a broken reporter must not hide the others
+            msg = f"reporter {name} failed: {type(exc).__name__}: {exc}"
             if progress:
-                progress.warn(f"reporter {name} failed: {type(exc).__name__}: {exc}")
+                progress.warn(msg)
+            else:
+                print(visible(f"auditkit: warning: {msg}"), file=sys.stderr)
+            if failures is not None:
+                failures.append(name)
     return written

@@ -385,6 +385,35 @@ def test_report_command_show_secrets_for_every_reporter(tmp_path, run_cli):
     assert "made without --show-secrets" in (plain / "summary.md").read_text()
 
 
+def test_a_plugin_reporter_gets_redacted_results_and_a_failing_one_is_not_silent(tmp_path, run_cli, registry,
+                                                                                 monkeypatch):
+    """A third-party reporter is handed the results with their secrets redacted (it need not know how), and
+    under `auditkit report` a reporter that raises is a warning and exit 3, not a silent exit 0."""
+    from auditkit.plugins import Source
+    seen = []
+
+    def keep(results, out, options):
+        seen.append(json.dumps(results))
+        return write_json_atomic(out / "seen.json", results)
+
+    def broken(results, out, options):
+        raise RuntimeError("cannot write")
+
+    monkeypatch.setitem(registry.reporters, "seen", Source("seen", keep, "", "tests"))
+    monkeypatch.setitem(registry.reporters, "broken", Source("broken", broken, "", "tests"))
+    src = tmp_path / "run"
+    write_json_atomic(src / "results.json", with_secrets(make_results()))
+    code, _, err = run_cli("report", src / "results.json", "--format", "seen", "--out", tmp_path / "hidden")
+    assert code == 0, err
+    assert not [s for s in (SECRET, CONTINUATION, EXTRACTED) if s in seen[-1]] and "[redacted]" in seen[-1]
+    code, _, err = run_cli("report", src / "results.json", "--format", "seen", "--out", tmp_path / "shown",
+                           "--show-secrets")
+    assert code == 0 and SECRET in seen[-1]
+    code, _, err = run_cli("report", src / "results.json", "--format", "broken,seen", "--out", tmp_path / "b")
+    assert code == 3 and "reporter broken failed: RuntimeError: cannot write" in err
+    assert (tmp_path / "b" / "seen.json").exists()  # the others are still written
+
+
 # ---------------------------------------------------------------------- end to end
 
 class Defaulted(Check):
