@@ -161,7 +161,7 @@ def test_continuation_logprobs_score_only_the_continuation(tiny_gpt2):
     np.testing.assert_allclose(lp, full[n_ctx - 1:], rtol=1e-4, atol=1e-5)
 
 
-def test_task_mismatch_is_bad_input(tiny_bert):
-    from auditkit.errors import AuditInputError
-    with pytest.raises(AuditInputError, match="causal-lm"):
+def test_task_mismatch_is_the_asking_checks_error(tiny_bert):
+    from auditkit.models import UnservedRequest
+    with pytest.raises(UnservedRequest, match="causal-lm"):
         tiny_bert.token_logprobs(["x"])

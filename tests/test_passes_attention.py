@@ -222,7 +222,7 @@ def test_next_token_requests_match_a_plain_forward(tiny_gpt2):
 
 
 def test_next_token_requests_are_batch_size_invariant(tiny_gpt2, tiny_bert):
-    from auditkit.errors import AuditInputError
+    from auditkit.models import UnservedRequest
     out = []
     for bs in (1, 7, 32):
         h = fresh(tiny_gpt2, bs)
@@ -233,5 +233,5 @@ def test_next_token_requests_are_batch_size_invariant(tiny_gpt2, tiny_bert):
         assert (t == t0).all()
         np.testing.assert_allclose(lp, l0, atol=1e-6, rtol=0)
         np.testing.assert_allclose(np.stack(c), np.stack(c0), atol=1e-6, rtol=0)
-    with pytest.raises(AuditInputError, match="causal-lm"):
+    with pytest.raises(UnservedRequest, match="causal-lm"):
         fresh(tiny_bert).next_token_topk(["a text"])

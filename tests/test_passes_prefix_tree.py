@@ -89,8 +89,8 @@ def test_rows_without_a_shared_prefix_fall_back_to_full_sequences(tiny_gpt2):
 
 
 def test_a_classifier_has_no_prefix_tree(tiny_bert):
-    from auditkit.errors import AuditInputError
-    with pytest.raises(AuditInputError):
+    from auditkit.models import UnservedRequest
+    with pytest.raises(UnservedRequest):
         tiny_bert.prefix_tree_logprobs(_table([[1, 2], [1, 3]]))
 
 

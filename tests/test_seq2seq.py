@@ -81,8 +81,8 @@ def test_batch_size_invariant(s2s):
 
 
 def test_class_logits_refused(tiny_t5):
-    from auditkit.errors import AuditInputError
-    with pytest.raises(AuditInputError):
+    from auditkit.models import UnservedRequest
+    with pytest.raises(UnservedRequest):
         tiny_t5.class_logits(["x"])
 
 
