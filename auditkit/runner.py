@@ -366,7 +366,8 @@ class Runner:
                 key = place[len(spec.id) + 1:] if place.startswith(spec.id + ".") else None
                 exc.file, exc.place = self.file, self.where("checks", i, key) if key else self.where("checks", i)
             raise
-        except Exception as exc:  # isolate the crash: ERROR for this check, the rest still run
+        except (Exception, SystemExit) as exc:  # isolate the crash: ERROR for this check, the rest still run
+            # (SystemExit too: a library's sys.exit(0) inside a check must not end the run green)
             entry["error"] = {"type": type(exc).__name__, "message": str(exc),
                               "traceback": traceback.format_exc()}
             entry["gates"] = [{"expr": g.expr, "severity": g.severity, "status": "error", "observed": None,
