@@ -126,6 +126,30 @@ def make_progress():
 # ---------------------------------------------------------------------- commands
 
 def cmd_run(args) -> int:
+    """``auditkit run``; bad input (exit 2) first removes an earlier run's reports from ``--out`` (see
+    :func:`_clear_stale_reports`)."""
+    try:
+        return _run(args)
+    except AuditInputError:
+        _clear_stale_reports(args)
+        raise
+
+
+def _clear_stale_reports(args) -> None:
+    """An earlier run's reports in the output folder would still say PASS beside a run that was refused: they
+    go, as they do when a run starts (``Runner._prepare_out``). Only in a real folder, and only process 0."""
+    from auditkit import distributed
+    from auditkit.runner import REPORT_FILES
+    out = Path(args.out) if args.out else getattr(args, "_default_out", None)
+    if out is None or out.is_symlink() or not out.is_dir() or not distributed.world().main:
+        return
+    for name in REPORT_FILES:
+        target = out / name
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+
+
+def _run(args) -> int:
     from auditkit.plugins import registry
     from auditkit.runner import RunOptions, Runner
     from auditkit.suite import load_suite
@@ -133,13 +157,18 @@ def cmd_run(args) -> int:
     from auditkit import distributed
     from auditkit.runner import Progress
 
+    for flag, value in (("--model", args.model), ("--baseline", args.baseline)):
+        if value is not None and not value.strip():  # "$CANDIDATE" unset in CI: never the suite's model instead
+            raise AuditInputError(f"{flag} is empty", place=flag,
+                                  fix=f"give {flag} a model (a folder, builtin:NAME or a hub id), or leave it out")
     reg = registry()
     suite = load_suite(args.suite, reg)
+    args._default_out = Path("reports") / _folder_name(suite.name)
     _join_launcher(args.device or suite.device)
     w = distributed.world()
     if w.main:
         _report_plugin_failures(reg)
-    out = Path(args.out) if args.out else Path("reports") / _folder_name(suite.name)
+    out = Path(args.out) if args.out else args._default_out
     opts = RunOptions(out_dir=out, model=args.model, baseline=args.baseline, device=args.device, only=args.only,
                       resume=args.resume, strict=args.strict, show_secrets=args.show_secrets,
                       processes=args.processes)
