@@ -289,8 +289,8 @@ def load_suite(path: str | Path, registry) -> Suite:
     name = raw.get("name") or path.stem
     cx.typed(name, str, ("name",), "name")
     seed = cx.typed(raw.get("seed", 0), int, ("seed",), "seed")
-    if seed < 0:
-        raise cx.fail(("seed",), f"seed must be >= 0, got {seed}")
+    if not 0 <= seed < 2 ** 32:
+        raise cx.fail(("seed",), f"seed must be >= 0 and < 2**32 (numpy's seed range), got {seed}")
     device = raw.get("device", "auto")
     if device not in ("auto", "cpu", "cuda"):
         raise cx.fail(("device",), f"device must be auto, cpu or cuda, got {device!r}")
