@@ -606,3 +606,16 @@ def test_pre_load_checks_read_the_rows_the_run_reads_and_say_what_it_says(regist
     with pytest.raises(AuditInputError) as late:
         _run(registry, "bias.groups", tiny_bert, grouped, min_group_size=3, max_examples=5)
     assert early.value.line() == late.value.line() and "found a (n=3), b (n=2)" in early.value.line()
+
+
+def test_a_group_column_the_suite_names_must_exist(run_cli, tmp_path):
+    """A misspelt group_column fell back to groups guessed from the lexicon and said PASS; only the default
+    column may be absent (then groups are inferred)."""
+    import json as _json
+    rows = [{"text": f"she said {i}", "label": i % 2, "group": "a" if i % 2 else "b"} for i in range(12)]
+    (tmp_path / "d.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "s.yaml").write_text("name: s\nmodel: {base: builtin:tiny-bert}\nchecks:\n"
+                                     "  - {uses: bias.groups, data: d.jsonl, group_column: gruop, min_group_size: 2}\n")
+    code, out, err = run_cli("run", tmp_path / "s.yaml", "--out", tmp_path / "out", "--device", "cpu")
+    assert code == 2 and "no column 'gruop' (group_column)" in err and "did you mean 'group'?" in err
+    assert "loading" not in err

@@ -74,9 +74,18 @@ class AsksLogProbs(Constant):
         return super().run(ctx)
 
 
+class Exits(Constant):
+    """Calls sys.exit(0) from inside the check, as some libraries do."""
+
+    name = "exits"
+
+    def run(self, ctx):
+        raise SystemExit(0)
+
+
 @pytest.fixture
 def checks(registry, monkeypatch):
-    for cls in (Constant, Versus, Misspelt, AsksLogProbs):
+    for cls in (Constant, Versus, Misspelt, AsksLogProbs, Exits):
         monkeypatch.setitem(registry.checks, cls.name, cls)
         monkeypatch.setitem(registry.check_plugin, cls.name, "tests")
 
@@ -140,6 +149,40 @@ def test_a_request_the_model_cannot_serve_is_the_checks_error_not_a_lost_run(run
     good, bad = res["checks"]
     assert good["status"] == "pass" and bad["status"] == "error"
     assert "token_logprobs needs a causal-lm model" in bad["error"]["message"]
+
+
+def test_a_check_that_calls_sys_exit_is_error_and_the_run_goes_on(run_cli, tmp_path, checks):
+    """sys.exit(0) inside a check ended the whole run green: exit 0, no reports, later checks never ran."""
+    code, out, err, res = run(run_cli, tmp_path, "  - {uses: exits}\n  - {uses: const, value: 0.99}\n")
+    assert code == 3 and res is not None
+    assert [c["status"] for c in res["checks"]] == ["error", "pass"]
+    assert res["checks"][0]["error"]["type"] == "SystemExit"
+
+
+@pytest.mark.parametrize("flag", ["--model", "--baseline"])
+def test_an_empty_model_flag_is_exit_2_not_the_suites_model(run_cli, tmp_path, checks, flag):
+    """`--model "$CANDIDATE"` with the variable unset must not audit the suite's own model instead."""
+    code, out, err, res = run(run_cli, tmp_path, "  - {uses: const, value: 0.99}\n", flag, "")
+    assert code == 2 and res is None and f"{flag} is empty" in err
+
+
+def test_a_refused_run_removes_the_reports_of_an_earlier_run(run_cli, tmp_path, checks):
+    """An earlier PASS's summary.md must not stand beside a run that was refused as bad input."""
+    code, out, err, res = run(run_cli, tmp_path, "  - {uses: const, value: 0.99}\n")
+    assert code == 0 and (tmp_path / "out" / "summary.md").exists()
+    (tmp_path / "out" / "mine.txt").write_text("a user's file")
+    bad = write_suite(tmp_path, "name: v\nmodel: {base: builtin:tiny-bert}\nchecks: [{uses: const, valeu: 1}]\n",
+                      name="bad.yaml")
+    code, _, err = run_cli("run", bad, "--out", tmp_path / "out")
+    assert code == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mine.txt"]
+
+
+def test_a_seed_numpy_cannot_take_is_exit_2(run_cli, tmp_path, checks):
+    suite = write_suite(tmp_path, "name: v\nseed: 99999999999999999999\nmodel: {base: builtin:tiny-bert}\n"
+                                  "checks: [{uses: const}]\n")
+    line = assert_bad_input(run_cli("run", suite, "--out", tmp_path / "out"), suite, r"line 2\b")
+    assert "seed must be >= 0 and < 2**32" in line
 
 
 def test_a_suite_gate_list_replaces_the_defaults(run_cli, tmp_path, checks):

@@ -85,7 +85,7 @@ class Calibration(Check):
     #: class probabilities of a classifier
     needs = frozenset({"logits"})
     description = "Expected calibration error, Brier score and NLL of a classifier's probabilities."
-    params = {"bins": Param("int", 15, "equal-width confidence bins for ECE", ge=1)}
+    params = {"bins": Param("int", 15, "equal-width confidence bins for ECE", ge=1, le=1000)}
     metrics = {
         "ece": MetricSpec("expected calibration error (Guo et al. 2017)", False),
         "ece_debiased": MetricSpec("bootstrap bias-corrected ECE, 2*ECE - mean(ECE*), with the basic "

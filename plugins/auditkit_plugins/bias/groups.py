@@ -48,7 +48,7 @@ import warnings
 
 import numpy as np
 
-from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
+from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param, did_you_mean
 from auditkit.errors import AuditInputError
 from auditkit.stats import mean_ci
 
@@ -283,6 +283,15 @@ class BiasGroups(Check):
         data.require("text", fmt="classification")
         data.require_labels()
         rows = data.rows[: prm["max_examples"]] if prm["max_examples"] else data.rows
+        default_column = cls.params["group_column"].default
+        if prm["group_column"] != default_column and not data.has(prm["group_column"]):
+            # a column the suite names must be there: a misspelt name must not fall back to groups guessed
+            # from the lexicon (that fallback is for data without the default column)
+            columns = sorted(data.rows[0]) if data.rows else []
+            raise data.error(f"no column {prm['group_column']!r} (group_column) in the data; "
+                             f"{did_you_mean(prm['group_column'], columns)}",
+                             fix="name the column that holds each row's group, or leave group_column out to "
+                                 f"use {default_column!r} or infer groups from the lexicon")
         swapper = None
         if not data.has(prm["group_column"]):
             swapper = swapper_for({"lexicon": prm["lexicon"], "extend_lexicon": prm["extend_lexicon"]}, base_dir)
