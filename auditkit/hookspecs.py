@@ -15,7 +15,7 @@ def auditkit_register_checks(register):
 
 @hookspec
 def auditkit_register_reporters(register):
-    """Call ``register(name, render)``; ``render(results: dict, out_dir: Path, options: dict) -> Path``."""
+    """Call ``register(name, render, help)``; ``render(results: dict, out_dir: Path, options: dict) -> Path``."""
 
 
 @hookspec
