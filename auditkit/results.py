@@ -79,7 +79,11 @@ def output_folder(out: str | Path, place: str = "--out") -> Path:
     if out.is_symlink():
         raise AuditInputError(f"the output folder {out} is a symbolic link (to {os.readlink(out)}); auditkit does "
                               "not write through links", place=place, fix="give --out the real folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, or no permission
+        raise AuditInputError(f"the output folder {out} cannot be made ({exc.strerror or exc})", place=place,
+                              fix="give --out a folder you can write to") from None
     return out
 
 
@@ -175,10 +179,15 @@ def load_results(path: str | Path) -> dict:
     p = Path(path)
     if not p.exists():
         raise AuditInputError(f"{path} does not exist", fix="give the results.json of a finished run")
+    if p.is_dir():
+        raise AuditInputError(f"{path} is a folder", fix=f"give the results.json inside it: {p / 'results.json'}")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise AuditInputError(f"not valid JSON ({exc})", file=str(path)) from None
+    except OSError as exc:
+        raise AuditInputError(f"cannot read {path} ({exc.strerror or exc})", fix="give a readable results.json") \
+            from None
     if not isinstance(data, dict) or not str(data.get("schema", "")).startswith("auditkit.results/"):
         raise AuditInputError("not an auditkit results file (no schema auditkit.results/N)", file=str(path))
     if data["schema"] != SCHEMA:

@@ -152,6 +152,8 @@ def new_plugin(name: str, directory: Path | None = None, taken=()) -> Path:
     check = slug
     cls = "".join(part.capitalize() for part in slug.split("_")) + "Check"
     root = Path(directory) if directory else Path(dist)
+    if root.exists() and not root.is_dir():
+        raise AuditInputError(f"{root} is a file, not a folder", place="--dir", fix="choose another folder")
     if root.exists() and any(root.iterdir()):
         raise AuditInputError(f"{root} already exists and is not empty", place="--dir", fix="choose another folder")
     (root / module).mkdir(parents=True, exist_ok=True)

@@ -210,3 +210,21 @@ def test_default_output_folder_is_reports_slash_suite_name(run_cli, tmp_path, mo
     assert code == 0, err
     assert (tmp_path / "reports" / "named-suite" / "results.json").exists()
     assert "reports/named-suite/" in err
+
+
+def test_folders_and_files_in_the_wrong_place_are_exit_2_not_internal_errors(run_cli, tmp_path):
+    """compare/report given a folder for a results.json, an --out that is a file, new-plugin --dir a file:
+    one line and exit 2, never a traceback and exit 3."""
+    from auditkit.results import write_json_atomic
+    from tests.test_report_safety import make_results
+    run = tmp_path / "run"
+    write_json_atomic(run / "results.json", make_results())
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for argv, words in [(("compare", run / "results.json", run), "is a folder"),
+                        (("report", run), "is a folder"),
+                        (("compare", run / "results.json", run / "results.json", "--out", afile), "cannot be made"),
+                        (("report", run / "results.json", "--out", afile), "cannot be made"),
+                        (("new-plugin", "toxicity2", "--dir", afile), "is a file, not a folder")]:
+        code, out, err = run_cli(*argv)
+        assert code == 2 and words in err and "Traceback" not in err, (argv, err)
