@@ -458,3 +458,15 @@ def test_end_to_end_default_gates_and_info(tmp_path, registry, run_cli):
     assert html.count('</code> <span class="default">(default)</span>') == 2
     root = ET.parse(tmp_path / "out" / "junit.xml").getroot()
     assert root.get("skipped") == "1" and root.get("tests") == "3"
+
+
+def test_summary_md_makes_no_link_or_image_from_data_text(tmp_path):
+    """A GitHub job summary renders summary.md: text from a model or a crash must not become a link that
+    shows one thing and points elsewhere, or an image that calls out."""
+    from auditkit.report import markdown
+    res = make_results()
+    res["checks"][0]["id"] = "[release notes](http://evil.example/a)"
+    res["warnings"] = ["see ![x](http://tracker.example/p.png)"]
+    text = markdown.render(res, tmp_path, {}).read_text()
+    assert "](http" not in text.replace("\\](http", "")
+    assert "\\[release notes\\](http://evil.example/a)" in text and "!\\[x\\]" in text

@@ -94,9 +94,10 @@ _MD_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 def md_cell(x, limit: int | None = None) -> str:
     """Text safe inside a Markdown table cell (GFM): one line, no cell break, no raw HTML, no code span.
 
-    Line endings and control characters become one space; backslash, ``|`` and backtick are
-    backslash-escaped (GFM splits a row on unescaped pipes before inline parsing, so ``\\|`` stays
-    in its cell, and an escaped backslash keeps a following pipe escaped); ``<``/``>`` become entities.
+    Line endings and control characters become one space; backslash, ``|``, backtick and square brackets
+    are backslash-escaped (GFM splits a row on unescaped pipes before inline parsing, so ``\\|`` stays
+    in its cell, and an escaped backslash keeps a following pipe escaped; escaped brackets make no link or
+    image, so a text cannot show one thing and point elsewhere); ``<``/``>`` become entities.
     ``limit`` cuts the text before escaping, so no escape is cut in half.
     """
     text = _MD_BREAKS.sub(" ", str(x)).strip()
@@ -104,7 +105,7 @@ def md_cell(x, limit: int | None = None) -> str:
         text = text[:limit - 1] + "…"
     text = visible(text)  # bidi controls and lone surrogates shown, never applied
     return (text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
-            .replace("<", "&lt;").replace(">", "&gt;"))
+            .replace("[", "\\[").replace("]", "\\]").replace("<", "&lt;").replace(">", "&gt;"))
 
 
 def md_code(x) -> str:
