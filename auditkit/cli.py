@@ -137,16 +137,17 @@ def cmd_run(args) -> int:
 
 def _clear_stale_reports(args) -> None:
     """An earlier run's reports in the output folder would still say PASS beside a run that was refused: they
-    go, as they do when a run starts (``Runner._prepare_out``). Only in a real folder, and only process 0."""
+    go, as they do when a run starts (``Runner._prepare_out``). Only in a real folder, only process 0, and
+    not under ``--resume`` (its results.json is what the next try resumes from)."""
     from auditkit import distributed
-    from auditkit.runner import REPORT_FILES
+    from auditkit.runner import remove_reports
     out = Path(args.out) if args.out else getattr(args, "_default_out", None)
-    if out is None or out.is_symlink() or not out.is_dir() or not distributed.world().main:
+    if args.resume or out is None or out.is_symlink() or not out.is_dir() or not distributed.world().main:
         return
-    for name in REPORT_FILES:
-        target = out / name
-        if target.is_symlink() or target.is_file():
-            target.unlink()
+    try:
+        remove_reports(out)
+    except OSError:  # the refusal is what the user must see; a folder we cannot clean changes nothing
+        pass
 
 
 def _run(args) -> int:
@@ -326,10 +327,12 @@ def _print_default_gates(console, cls) -> None:
 
 def cmd_report(args) -> int:
     from auditkit.plugins import registry
-    from auditkit.results import load_results
+    from auditkit.results import load_results, output_folder
     from auditkit.runner import render_reports
     results = load_results(args.results)
     out = Path(args.out) if args.out else Path(args.results).parent
+    if args.out:
+        output_folder(out)  # a --out that is a link is refused; the results' own folder is where they are
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     reg = registry()
     for f in formats:

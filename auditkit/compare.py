@@ -390,8 +390,8 @@ def render_html(c: dict) -> str:
     return render(c, template="comparison.html.j2", signed=signed, alpha=ALPHA)
 
 
-def write_outputs(c: dict, out: Path) -> list[Path]:
-    output_folder(out)
+def write_outputs(c: dict, out: Path, refuse_link: bool = True) -> list[Path]:
+    output_folder(out, refuse_link=refuse_link)
     md, html = out / "comparison.md", out / "comparison.html"
     write_text_atomic(md, render_markdown(c))
     write_text_atomic(html, render_html(c))
@@ -409,7 +409,7 @@ def run_compare(args) -> int:
     if failed:
         comparison["status"] = "fail"  # else it stays "warn" where a check got worse, "pass" otherwise
     out = Path(args.out) if getattr(args, "out", None) else Path(args.b).parent
-    written = write_outputs(comparison, out)
+    written = write_outputs(comparison, out, refuse_link=bool(getattr(args, "out", None)))
     s = comparison["summary"]
     from auditkit.report.common import visible  # ids and metric names come from suites and plugins
     print(visible(f"{_counts(s)}, {s['unchanged']} unchanged"))

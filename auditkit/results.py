@@ -71,18 +71,19 @@ def _umask() -> int:
     return _IMPORT_UMASK if mask is None else mask
 
 
-def output_folder(out: str | Path, place: str = "--out") -> Path:
-    """The folder reports are written to, created if missing. A folder that is a symbolic link is refused
-    (AuditInputError): the reports would land, and the stale ones be removed, wherever it points."""
+def output_folder(out: str | Path, place: str = "--out", refuse_link: bool = True) -> Path:
+    """The folder reports are written to, created if missing. A ``--out`` the user gave that is a symbolic
+    link is refused (AuditInputError): the reports would land, and the stale ones be removed, wherever it
+    points. ``refuse_link=False`` where the folder is the one an input was read from (compare, report)."""
     from auditkit.errors import AuditInputError
     out = Path(out)
-    if out.is_symlink():
+    if refuse_link and out.is_symlink():
         raise AuditInputError(f"the output folder {out} is a symbolic link (to {os.readlink(out)}); auditkit does "
                               "not write through links", place=place, fix="give --out the real folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way, or no permission
-        raise AuditInputError(f"the output folder {out} cannot be made ({exc.strerror or exc})", place=place,
+        raise AuditInputError(f"the output folder {out} is not writable ({exc.strerror or exc})", place=place,
                               fix="give --out a folder you can write to") from None
     return out
 

@@ -515,10 +515,8 @@ class Runner:
             fd, probe = tempfile.mkstemp(prefix=".auditkit-probe-", dir=out)
             os.close(fd)
             os.unlink(probe)
-            for name in REPORT_FILES if world().main else ():
-                target = out / name
-                if target.is_symlink() or target.exists():
-                    target.unlink()
+            if world().main:
+                remove_reports(out)
         except OSError as exc:
             raise AuditInputError(f"the output folder {out} is not writable ({exc.strerror or exc})", place="--out",
                                   fix="give --out a folder you can write to") from None
@@ -575,6 +573,15 @@ class Runner:
         return RunOutcome(results=results, exit_code=code, written=written)
 
 
+def remove_reports(out: Path) -> None:
+    """Remove an earlier run's reports (``REPORT_FILES``) from ``out``, links included (never followed);
+    other files stay."""
+    for name in REPORT_FILES:
+        target = out / name
+        if target.is_symlink() or target.exists():
+            target.unlink()
+
+
 def render_reports(results: dict, out: Path, registry, formats, options: dict, progress: Progress | None = None,
                    write_json: bool = True, failures: list | None = None) -> list[Path]:
     """Run each requested reporter plugin; results.json is written first, atomically. Every reporter, a
@@ -582,7 +589,7 @@ def render_reports(results: dict, out: Path, registry, formats, options: dict, p
     reporter that raises is skipped with a warning (``progress``, else stderr) and its name added to
     ``failures``."""
     from auditkit.report.common import for_report, visible
-    output_folder(out)
+    output_folder(out, refuse_link=False)  # a --out of `run` was refused before anything loaded (_prepare_out)
     # a results.json re-written elsewhere keeps secrets only with --show-secrets, like every report
     shown = for_report(results, options)
     written = [write_json_atomic(out / "results.json", shown)] if write_json else []

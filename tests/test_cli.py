@@ -223,8 +223,25 @@ def test_folders_and_files_in_the_wrong_place_are_exit_2_not_internal_errors(run
     afile.write_text("x")
     for argv, words in [(("compare", run / "results.json", run), "is a folder"),
                         (("report", run), "is a folder"),
-                        (("compare", run / "results.json", run / "results.json", "--out", afile), "cannot be made"),
-                        (("report", run / "results.json", "--out", afile), "cannot be made"),
+                        (("compare", run / "results.json", run / "results.json", "--out", afile), "not writable"),
+                        (("report", run / "results.json", "--out", afile), "not writable"),
                         (("new-plugin", "toxicity2", "--dir", afile), "is a file, not a folder")]:
         code, out, err = run_cli(*argv)
         assert code == 2 and words in err and "Traceback" not in err, (argv, err)
+
+
+def test_compare_and_report_write_beside_results_read_through_a_link(run_cli, tmp_path):
+    """`latest -> runs/r1`: compare and report without --out write where the results are, link or not;
+    only a --out that is itself a link is refused."""
+    from auditkit.results import write_json_atomic
+    from tests.test_report_safety import make_results
+    real = tmp_path / "runs" / "r1"
+    write_json_atomic(real / "results.json", make_results())
+    (tmp_path / "latest").symlink_to(real)
+    code, out, err = run_cli("compare", real / "results.json", tmp_path / "latest" / "results.json")
+    assert code in (0, 1), err
+    assert (real / "comparison.md").exists()
+    code, out, err = run_cli("report", tmp_path / "latest" / "results.json", "--format", "md")
+    assert code == 0, err
+    code, out, err = run_cli("report", real / "results.json", "--format", "md", "--out", tmp_path / "latest")
+    assert code == 2 and "symbolic link" in err

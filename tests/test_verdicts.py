@@ -178,6 +178,13 @@ def test_a_refused_run_removes_the_reports_of_an_earlier_run(run_cli, tmp_path, 
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mine.txt"]
 
 
+def test_a_refused_resume_keeps_the_results_it_resumes_from(run_cli, tmp_path, checks):
+    code, out, err, res = run(run_cli, tmp_path, "  - {uses: const, value: 0.99}\n")
+    assert code == 0
+    code, _, err = run_cli("run", tmp_path / "suite.yaml", "--out", tmp_path / "out", "--resume", "--only", "nope")
+    assert code == 2 and (tmp_path / "out" / "results.json").exists()
+
+
 def test_a_seed_numpy_cannot_take_is_exit_2(run_cli, tmp_path, checks):
     suite = write_suite(tmp_path, "name: v\nseed: 99999999999999999999\nmodel: {base: builtin:tiny-bert}\n"
                                   "checks: [{uses: const}]\n")
