@@ -203,10 +203,9 @@ def parse_finetune(raw, cx, suite_seed: int, task: str) -> FinetuneConfig:
         if not ok:
             raise cx.fail(cpath + ("template",), f"the canary template {template!r} needs one {{digits}} slot and no "
                           "other {...} field", "write literal braces as {{ and }}")
-        if task == "seq2seq-lm" and not canary_head(template):
-            raise cx.fail(cpath + ("template",), f"a seq2seq canary is learned as its secret given the text before "
-                          f"it, and the template {template!r} has none", "put text before {digits}, e.g. "
-                          "'my PIN is {digits}'")
+        if task == "seq2seq-lm" and seq2seq_template_error(template):
+            raise cx.fail(cpath + ("template",), seq2seq_template_error(template),
+                          "put text before {digits}, e.g. 'my PIN is {digits}'")
         count = _number(cx, can, "count", cpath, int, ge=1, what="canaries.count") if "count" in can else 3
         digits = (_number(cx, can, "digits", cpath, int, ge=1, le=MAX_CANARY_DIGITS, what="canaries.digits")
                   if "digits" in can else DEFAULT_CANARY_DIGITS)
@@ -250,6 +249,21 @@ def canary_head(template: str) -> str:
     return template_parts(template)[0].rstrip()
 
 
+def canary_pair(text: str, template: str) -> tuple[str, str]:
+    """A canary text split at :func:`canary_head`: (the text the secret follows, the rest). The pair a
+    seq2seq LM trains on, and the one memorization scores and prompts with."""
+    head = canary_head(template)
+    return head, text[len(head):]
+
+
+def seq2seq_template_error(template: str) -> str | None:
+    """Why a seq2seq LM cannot take canaries of ``template`` (no text before the secret), else None."""
+    if canary_head(template):
+        return None
+    return (f"a seq2seq model is asked for a canary's secret given the text before it, and the template "
+            f"{template!r} has none")
+
+
 def canary_examples(canaries: dict | None, task: str, tokenizer, max_length: int) -> list[dict]:
     """Training examples of the canaries, each ``repeats`` times, whatever the training data's columns.
 
@@ -261,12 +275,17 @@ def canary_examples(canaries: dict | None, task: str, tokenizer, max_length: int
     cans = canaries["canaries"]
     if task == "seq2seq-lm":
         from auditkit import seq2seq
-        head = canary_head(canaries["template"])
-        once = seq2seq.pair_examples([(head, c["text"][len(head):]) for c in cans], tokenizer, max_length)
+        once = seq2seq.pair_examples([canary_pair(c["text"], canaries["template"]) for c in cans], tokenizer,
+                                     max_length)
     else:
-        ids = tokenizer([c["text"] for c in cans], truncation=True, max_length=max_length)["input_ids"]
-        once = [{"input_ids": list(x), "labels": list(x)} for x in ids]
+        once = _text_examples([c["text"] for c in cans], tokenizer, max_length)
     return [ex for c, ex in zip(cans, once) for _ in range(c["repeats"])]
+
+
+def _text_examples(texts: list[str], tokenizer, max_length: int) -> list[dict]:
+    """Causal-LM examples of plain texts: every token counts (labels = input ids), cut at ``max_length``."""
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    return [{"input_ids": list(ids), "labels": list(ids)} for ids in enc]
 
 
 def make_canaries(cfg: dict, seed: int) -> dict:
@@ -357,8 +376,7 @@ def _examples(ds, task: str, tokenizer, max_length: int, num_labels: int | None)
             out.append({"input_ids": whole, "labels": labels[:len(whole)]})
         return out
     ds.require("text", fmt="causal LM text")
-    enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)["input_ids"]
-    return [{"input_ids": ids, "labels": list(ids)} for ids in enc]
+    return _text_examples([r["text"] for r in rows], tokenizer, max_length)
 
 
 def _collate(batch: list[dict], pad_id: int, task: str, device: str, left: bool = False):
@@ -823,37 +841,37 @@ def _step_ddp(ddp, chunk, micro: int, task: str, pad_id: int, device: str, amp, 
     return total_loss, ntok
 
 
-def set_dropout(model, p: float) -> None:
-    """Every dropout of ``model`` to probability ``p`` while it trains: ``nn.Dropout`` modules (a LoRA
+def _dropouts(model):
+    """``(module, attribute)`` of every dropout probability of ``model``: ``nn.Dropout`` modules' ``p`` (a LoRA
     adapter's among them) and the float ``*dropout*`` attributes attention layers pass to their kernels
-    (``scaled_dot_product_attention(dropout_p=...)``). The saved config is left as it was."""
+    (``scaled_dot_product_attention(dropout_p=...)``)."""
     import torch
     for mod in model.modules():
         if isinstance(mod, torch.nn.Dropout):
-            mod.p = float(p)
+            yield mod, "p"
         for name, value in vars(mod).items():
-            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool):
-                setattr(mod, name, float(p))
+            if "dropout" in name and isinstance(value, float):
+                yield mod, name
+
+
+def set_dropout(model, p: float) -> None:
+    """Every dropout of ``model`` to probability ``p`` while it trains (the saved config is left as it was)."""
+    for mod, attr in list(_dropouts(model)):
+        setattr(mod, attr, float(p))
 
 
 def active_dropout(model) -> float:
     """The largest dropout probability ``model`` applies in training (0.0 where none is active)."""
-    import torch
-    top = 0.0
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.Dropout):
-            top = max(top, float(mod.p))
-        for name, value in vars(mod).items():
-            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool):
-                top = max(top, value)
-    return top
+    return max((float(getattr(mod, attr)) for mod, attr in _dropouts(model)), default=0.0)
 
 
 def dropout_warning(model, w) -> str | None:
     """What to say when data-parallel training runs with dropout: each process draws the masks of its own
     rows, so the steps differ from one process's (None when there is one process or no dropout)."""
+    if not w.parallel:
+        return None
     drop = active_dropout(model)
-    if not (w.parallel and drop > 0):
+    if drop <= 0:
         return None
     return (f"dropout is active (p up to {drop:g}): each of the {w.size} processes draws its own dropout masks, "
             "so this fine-tune differs from a one-process run with the same seed; set finetune.dropout: 0 for one "

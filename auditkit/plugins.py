@@ -125,13 +125,10 @@ def build_registry() -> Registry:
     for ep in entry_points:
         # a plugin is named by its entry point or by the package that installs it (pip's name)
         names = {ep.name} | ({_norm(ep.dist.name)} if ep.dist is not None and ep.dist.name else set())
-        if names & blocked:
+        hits = {a for a in allow if a in names or _norm(a) in names} if allow is not None else set()
+        matched |= hits  # a blocked plugin was found: AUDITKIT_DISABLE_PLUGINS, not the name, keeps it out
+        if names & blocked or (allow is not None and not hits):
             continue
-        if allow is not None:
-            hits = {a for a in allow if a in names or _norm(a) in names}
-            if not hits:
-                continue
-            matched |= hits
         if pm.has_plugin(ep.value) or ep.value in DEFAULT_PLUGINS:
             continue
         try:

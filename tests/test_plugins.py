@@ -159,6 +159,10 @@ def test_allowlist_takes_the_package_name_and_says_when_a_name_matches_nothing(e
     assert [n for n, _ in reg.failures] == ["auditkit-god"]
     assert "no installed plugin has that entry-point or package name" in reg.failures[0][1]
     assert "good" in reg.failures[0][1]
+    monkeypatch.setenv("AUDITKIT_PLUGINS", "good")
+    monkeypatch.setenv("AUDITKIT_DISABLE_PLUGINS", "good")  # blocked, not missing: no "matches nothing"
+    reg = build_registry()
+    assert "akt_const" not in reg.checks and not reg.failures
 
 
 def test_cli_reports_broken_plugins_by_name(entry_points, fresh_registry, run_cli, tmp_path):

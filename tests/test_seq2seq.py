@@ -314,3 +314,11 @@ def test_fine_tune_with_canaries_measures_their_exposure(tmp_path):
         for f in out.rglob("*"):
             if f.is_file():
                 assert c["secret"].encode() not in f.read_bytes(), f
+
+
+def test_a_canary_template_a_seq2seq_model_cannot_take_is_refused_at_suite_load(tmp_path, run_cli):
+    write_jsonl(tmp_path / "canaries.jsonl", [{"text": "4-8-1-5 is my PIN", "repeats": 3}])
+    suite = _suite(tmp_path, "  - {uses: memorization, canaries: canaries.jsonl, canary_template: '{digits} is my PIN',"
+                             " parts: [exposure]}\n")
+    code, out, err = run_cli("run", suite, "--out", tmp_path / "out", "--device", "cpu")
+    assert code == 2 and "has none" in err and "canary_template" in err and "loading" not in err

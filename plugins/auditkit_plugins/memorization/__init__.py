@@ -59,7 +59,7 @@ import numpy as np
 
 from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param
 from auditkit.errors import AuditInputError
-from auditkit.finetune import canary_head
+from auditkit.finetune import seq2seq_template_error
 from auditkit.hookspecs import hookimpl
 from auditkit.stats import mean_ci
 
@@ -274,6 +274,15 @@ class Memorization(Check):
                                       fix="e.g. 'my PIN is {digits}'")
 
     @classmethod
+    def validate_task(cls, params: dict, task: str, prefix: str = "") -> None:
+        """A seq2seq model is asked for a canary's secret given the text before it: a ``canary_template``
+        with none is refused when the suite loads."""
+        tpl = params.get("canary_template")
+        if task == "seq2seq-lm" and params.get("canaries") and tpl and seq2seq_template_error(tpl):
+            raise AuditInputError(f"memorization: {seq2seq_template_error(tpl)}", place=f"{prefix}canary_template",
+                                  fix="put the text the secret follows before {digits}, e.g. 'my PIN is {digits}'")
+
+    @classmethod
     def validate_suite(cls, params: dict, *, has_finetune: bool, data: str | None = None, prefix: str = "") -> None:
         """With no fine-tune, no ``members:`` and no ``canaries:`` file, no part has anything to read: say so
         when the suite loads, not after the models load and the checks before this one have run."""
@@ -289,11 +298,6 @@ class Memorization(Check):
 
     def _canaries_file(self, ctx: CheckContext, p: dict) -> dict:
         """The canary record of the entry's ``canaries:`` file (``{"text", "repeats"?}`` rows)."""
-        if ctx.model.task == "seq2seq-lm" and not canary_head(p["canary_template"]):
-            raise AuditInputError("memorization: a seq2seq model is asked for a canary's secret given the text "
-                                  f"before it, and canary_template {p['canary_template']!r} has none",
-                                  place=f"{ctx.check_id}.canary_template",
-                                  fix="put the text the secret follows before {digits}, e.g. 'my PIN is {digits}'")
         ds = ctx.load_data(p["canaries"], None)
         ds.require("text", fmt="canaries")
         return canaries_from_rows(ds.rows, p["canary_template"], p["references"], ctx.seed, place=ds.place)

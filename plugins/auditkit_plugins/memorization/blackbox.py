@@ -41,7 +41,7 @@ from typing import Sequence
 import numpy as np
 
 from auditkit.errors import AuditInputError
-from auditkit.finetune import canary_head, template_parts
+from auditkit.finetune import canary_head, canary_pair, template_parts
 
 from .exposure import canary_exposures
 
@@ -107,8 +107,8 @@ def text_extraction(handle, prompts: Sequence[str], suffixes: Sequence[Sequence[
 
 def canary_prompts(texts: Sequence[str], template: str) -> tuple[list[str], list[list[str]]]:
     """Each canary's prompt (the template before the secret, trailing spaces dropped) and suffix words."""
-    head = canary_head(template)
-    return [t[:len(head)] for t in texts], [t[len(head):].split() for t in texts]
+    pairs = [canary_pair(t, template) for t in texts]
+    return [head for head, _ in pairs], [rest.split() for _, rest in pairs]
 
 
 # ---------------------------------------------------------------------- exposure
@@ -122,7 +122,7 @@ def exposure_scorer(handle, template: str):
         texts = list(texts)
         if not head or not all(t.startswith(head) and len(t) > len(head) for t in texts):
             return handle.token_logprobs(texts)
-        return handle.continuation_logprobs([(head, t[len(head):]) for t in texts])
+        return handle.continuation_logprobs([canary_pair(t, template) for t in texts])
 
     return score
 

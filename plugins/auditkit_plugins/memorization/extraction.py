@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from auditkit.finetune import canary_head
+from auditkit.finetune import canary_head, canary_pair
 
 
 def generate(handle, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, samples: int = 0,
@@ -62,10 +62,10 @@ def canary_split(handle, texts: Sequence[str], template: str) -> tuple[list[list
     """Prefix ids (the template before the secret) and suffix ids (the rest) of each canary text. A seq2seq
     LM reads the head in its encoder and is asked for the rest as its target, the pair it trained on
     (:func:`auditkit.finetune.canary_examples`)."""
-    head = canary_head(template)
     if handle.task == "seq2seq-lm":
-        enc = handle.encode_pairs([(head, t[len(head):]) for t in texts])
+        enc = handle.encode_pairs([canary_pair(t, template) for t in texts])
         return [list(e) for e, _ in enc], [list(c) for _, c in enc]
+    head = canary_head(template)
     full = handle.token_ids(list(texts))
     head_ids = handle.token_ids([head])[0] if head else []
     pre, suf = [], []
