@@ -132,26 +132,6 @@ def _lm_eval_dir() -> Path | None:
     return Path(locations[0]).resolve() if locations else None
 
 
-def _includes(doc) -> list[str]:
-    """Every ``include:`` value in a task YAML's mapping (top level, or a group's inline task entries)."""
-    out, stack, seen = [], [doc], set()
-    while stack:
-        item = stack.pop()
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, dict):
-            inc = item.get("include")
-            if isinstance(inc, str):
-                out.append(inc)
-            elif isinstance(inc, list):
-                out += [i for i in inc if isinstance(i, str)]
-            stack += list(item.values())
-        elif isinstance(item, list):
-            stack += item
-    return out
-
-
 def _code_tags(path: Path, seen: set, lm_eval_dir: Path | None) -> list[tuple[Path, int, str]]:
     """``(file, line, MODULE.NAME)`` of each ``!function`` tag in the YAML at ``path`` and the YAMLs it
     includes, resolved as lm-eval resolves them; lm-eval's own files and unreadable ones (lm-eval skips or
@@ -162,12 +142,13 @@ def _code_tags(path: Path, seen: set, lm_eval_dir: Path | None) -> list[tuple[Pa
         return []
     seen.add(path)
     try:
-        text = path.read_text(encoding="utf-8")
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.load(text, Loader=_task_loader())
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return []
-    hits, stack, visited = [], [root] if root is not None else [], set()
+    # one walk over the node tree: the tags, and every mapping's ``include:`` (top level, or a group's inline
+    # task entries; a string or a list of them)
+    hits, includes, stack, visited = [], [], [root] if root is not None else [], set()
+    text_tag = "tag:yaml.org,2002:str"
     while stack:
         node = stack.pop()
         if id(node) in visited:
@@ -179,8 +160,12 @@ def _code_tags(path: Path, seen: set, lm_eval_dir: Path | None) -> list[tuple[Pa
             stack += node.value
         elif isinstance(node, yaml.MappingNode):
             stack += [n for pair in node.value for n in pair]
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == "include":
+                    items = value.value if isinstance(value, yaml.SequenceNode) else [value]
+                    includes += [i.value for i in items if isinstance(i, yaml.ScalarNode) and i.tag == text_tag]
     hits.sort(key=lambda h: h[1])
-    for inc in _includes(doc):
+    for inc in includes:
         hits += _code_tags(path.parent / inc if not Path(inc).is_absolute() else Path(inc), seen, lm_eval_dir)
     return hits
 
