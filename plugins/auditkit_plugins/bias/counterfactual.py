@@ -49,8 +49,7 @@ import numpy as np
 from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param, did_you_mean, metric_parts
 from auditkit.errors import AuditInputError
 
-from .preload import swapper_for
-from .swaps import CONTEXT_TERMS, make_swapper
+from .swaps import CONTEXT_TERMS, make_swapper, swapper_for
 from .uncertainty import Z_SUM, cluster_mean_ci, mde
 
 #: default-gate tolerances: classifiers' probability gap (and flip rate), causal LMs' nats per token, the

@@ -52,8 +52,7 @@ from auditkit.api import Check, CheckContext, CheckResult, MetricSpec, Param, di
 from auditkit.errors import AuditInputError
 from auditkit.stats import mean_ci
 
-from .preload import swapper_for
-from .swaps import check_names, make_swapper
+from .swaps import check_names, make_swapper, swapper_for
 from auditkit.api import metric_parts
 
 from .uncertainty import chunks, mde_smallest_pair, stratified_indices

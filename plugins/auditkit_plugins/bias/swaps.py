@@ -277,3 +277,17 @@ def make_swapper(params: dict, base_dir: str | None = None, prefix: str = "") ->
             raise AuditInputError(f"context_terms must be words, got {bad[0]!r}", place=f"{prefix}context_terms",
                                   fix="list words such as black, white, old")
     return Swapper(lex, CONTEXT_TERMS if ctx_terms is None else ctx_terms, attrs)
+
+
+def swapper_for(params: dict, base_dir: str | None) -> Swapper | None:
+    """:func:`make_swapper` for a check's pre-load data check (``Check.validate_data``), or None where that
+    cannot be done as the run does it: a relative ``lexicon`` path with the suite's folder unknown, or a
+    lexicon that does not load (``validate_params`` at suite load and the run report that, placed at the
+    parameter)."""
+    lexicon = params.get("lexicon") or ""
+    if lexicon and base_dir is None and not Path(lexicon).expanduser().is_absolute():
+        return None
+    try:
+        return make_swapper(params, base_dir)
+    except AuditInputError:
+        return None
