@@ -462,7 +462,7 @@ def _main(argv: list[str] | None = None) -> int:
             args.argv = list(argv) if argv is not None else None
         return int(args.fn(args))
     except AuditInputError as exc:
-        print(f"auditkit: error: {visible(exc.line())}", file=sys.stderr)  # one line, shown literally
+        print(f"auditkit: error: {exc.line()}", file=sys.stderr)  # one line, shown literally (line() does it)
         return EXIT_INPUT
     except RecursionError:  # a file nested deeper than any parser's stack (caught with its place where read)
         print("auditkit: error: an input file is nested too deeply to read; flatten it", file=sys.stderr)

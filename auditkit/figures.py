@@ -83,8 +83,7 @@ def to_svg(fig) -> str:
     _visible_labels(fig)
     _numbers_as_math(fig)
     fig.tight_layout()
-    _numbers_as_math(fig)  # the layout may have added ticks
-    _visible_labels(fig)  # and texts
+    _numbers_as_math(fig)  # the layout may have added ticks (their formatters are wrapped already)
     fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
     # nothing XML forbids reaches the file, whatever a text drawn outside the axes held

@@ -203,9 +203,9 @@ def parse_finetune(raw, cx, suite_seed: int, task: str) -> FinetuneConfig:
         if not ok:
             raise cx.fail(cpath + ("template",), f"the canary template {template!r} needs one {{digits}} slot and no "
                           "other {...} field", "write literal braces as {{ and }}")
-        if task == "seq2seq-lm" and seq2seq_template_error(template):
-            raise cx.fail(cpath + ("template",), seq2seq_template_error(template),
-                          "put text before {digits}, e.g. 'my PIN is {digits}'")
+        why = seq2seq_template_error(template) if task == "seq2seq-lm" else None
+        if why:
+            raise cx.fail(cpath + ("template",), why, "put text before {digits}, e.g. 'my PIN is {digits}'")
         count = _number(cx, can, "count", cpath, int, ge=1, what="canaries.count") if "count" in can else 3
         digits = (_number(cx, can, "digits", cpath, int, ge=1, le=MAX_CANARY_DIGITS, what="canaries.digits")
                   if "digits" in can else DEFAULT_CANARY_DIGITS)

@@ -11,8 +11,8 @@ import os
 import platform
 import random
 import re
-import time
 import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from difflib import get_close_matches

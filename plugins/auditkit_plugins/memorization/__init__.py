@@ -278,8 +278,9 @@ class Memorization(Check):
         """A seq2seq model is asked for a canary's secret given the text before it: a ``canary_template``
         with none is refused when the suite loads."""
         tpl = params.get("canary_template")
-        if task == "seq2seq-lm" and params.get("canaries") and tpl and seq2seq_template_error(tpl):
-            raise AuditInputError(f"memorization: {seq2seq_template_error(tpl)}", place=f"{prefix}canary_template",
+        why = seq2seq_template_error(tpl) if task == "seq2seq-lm" and params.get("canaries") and tpl else None
+        if why:
+            raise AuditInputError(f"memorization: {why}", place=f"{prefix}canary_template",
                                   fix="put the text the secret follows before {digits}, e.g. 'my PIN is {digits}'")
 
     @classmethod
